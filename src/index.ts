@@ -1,0 +1,15 @@
+/**
+ * mesh-subscriptions: a Fastify plugin that streams task updates and live task output over
+ * WebSocket. The default export is the plugin; the rest is its public types and codes.
+ */
+import meshSubscriptions from './plugin.js';
+
+export default meshSubscriptions;
+export { meshSubscriptions };
+export { SUBSCRIBE_PATH, type Mesh } from './plugin.js';
+export type { MeshSubscriptionsOptions, Principal, OwnerResolver } from './options.js';
+export { DEFAULTS } from './options.js';
+export type { BroadcastChannel, Delivered, TaskOutputChannel, TaskUpdatesChannel } from './core/hub.js';
+export type { TaskOutputEvent, TaskUpdateEvent } from './protocol/codec.js';
+export * from './protocol/schemas.js';
+export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError } from './errors.js';

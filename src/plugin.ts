@@ -1,0 +1,116 @@
+/**
+ * The Fastify plugin: decorates the host with `mesh` (the broadcast channels) and serves the
+ * WebSocket route in an encapsulated child context.
+ */
+import fastifyWebsocket from '@fastify/websocket';
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
+import fp from 'fastify-plugin';
+import type { WebSocket } from 'ws';
+import { principalOf, upgradeAuthHook } from './auth.js';
+import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core/hub.js';
+import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
+import { CloseCode, UpgradeError } from './errors.js';
+import { resolveOptions, type MeshSubscriptionsOptions, type ResolvedOptions } from './options.js';
+
+export interface Mesh {
+  /** `state.task_updates` of the seed: every change of a task. */
+  taskUpdates: TaskUpdatesChannel;
+  /** `state.task_output` of the seed: a task's live output. */
+  taskOutput: TaskOutputChannel;
+  /** How many sockets are open right now. */
+  connectionCount(): number;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    mesh: Mesh;
+  }
+}
+
+export const SUBSCRIBE_PATH = '/mesh/tasks/subscribe';
+
+const ErrorBody = Type.Object({ code: Type.String(), message: Type.String() });
+
+const ROUTE_DESCRIPTION = [
+  'Upgrades to a WebSocket that streams task updates and live task output. Authenticate on the',
+  'upgrade (the host decides how; the example server takes `x-makima-api-key` or',
+  '`Authorization: Bearer`). Then send JSON text frames: `subscribe`, `unsubscribe`,',
+  '`subscribeAll`, `unsubscribeAll`, `subscribeOutput`, `unsubscribeOutput` (the task-scoped ones',
+  'with `taskId`). The server answers each with an ack, streams `taskUpdated` and `taskOutput`,',
+  'and reports refused frames as `error` with a stable `code`. See PROTOCOL.md.',
+].join(' ');
+
+interface RouteOptions {
+  settings: ResolvedOptions;
+  hub: MeshHub;
+}
+
+async function routes(child: FastifyInstance, { settings: options, hub }: RouteOptions): Promise<void> {
+  const closeSockets = () => hub.closeAll(CloseCode.GOING_AWAY, 'server shutting down');
+  if (!child.hasDecorator('websocketServer')) {
+    await child.register(fastifyWebsocket, {
+      options: { maxPayload: options.maxPayload, perMessageDeflate: false },
+      preClose(done) {
+        closeSockets();
+        this.websocketServer.close(() => done());
+      },
+    });
+  }
+
+  child.route({
+    method: 'GET',
+    url: `${options.prefix}${SUBSCRIBE_PATH}`,
+    schema: {
+      summary: 'Subscribe to task updates and live output (WebSocket)',
+      description: ROUTE_DESCRIPTION,
+      tags: ['Mesh'],
+      response: {
+        101: { description: 'Switching Protocols: the WebSocket is open.', type: 'null' },
+        401: { description: 'Missing or invalid credentials.', ...ErrorBody },
+        426: { description: 'A plain HTTP request: this endpoint needs `Upgrade: websocket`.', ...ErrorBody },
+      },
+    },
+    preValidation: upgradeAuthHook(options.authenticate),
+    handler: async (_request, reply) => {
+      const { status, code, message } = UpgradeError.UPGRADE_REQUIRED;
+      return reply.code(status).header('upgrade', 'websocket').send({ code, message });
+    },
+    wsHandler: (socket: WebSocket, request) => {
+      const principal = principalOf(request);
+      if (!principal) {
+        // Unreachable while the hook guards the route; closing keeps it fail-closed if that changes.
+        socket.close(CloseCode.INTERNAL_ERROR, 'internal error');
+        return;
+      }
+      hub.attach(socket, principal, request.log);
+    },
+  });
+}
+
+const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (app, rawOptions) => {
+  const options = resolveOptions(rawOptions);
+  const resolver = options.resolveOwners ?? sqlOwnerResolver(options.sql!, options.tasksTable);
+  const owners = new OwnerDirectory(resolver, {
+    size: options.ownerCacheSize,
+    ttlMs: options.ownerCacheTtlMs,
+    timeoutMs: options.lookupTimeoutMs,
+  });
+  const hub = new MeshHub(owners, app.log);
+
+  app.decorate('mesh', {
+    taskUpdates: hub.taskUpdates,
+    taskOutput: hub.taskOutput,
+    connectionCount: () => hub.connections.size,
+  } satisfies Mesh);
+
+  // Also covers a host that registered @fastify/websocket itself, whose preClose would not say 1001.
+  app.addHook('preClose', async () => {
+    hub.closeAll(CloseCode.GOING_AWAY, 'server shutting down');
+  });
+
+  // Not spread: `prefix` is a reserved register option and would prefix the route twice.
+  await app.register(routes, { settings: options, hub });
+};
+
+export default fp(meshSubscriptions, { name: 'mesh-subscriptions', fastify: '5.x' });

@@ -1,0 +1,167 @@
+/**
+ * Turns client frames into typed messages and server messages into bytes. Validators are compiled
+ * once at import; every server frame is encoded once, whatever the number of recipients.
+ */
+import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
+import type { TSchema } from '@sinclair/typebox';
+import {
+  ClientMessages,
+  TaskOutputNotification,
+  TaskUpdateNotification,
+  type ClientMessage,
+  type ClientMessageType,
+} from './schemas.js';
+import { MeshPublishError, type ErrorCode } from '../errors.js';
+
+const clientCheckers = new Map<string, TypeCheck<TSchema>>(
+  Object.entries(ClientMessages).map(([type, schema]) => [type, TypeCompiler.Compile(schema)]),
+);
+
+export type ParseResult = { ok: true; message: ClientMessage } | { ok: false; reason: string };
+
+/** Echoes of client input in error messages are cut short so a client cannot make us amplify it. */
+function quote(value: unknown): string {
+  const text = typeof value === 'string' ? value : String(value);
+  return JSON.stringify(text.length > 64 ? `${text.slice(0, 64)}…` : text);
+}
+
+function firstProblem(check: TypeCheck<TSchema>, value: unknown): string {
+  const error = check.Errors(value).First();
+  if (!error) return 'frame does not match its schema';
+  const field = error.path.replace(/^\//, '') || 'frame';
+  if (field === 'taskId') {
+    return error.value === undefined ? '"taskId" is required' : '"taskId" must be a UUID (8-4-4-4-12 hex digits)';
+  }
+  return `${quote(field)}: ${error.message}`;
+}
+
+export function parseClientFrame(text: string): ParseResult {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { ok: false, reason: 'frame is not valid JSON' };
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return { ok: false, reason: 'frame must be a JSON object' };
+  }
+  const type = (value as { type?: unknown }).type;
+  if (typeof type !== 'string') return { ok: false, reason: 'frame needs a string "type"' };
+  const check = clientCheckers.get(type);
+  if (!check) return { ok: false, reason: `unknown message type ${quote(type)}` };
+  if (!check.Check(value)) return { ok: false, reason: firstProblem(check, value) };
+  const message = value as ClientMessage;
+  // Canonical lower case: acks echo it, and the subscription index keys on it.
+  if ('taskId' in message) return { ok: true, message: { type: message.type, taskId: message.taskId.toLowerCase() } as ClientMessage };
+  return { ok: true, message: { type: message.type } as ClientMessage };
+}
+
+export function isTaskScoped(type: ClientMessageType): boolean {
+  return type !== 'subscribeAll' && type !== 'unsubscribeAll';
+}
+
+// Server frames. Each returns the UTF-8 bytes of one text frame.
+
+const encode = (message: object): Buffer => Buffer.from(JSON.stringify(message));
+
+export type AckType = 'subscribed' | 'unsubscribed' | 'outputSubscribed' | 'outputUnsubscribed';
+
+export const encodeAck = (type: AckType, taskId: string): Buffer => encode({ type, taskId });
+export const SUBSCRIBED_ALL = encode({ type: 'subscribedAll' });
+export const UNSUBSCRIBED_ALL = encode({ type: 'unsubscribedAll' });
+export const encodeError = (code: ErrorCode, message: string): Buffer => encode({ type: 'error', code, message });
+
+/** A validated task update with its owner settled: `null` means admins only. */
+export interface TaskUpdateEvent {
+  taskId: string;
+  ownerId: string | null | undefined;
+  version: number;
+  status: string;
+  updatedFields: string[];
+  updatedBy: string;
+}
+
+/** A validated piece of output; optional fields are `undefined` when absent, never `null`. */
+export interface TaskOutputEvent {
+  taskId: string;
+  ownerId: string | null | undefined;
+  messageType: string;
+  content: string;
+  toolName: string | undefined;
+  toolInput: unknown;
+  isError: boolean | undefined;
+  costUsd: number | undefined;
+  durationMs: number | undefined;
+  isPartial: boolean;
+}
+
+export function encodeTaskUpdated(e: TaskUpdateEvent): Buffer {
+  return encode({
+    type: 'taskUpdated',
+    taskId: e.taskId,
+    version: e.version,
+    status: e.status,
+    updatedFields: e.updatedFields,
+    updatedBy: e.updatedBy,
+  });
+}
+
+export function encodeTaskOutput(e: TaskOutputEvent): Buffer {
+  // JSON.stringify leaves out `undefined` members, which is the seed's skip_serializing_if.
+  return encode({
+    type: 'taskOutput',
+    taskId: e.taskId,
+    messageType: e.messageType,
+    content: e.content,
+    toolName: e.toolName,
+    toolInput: e.toolInput,
+    isError: e.isError,
+    costUsd: e.costUsd,
+    durationMs: e.durationMs,
+    isPartial: e.isPartial,
+  });
+}
+
+// Host-side input of `publish`.
+
+const updateCheck = TypeCompiler.Compile(TaskUpdateNotification);
+const outputCheck = TypeCompiler.Compile(TaskOutputNotification);
+
+function assertValid(check: TypeCheck<TSchema>, value: unknown): void {
+  if (check.Check(value)) return;
+  const error = check.Errors(value).First();
+  throw new MeshPublishError(error ? `${error.path || '/'} ${error.message}` : 'does not match its schema');
+}
+
+const lower = (id: string | null | undefined) => (typeof id === 'string' ? id.toLowerCase() : id);
+const absentIfNull = <T>(value: T | null | undefined): T | undefined => (value === null ? undefined : value);
+
+export function toTaskUpdateEvent(n: unknown): TaskUpdateEvent {
+  assertValid(updateCheck, n);
+  const v = n as TaskUpdateNotification;
+  return {
+    taskId: v.taskId.toLowerCase(),
+    ownerId: lower(v.ownerId),
+    version: v.version,
+    status: v.status,
+    updatedFields: [...v.updatedFields],
+    updatedBy: v.updatedBy,
+  };
+}
+
+export function toTaskOutputEvent(n: unknown): TaskOutputEvent {
+  assertValid(outputCheck, n);
+  const v = n as TaskOutputNotification;
+  return {
+    taskId: v.taskId.toLowerCase(),
+    ownerId: lower(v.ownerId),
+    messageType: v.messageType,
+    content: v.content,
+    toolName: absentIfNull(v.toolName),
+    toolInput: absentIfNull(v.toolInput),
+    isError: absentIfNull(v.isError),
+    costUsd: absentIfNull(v.costUsd),
+    durationMs: absentIfNull(v.durationMs),
+    isPartial: v.isPartial,
+  };
+}

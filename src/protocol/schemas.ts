@@ -1,0 +1,117 @@
+/**
+ * The wire protocol of `GET /api/v1/mesh/tasks/subscribe` as TypeBox schemas: the one source of
+ * truth for validation, for the TypeScript types, and for the documents generated from them.
+ * The shapes are those of the Rust handler this project replaces (serde, `tag = "type"`,
+ * camelCase); PROTOCOL.md explains each message.
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+
+/** A UUID in the hyphenated form, any letter case (what serde's `Uuid` accepts from the iOS app). */
+export const UUID_PATTERN = '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$';
+export const Uuid = Type.String({ pattern: UUID_PATTERN, description: 'A UUID, any letter case' });
+
+const INT32 = { minimum: -2147483648, maximum: 2147483647 } as const;
+
+// Client → server. Extra fields are allowed and ignored, as serde ignores them.
+
+const withTaskId = <T extends string>(type: T, description: string) =>
+  Type.Object({ type: Type.Literal(type), taskId: Uuid }, { $id: type, description });
+const bare = <T extends string>(type: T, description: string) =>
+  Type.Object({ type: Type.Literal(type) }, { $id: type, description });
+
+export const ClientMessages = {
+  subscribe: withTaskId('subscribe', "Receive `taskUpdated` for one task the caller may see."),
+  unsubscribe: withTaskId('unsubscribe', 'Stop receiving `taskUpdated` for one task.'),
+  subscribeAll: bare('subscribeAll', "Receive `taskUpdated` for every task the caller may see (admins: all tasks)."),
+  unsubscribeAll: bare('unsubscribeAll', 'Stop the `subscribeAll` stream.'),
+  subscribeOutput: withTaskId('subscribeOutput', "Receive `taskOutput` (live transcript) of one task the caller may see."),
+  unsubscribeOutput: withTaskId('unsubscribeOutput', 'Stop receiving `taskOutput` for one task.'),
+} as const;
+
+export type ClientMessageType = keyof typeof ClientMessages;
+export type ClientMessage = { [K in ClientMessageType]: Static<(typeof ClientMessages)[K]> }[ClientMessageType];
+
+// Server → client.
+
+const ack = <T extends string>(type: T, description: string) =>
+  Type.Object({ type: Type.Literal(type), taskId: Uuid }, { $id: type, additionalProperties: false, description });
+const bareAck = <T extends string>(type: T, description: string) =>
+  Type.Object({ type: Type.Literal(type) }, { $id: type, additionalProperties: false, description });
+
+export const TaskUpdatedFields = {
+  taskId: Uuid,
+  version: Type.Integer({ ...INT32, description: 'The task version after the change' }),
+  status: Type.String({ description: 'The task status after the change' }),
+  updatedFields: Type.Array(Type.String(), { description: 'Names of the fields this change touched' }),
+  updatedBy: Type.String({ description: 'Who made the change' }),
+};
+
+export const TaskOutputFields = {
+  taskId: Uuid,
+  messageType: Type.String({
+    description: 'assistant, tool_use, tool_result, result, system, error or raw (open set)',
+  }),
+  content: Type.String({ description: 'Main text content' }),
+  toolName: Type.Optional(Type.String({ description: 'Tool name of a tool_use message' })),
+  toolInput: Type.Optional(Type.Unknown({ description: 'Tool input (any JSON) of a tool_use message' })),
+  isError: Type.Optional(Type.Boolean({ description: 'Whether a tool result was an error' })),
+  costUsd: Type.Optional(Type.Number({ description: 'Cost in USD of a result message' })),
+  durationMs: Type.Optional(Type.Integer({ description: 'Duration in ms of a result message' })),
+  isPartial: Type.Boolean({ description: 'A partial message, to be replaced by a later one' }),
+};
+
+export const ServerMessages = {
+  subscribed: ack('subscribed', 'Answers `subscribe`.'),
+  unsubscribed: ack('unsubscribed', 'Answers `unsubscribe`.'),
+  subscribedAll: bareAck('subscribedAll', 'Answers `subscribeAll`.'),
+  unsubscribedAll: bareAck('unsubscribedAll', 'Answers `unsubscribeAll`.'),
+  outputSubscribed: ack('outputSubscribed', 'Answers `subscribeOutput`.'),
+  outputUnsubscribed: ack('outputUnsubscribed', 'Answers `unsubscribeOutput`.'),
+  taskUpdated: Type.Object(
+    { type: Type.Literal('taskUpdated'), ...TaskUpdatedFields },
+    { $id: 'taskUpdated', description: 'A task the client follows changed.' },
+  ),
+  taskOutput: Type.Object(
+    { type: Type.Literal('taskOutput'), ...TaskOutputFields },
+    {
+      $id: 'taskOutput',
+      description: 'A piece of a task’s live output. Absent optional fields are left out, never null.',
+    },
+  ),
+  error: Type.Object(
+    {
+      type: Type.Literal('error'),
+      code: Type.String({ description: 'A stable code; see the error code table' }),
+      message: Type.String({ description: 'Human-readable detail; do not parse it' }),
+    },
+    { $id: 'error', additionalProperties: false, description: 'A frame was refused; the socket stays open.' },
+  ),
+} as const;
+
+export type ServerMessageType = keyof typeof ServerMessages;
+export type ServerMessage = { [K in ServerMessageType]: Static<(typeof ServerMessages)[K]> }[ServerMessageType];
+
+// What host code hands to `app.mesh.*.publish`. `ownerId` omitted means "look it up";
+// `null` means the task has no owner (admins only).
+
+const OwnerId = Type.Optional(Type.Union([Uuid, Type.Null()]));
+const nullable = <T extends TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
+
+export const TaskUpdateNotification = Type.Object(
+  { ...TaskUpdatedFields, ownerId: OwnerId },
+  { $id: 'TaskUpdateNotification' },
+);
+export type TaskUpdateNotification = Static<typeof TaskUpdateNotification>;
+
+export const TaskOutputNotification = Type.Object(
+  {
+    ...TaskOutputFields,
+    ownerId: OwnerId,
+    toolName: nullable(Type.String()),
+    isError: nullable(Type.Boolean()),
+    costUsd: nullable(Type.Number()),
+    durationMs: nullable(Type.Integer()),
+  },
+  { $id: 'TaskOutputNotification' },
+);
+export type TaskOutputNotification = Static<typeof TaskOutputNotification>;

@@ -1,0 +1,23 @@
+/** The example server's settings, all from the environment (see .env.example). */
+import path from 'node:path';
+
+export interface ServerConfig {
+  host: string;
+  port: number;
+  logLevel: string;
+  /** Unset: the embedded PostgreSQL under `dataDir` is used. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+}
+
+export function readConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  const port = Number(env.PORT ?? 3000);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PORT must be a port number, got ${env.PORT}`);
+  return {
+    host: env.HOST || '127.0.0.1',
+    port,
+    logLevel: env.LOG_LEVEL || 'info',
+    databaseUrl: env.DATABASE_URL || undefined,
+    dataDir: path.resolve(env.DATA_DIR || '.data'),
+  };
+}

@@ -1,0 +1,27 @@
+/**
+ * `npm start`: the example host API with mesh-subscriptions mounted, on HOST:PORT.
+ */
+import closeWithGrace from 'close-with-grace';
+import pino from 'pino';
+import { buildApp } from './app.js';
+import { readConfig } from './config.js';
+import { openDatabase } from './database.js';
+import { migrate } from './migrations.js';
+
+const SHUTDOWN_GRACE_MS = 10_000;
+
+const config = readConfig();
+const log = pino({ level: config.logLevel });
+
+const db = await openDatabase(config, log);
+await migrate(db.sql);
+const app = await buildApp({ sql: db.sql, loggerInstance: log });
+
+closeWithGrace({ delay: SHUTDOWN_GRACE_MS, logger: log }, async ({ signal, err }) => {
+  if (err) log.error({ err }, 'shutting down after an error');
+  else log.info({ signal }, 'shutting down');
+  await app.close();
+  await db.close();
+});
+
+await app.listen({ host: config.host, port: config.port });

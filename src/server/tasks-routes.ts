@@ -1,0 +1,217 @@
+/**
+ * The example host's task API: the routes whose changes produce the events the plugin streams.
+ * A task that is not the caller's answers 404, exactly like one that does not exist.
+ */
+import { Type, type Static } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Sql, TransactionSql } from 'postgres';
+import { TaskOutputFields, Uuid, type Principal } from '../index.js';
+
+const Task = Type.Object(
+  {
+    id: Type.String({ format: 'uuid' }),
+    ownerId: Type.Union([Type.String({ format: 'uuid' }), Type.Null()]),
+    name: Type.String(),
+    status: Type.String(),
+    version: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    updatedAt: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Task' },
+);
+type Task = Static<typeof Task>;
+
+export const ApiError = Type.Object(
+  { code: Type.String(), message: Type.String() },
+  { $id: 'ApiError', description: 'Every error answer: a stable code and a human-readable message' },
+);
+
+const Name = Type.String({ minLength: 1, maxLength: 200 });
+const Status = Type.String({ minLength: 1, maxLength: 64 });
+const TaskParams = Type.Object({ id: Uuid });
+
+const CreateTaskBody = Type.Object(
+  {
+    name: Name,
+    status: Type.Optional(Status),
+    ownerId: Type.Optional(Type.Union([Uuid, Type.Null()], { description: 'Admins only; default: the caller' })),
+  },
+  { additionalProperties: false },
+);
+const PatchTaskBody = Type.Object(
+  { name: Type.Optional(Name), status: Type.Optional(Status) },
+  { additionalProperties: false, minProperties: 1 },
+);
+const { taskId: _taskId, ...outputFields } = TaskOutputFields;
+const OutputBody = Type.Object(
+  {
+    ...outputFields,
+    content: Type.String({ maxLength: 4 * 1024 * 1024 }),
+    isPartial: Type.Optional(Type.Boolean({ default: false })),
+  },
+  { additionalProperties: false },
+);
+
+interface TaskRow {
+  id: string;
+  owner_id: string | null;
+  name: string;
+  status: string;
+  version: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+const toTask = (row: TaskRow): Task => ({
+  id: row.id,
+  ownerId: row.owner_id,
+  name: row.name,
+  status: row.status,
+  version: row.version,
+  createdAt: row.created_at.toISOString(),
+  updatedAt: row.updated_at.toISOString(),
+});
+
+const COLUMNS = 'id::text AS id, owner_id::text AS owner_id, name, status, version, created_at, updated_at';
+
+const secured = { security: [{ apiKey: [] }, { bearer: [] }] as Array<Record<string, string[]>>, tags: ['Tasks'] };
+const errors = { 400: ApiError, 401: ApiError, 404: ApiError };
+
+function notFound(reply: FastifyReply) {
+  return reply.code(404).send({ code: 'NOT_FOUND', message: 'task not found' });
+}
+
+export interface TaskRoutesOptions {
+  sql: Sql<any>;
+  authenticate: (request: FastifyRequest) => Promise<Principal | null>;
+}
+
+export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: TaskRoutesOptions): Promise<void> {
+  const principals = new WeakMap<FastifyRequest, Principal>();
+  app.addHook('preHandler', async (request, reply) => {
+    const principal = await authenticate(request);
+    if (!principal) return reply.code(401).send({ code: 'UNAUTHORIZED', message: 'missing or invalid API key' });
+    principals.set(request, principal);
+  });
+  const who = (request: FastifyRequest) => principals.get(request)!;
+
+  /** The task if the principal may see it, locked for update when inside a transaction. */
+  async function visibleTask(q: Sql<any> | TransactionSql<any>, id: string, p: Principal, lock = false): Promise<TaskRow | undefined> {
+    const [row] = await q<TaskRow[]>`
+      SELECT ${q.unsafe(COLUMNS)} FROM tasks
+      WHERE id = ${id} AND (${p.admin} OR owner_id = ${p.ownerId})
+      ${lock ? q`FOR UPDATE` : q``}`;
+    return row;
+  }
+
+  app.post<{ Body: Static<typeof CreateTaskBody> }>(
+    '/mesh/tasks',
+    { schema: { ...secured, summary: 'Create a task', body: CreateTaskBody, response: { 201: Task, 403: ApiError, ...errors } } },
+    async (request, reply) => {
+      const p = who(request);
+      const { name, status = 'pending' } = request.body;
+      let ownerId = p.ownerId;
+      if (request.body.ownerId !== undefined) {
+        if (!p.admin) return reply.code(403).send({ code: 'FORBIDDEN', message: 'only admins may set ownerId' });
+        ownerId = request.body.ownerId?.toLowerCase() ?? null;
+      }
+      if (ownerId === null && !p.admin) {
+        return reply.code(403).send({ code: 'FORBIDDEN', message: 'this key owns no tasks' });
+      }
+      const [row] = await sql<TaskRow[]>`
+        INSERT INTO tasks (owner_id, name, status) VALUES (${ownerId}, ${name}, ${status})
+        RETURNING ${sql.unsafe(COLUMNS)}`;
+      const task = toTask(row!);
+      await app.mesh.taskUpdates.publish({
+        taskId: task.id,
+        ownerId: task.ownerId,
+        version: task.version,
+        status: task.status,
+        updatedFields: ['name', 'status'],
+        updatedBy: p.ownerId ?? 'admin',
+      });
+      return reply.code(201).send(task);
+    },
+  );
+
+  app.get<{ Params: Static<typeof TaskParams> }>(
+    '/mesh/tasks/:id',
+    { schema: { ...secured, summary: 'Read a task', params: TaskParams, response: { 200: Task, ...errors } } },
+    async (request, reply) => {
+      const row = await visibleTask(sql, request.params.id, who(request));
+      return row ? toTask(row) : notFound(reply);
+    },
+  );
+
+  app.patch<{ Params: Static<typeof TaskParams>; Body: Static<typeof PatchTaskBody> }>(
+    '/mesh/tasks/:id',
+    {
+      schema: {
+        ...secured,
+        summary: 'Change a task',
+        description: 'Bumps `version` and publishes `taskUpdated` naming the changed fields. A body that changes nothing changes nothing.',
+        params: TaskParams,
+        body: PatchTaskBody,
+        response: { 200: Task, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const p = who(request);
+      const result = await sql.begin(async (tx) => {
+        const current = await visibleTask(tx, request.params.id, p, true);
+        if (!current) return undefined;
+        const changed = (['name', 'status'] as const).filter(
+          (field) => request.body[field] !== undefined && request.body[field] !== current[field],
+        );
+        if (changed.length === 0) return { row: current, changed };
+        const [row] = await tx<TaskRow[]>`
+          UPDATE tasks SET
+            name = ${request.body.name ?? current.name},
+            status = ${request.body.status ?? current.status},
+            version = version + 1,
+            updated_at = now()
+          WHERE id = ${current.id}
+          RETURNING ${tx.unsafe(COLUMNS)}`;
+        return { row: row!, changed };
+      });
+      if (!result) return notFound(reply);
+      const task = toTask(result.row);
+      if (result.changed.length > 0) {
+        await app.mesh.taskUpdates.publish({
+          taskId: task.id,
+          ownerId: task.ownerId,
+          version: task.version,
+          status: task.status,
+          updatedFields: [...result.changed],
+          updatedBy: p.ownerId ?? 'admin',
+        });
+      }
+      return task;
+    },
+  );
+
+  app.post<{ Params: Static<typeof TaskParams>; Body: Static<typeof OutputBody> }>(
+    '/mesh/tasks/:id/output',
+    {
+      schema: {
+        ...secured,
+        summary: "Append to a task's live output",
+        description: 'Publishes `taskOutput` to the sockets following this task’s output.',
+        params: TaskParams,
+        body: OutputBody,
+        response: { 202: Type.Object({ taskId: Type.String({ format: 'uuid' }) }), ...errors },
+      },
+    },
+    async (request, reply) => {
+      const row = await visibleTask(sql, request.params.id, who(request));
+      if (!row) return notFound(reply);
+      await app.mesh.taskOutput.publish({
+        ...request.body,
+        taskId: row.id,
+        ownerId: row.owner_id,
+        isPartial: request.body.isPartial ?? false,
+      });
+      return reply.code(202).send({ taskId: row.id });
+    },
+  );
+}
