@@ -107,7 +107,9 @@ export async function startEmbeddedPostgres(options: {
   const database = options.database ?? 'postgres';
   const root = path.resolve(options.dir);
   const dataDir = path.join(root, 'pg');
-  await mkdir(root, { recursive: true, mode: 0o755 });
+  await mkdir(root, { recursive: true });
+  // The cluster runs as user `postgres` when we are root: it must be able to reach `pg/`.
+  await chmod(root, 0o755);
   const creds = await credentials(path.join(root, 'embedded-pg.json'));
   await chmod(path.join(root, 'embedded-pg.json'), 0o600);
 

@@ -1,0 +1,38 @@
+/**
+ * `npm test`: runs every test/*.test.ts with Node's test runner against a real PostgreSQL —
+ * DATABASE_URL when set, otherwise an embedded one started here for the run and removed after.
+ * Each test file creates (and drops) a database of its own on that server.
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import pino from 'pino';
+import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
+
+const log = pino({ level: process.env.LOG_LEVEL || 'warn' }, pino.destination(2));
+const requested = process.argv.slice(2);
+const files = requested.length > 0
+  ? requested
+  : (await readdir('test')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => path.join('test', f));
+
+let embedded: EmbeddedDatabase | undefined;
+let scratch: string | undefined;
+let url = process.env.DATABASE_URL;
+if (!url) {
+  await mkdir('.data', { recursive: true });
+  scratch = await mkdtemp(path.resolve('.data', 'test-'));
+  embedded = await startEmbeddedPostgres({ dir: scratch, log });
+  url = embedded.url;
+}
+
+const child = spawn(process.execPath, ['--import', 'tsx', '--test', ...files], {
+  stdio: 'inherit',
+  env: { ...process.env, MESH_TEST_DATABASE_URL: url },
+});
+const code = await new Promise<number>((resolve) => {
+  child.on('exit', (status, signal) => resolve(status ?? (signal ? 1 : 0)));
+});
+
+await embedded?.stop();
+if (scratch) await rm(scratch, { recursive: true, force: true });
+process.exit(code);

@@ -1,0 +1,236 @@
+/**
+ * The wire protocol of the seed, frame by frame, over real sockets against a real database.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { startTestServer, type TestServer } from './helpers/server.js';
+
+let server: TestServer;
+let owner: { ownerId: string; key: string };
+let taskId: string;
+
+before(async () => {
+  server = await startTestServer();
+  owner = await server.owner();
+  taskId = await server.task(owner.ownerId);
+});
+after(() => server.close());
+
+const update = (id: string, version: number, extra: Record<string, unknown> = {}) => ({
+  taskId: id,
+  version,
+  status: 'running',
+  updatedFields: ['status'],
+  updatedBy: 'test',
+  ...extra,
+});
+
+describe('acks', () => {
+  test('each client message gets its ack, task ids in canonical lower case', async () => {
+    const client = await server.connect(owner.key);
+    const upper = taskId.toUpperCase();
+    assert.deepEqual(await client.request({ type: 'subscribe', taskId: upper }), { type: 'subscribed', taskId });
+    assert.deepEqual(await client.request({ type: 'subscribeOutput', taskId: upper }), { type: 'outputSubscribed', taskId });
+    assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
+    assert.deepEqual(await client.request({ type: 'unsubscribeAll' }), { type: 'unsubscribedAll' });
+    assert.deepEqual(await client.request({ type: 'unsubscribeOutput', taskId: upper }), { type: 'outputUnsubscribed', taskId });
+    assert.deepEqual(await client.request({ type: 'unsubscribe', taskId: upper }), { type: 'unsubscribed', taskId });
+    await client.close();
+  });
+
+  test('unknown extra fields are ignored, as serde ignores them', async () => {
+    const client = await server.connect(owner.key);
+    assert.deepEqual(await client.request({ type: 'subscribe', taskId, extra: { deep: [1, 2] }, since: 'x' }), {
+      type: 'subscribed',
+      taskId,
+    });
+    assert.deepEqual(await client.request({ type: 'subscribeAll', junk: true }), { type: 'subscribedAll' });
+    await client.close();
+  });
+
+  test('replies come in the order of the frames, even when a lookup is in between', async () => {
+    const other = await server.task(owner.ownerId);
+    const client = await server.connect(owner.key);
+    client.send({ type: 'subscribe', taskId: other });
+    client.send({ type: 'unsubscribe', taskId: other });
+    client.send({ type: 'subscribeAll' });
+    client.send('not json');
+    assert.deepEqual(await client.next(), { type: 'subscribed', taskId: other });
+    assert.deepEqual(await client.next(), { type: 'unsubscribed', taskId: other });
+    assert.deepEqual(await client.next(), { type: 'subscribedAll' });
+    assert.equal((await client.next()).code, 'PARSE_ERROR');
+    await client.close();
+  });
+});
+
+describe('bad frames get PARSE_ERROR and the socket stays open', () => {
+  const cases: Array<[string, unknown]> = [
+    ['not JSON', '{"type": "subscribe",'],
+    ['a JSON string', '"subscribe"'],
+    ['a JSON array', '[{"type":"subscribeAll"}]'],
+    ['null', 'null'],
+    ['a number', '42'],
+    ['no type', { taskId: '00000000-0000-0000-0000-000000000000' }],
+    ['a non-string type', { type: 7 }],
+    ['an unknown type', { type: 'subscribeEverything' }],
+    ['a missing taskId', { type: 'subscribe' }],
+    ['a taskId that is not a string', { type: 'subscribeOutput', taskId: 12345 }],
+    ['a malformed UUID', { type: 'unsubscribe', taskId: 'not-a-uuid' }],
+    ['a UUID with a trailing character', { type: 'subscribe', taskId: '00000000-0000-0000-0000-0000000000001' }],
+    ['a braced UUID', { type: 'subscribe', taskId: '{00000000-0000-0000-0000-000000000000}' }],
+    ['an empty frame', ''],
+  ];
+  for (const [name, frame] of cases) {
+    test(name, async () => {
+      const client = await server.connect(owner.key);
+      const reply = await client.request(frame);
+      assert.equal(reply.type, 'error');
+      assert.equal(reply.code, 'PARSE_ERROR');
+      assert.equal(typeof reply.message, 'string');
+      assert.deepEqual(await client.request({ type: 'subscribe', taskId }), { type: 'subscribed', taskId });
+      await client.close();
+    });
+  }
+
+  test('a binary frame', async () => {
+    const client = await server.connect(owner.key);
+    const reply = await client.request(Buffer.from(JSON.stringify({ type: 'subscribeAll' })));
+    assert.equal(reply.code, 'PARSE_ERROR');
+    assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
+    await client.close();
+  });
+
+  test('an echoed type is cut short, so a client cannot make the server amplify it', async () => {
+    const client = await server.connect(owner.key);
+    const reply = await client.request({ type: 'x'.repeat(10_000) });
+    assert.equal(reply.code, 'PARSE_ERROR');
+    assert.ok(String(reply.message).length < 200);
+    await client.close();
+  });
+});
+
+describe('events', () => {
+  test('taskUpdated carries exactly the seed fields', async () => {
+    const client = await server.connect(owner.key);
+    await client.request({ type: 'subscribe', taskId });
+    await server.app.mesh.taskUpdates.publish(update(taskId.toUpperCase(), 7, { ownerId: owner.ownerId }));
+    assert.deepEqual(await client.next(), {
+      type: 'taskUpdated',
+      taskId,
+      version: 7,
+      status: 'running',
+      updatedFields: ['status'],
+      updatedBy: 'test',
+    });
+    await client.close();
+  });
+
+  test('taskOutput leaves absent optional fields out, never null, and always has isPartial', async () => {
+    const client = await server.connect(owner.key);
+    await client.request({ type: 'subscribeOutput', taskId });
+    await server.app.mesh.taskOutput.publish({
+      taskId,
+      ownerId: owner.ownerId,
+      messageType: 'assistant',
+      content: 'hello',
+      toolName: null,
+      isError: null,
+      isPartial: false,
+    });
+    const bare = await client.next();
+    assert.deepEqual(bare, { type: 'taskOutput', taskId, messageType: 'assistant', content: 'hello', isPartial: false });
+    await server.app.mesh.taskOutput.publish({
+      taskId,
+      ownerId: owner.ownerId,
+      messageType: 'tool_use',
+      content: '',
+      toolName: 'Bash',
+      toolInput: { command: 'ls', args: [1, null, { a: true }] },
+      isError: false,
+      costUsd: 0.0123,
+      durationMs: 1500,
+      isPartial: true,
+    });
+    assert.deepEqual(await client.next(), {
+      type: 'taskOutput',
+      taskId,
+      messageType: 'tool_use',
+      content: '',
+      toolName: 'Bash',
+      toolInput: { command: 'ls', args: [1, null, { a: true }] },
+      isError: false,
+      costUsd: 0.0123,
+      durationMs: 1500,
+      isPartial: true,
+    });
+    await client.close();
+  });
+
+  test('one notification reaches a client once, however many subscriptions match', async () => {
+    const client = await server.connect(owner.key);
+    await client.request({ type: 'subscribeAll' });
+    await client.request({ type: 'subscribe', taskId });
+    await client.request({ type: 'subscribeOutput', taskId });
+    await server.app.mesh.taskUpdates.publish(update(taskId, 10, { ownerId: owner.ownerId }));
+    await server.app.mesh.taskUpdates.publish(update(taskId, 11, { ownerId: owner.ownerId }));
+    assert.equal((await client.next()).version, 10);
+    assert.equal((await client.next()).version, 11);
+    assert.equal(client.pending.length, 0);
+    await client.close();
+  });
+
+  test('frames for one task arrive in publish order, with and without a known owner', async () => {
+    const fresh = await server.task(owner.ownerId);
+    const client = await server.connect(owner.key);
+    await client.request({ type: 'subscribeAll' });
+    const published: Promise<void>[] = [];
+    for (let version = 1; version <= 200; version++) {
+      // Every third one leaves the owner out; the first does too, so it waits on a lookup while
+      // the ones behind it already know their owner.
+      const extra = version % 3 === 1 ? {} : { ownerId: owner.ownerId };
+      published.push(server.app.mesh.taskUpdates.publish(update(fresh, version, extra)));
+    }
+    await Promise.all(published);
+    for (let version = 1; version <= 200; version++) assert.equal((await client.next()).version, version);
+    await client.close();
+  });
+
+  test('subscribeAll carries task updates only; output needs subscribeOutput', async () => {
+    const client = await server.connect(owner.key);
+    await client.request({ type: 'subscribeAll' });
+    await server.app.mesh.taskOutput.publish({ taskId, ownerId: owner.ownerId, messageType: 'raw', content: 'a', isPartial: false });
+    await server.app.mesh.taskUpdates.publish(update(taskId, 20, { ownerId: owner.ownerId }));
+    // Had the output been delivered, it would have come first.
+    assert.equal((await client.next()).type, 'taskUpdated');
+    await client.close();
+  });
+
+  test('unsubscribe, unsubscribeOutput and unsubscribeAll stop their streams', async () => {
+    const client = await server.connect(owner.key);
+    await client.request({ type: 'subscribe', taskId });
+    await client.request({ type: 'subscribeOutput', taskId });
+    await client.request({ type: 'subscribeAll' });
+    await client.request({ type: 'unsubscribe', taskId });
+    await client.request({ type: 'unsubscribeAll' });
+    await client.request({ type: 'unsubscribeOutput', taskId });
+    await server.app.mesh.taskUpdates.publish(update(taskId, 30, { ownerId: owner.ownerId }));
+    await server.app.mesh.taskOutput.publish({ taskId, ownerId: owner.ownerId, messageType: 'raw', content: 'a', isPartial: false });
+    // A marker on another subscription proves nothing arrived before it.
+    const marker = await server.task(owner.ownerId);
+    await client.request({ type: 'subscribe', taskId: marker });
+    await server.app.mesh.taskUpdates.publish(update(marker, 1, { ownerId: owner.ownerId }));
+    const next = await client.next();
+    assert.equal(next.taskId, marker);
+    assert.equal(next.type, 'taskUpdated');
+    await client.close();
+  });
+
+  test('in-process listeners get each event with its owner settled', async () => {
+    const seen: unknown[] = [];
+    const stop = server.app.mesh.taskUpdates.subscribe((e) => seen.push(e));
+    await server.app.mesh.taskUpdates.publish(update(taskId, 40));
+    stop();
+    await server.app.mesh.taskUpdates.publish(update(taskId, 41));
+    assert.deepEqual(seen, [{ ...update(taskId, 40), ownerId: owner.ownerId }]);
+  });
+});
