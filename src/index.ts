@@ -6,7 +6,7 @@ import meshSubscriptions from './plugin.js';
 
 export default meshSubscriptions;
 export { meshSubscriptions };
-export { SUBSCRIBE_PATH, type Mesh } from './plugin.js';
+export { SUBSCRIBE_PATH, type Mesh, type MeshStats } from './plugin.js';
 export type { MeshSubscriptionsOptions, Principal, OwnerResolver } from './options.js';
 export { DEFAULTS } from './options.js';
 export type { BroadcastChannel, Delivered, TaskOutputChannel, TaskUpdatesChannel } from './core/hub.js';

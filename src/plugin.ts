@@ -18,14 +18,26 @@ export interface Mesh {
   taskUpdates: TaskUpdatesChannel;
   /** `state.task_output` of the seed: a task's live output. */
   taskOutput: TaskOutputChannel;
-  /** How many sockets are open right now. */
-  connectionCount(): number;
+  /** Open sockets, and how many tasks / owners the subscription index holds entries for. */
+  stats(): MeshStats;
 }
 
 declare module 'fastify' {
   interface FastifyInstance {
     mesh: Mesh;
   }
+}
+
+export interface MeshStats {
+  connections: number;
+  /** Tasks with at least one `subscribe`. */
+  tasks: number;
+  /** Tasks with at least one `subscribeOutput`. */
+  outputs: number;
+  /** Owners with at least one `subscribeAll` socket. */
+  ownersAll: number;
+  /** Admin sockets holding `subscribeAll`. */
+  adminsAll: number;
 }
 
 export const SUBSCRIBE_PATH = '/mesh/tasks/subscribe';
@@ -101,7 +113,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   app.decorate('mesh', {
     taskUpdates: hub.taskUpdates,
     taskOutput: hub.taskOutput,
-    connectionCount: () => hub.connections.size,
+    stats: () => ({ connections: hub.connections.size, ...hub.index.stats() }),
   } satisfies Mesh);
 
   // Also covers a host that registered @fastify/websocket itself, whose preClose would not say 1001.

@@ -1,0 +1,24 @@
+/**
+ * The OpenAPI document: the upgrade route is in it (despite @fastify/websocket hiding ws-only
+ * routes), and the committed openapi/openapi.json is what `npm run openapi` writes today.
+ */
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { test } from 'node:test';
+import { OPENAPI_FILE, openApiDocument } from '../scripts/openapi-document.js';
+
+test('GET /api/v1/mesh/tasks/subscribe is documented with a 101 response', async () => {
+  const document = JSON.parse(await openApiDocument());
+  const route = document.paths['/api/v1/mesh/tasks/subscribe']?.get;
+  assert.ok(route, 'the upgrade route is missing from the document');
+  assert.match(route.responses['101'].description, /Switching Protocols/);
+  assert.match(route.description, /subscribeAll/);
+  assert.ok(route.responses['401']);
+  for (const path of ['/api/v1/mesh/tasks', '/api/v1/mesh/tasks/{id}', '/api/v1/mesh/tasks/{id}/output', '/healthz']) {
+    assert.ok(document.paths[path], `${path} is missing`);
+  }
+});
+
+test('the committed openapi/openapi.json is current (run `npm run openapi`)', async () => {
+  assert.equal(await readFile(OPENAPI_FILE, 'utf8'), await openApiDocument());
+});
