@@ -4,7 +4,7 @@
  * Each test file creates (and drops) a database of its own on that server.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
@@ -21,6 +21,7 @@ let url = process.env.DATABASE_URL;
 if (!url) {
   await mkdir('.data', { recursive: true });
   scratch = await mkdtemp(path.resolve('.data', 'test-'));
+  await chmod(scratch, 0o755);
   embedded = await startEmbeddedPostgres({ dir: scratch, log });
   url = embedded.url;
 }

@@ -20,6 +20,8 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 export const CloseCode = {
   /** The server is shutting down; reconnect (to another instance). */
   GOING_AWAY: 1001,
+  /** A client frame larger than `maxPayload`. */
+  MESSAGE_TOO_BIG: 1009,
   /** An unexpected condition on the server; the reason is generic on purpose. */
   INTERNAL_ERROR: 1011,
 } as const;

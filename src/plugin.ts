@@ -108,7 +108,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     ttlMs: options.ownerCacheTtlMs,
     timeoutMs: options.lookupTimeoutMs,
   });
-  const hub = new MeshHub(owners, app.log);
+  const hub = new MeshHub(owners, app.log, options.maxPayload);
 
   app.decorate('mesh', {
     taskUpdates: hub.taskUpdates,

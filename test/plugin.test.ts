@@ -105,6 +105,21 @@ describe('mounting', () => {
     await app.close();
   });
 
+  test('a frame over maxPayload closes with 1009, whoever registered @fastify/websocket', async () => {
+    for (const hostWebsocket of [false, true]) {
+      const app = Fastify();
+      if (hostWebsocket) await app.register(fastifyWebsocket);
+      await app.register(meshSubscriptions, { authenticate: allowAdmin, sql: db.sql, maxPayload: 1024 });
+      const url = await listen(app);
+      const client = await TestClient.connect(url);
+      const fits = JSON.stringify({ type: 'subscribeAll', pad: 'x'.repeat(900) });
+      assert.deepEqual(await client.request(fits), { type: 'subscribedAll' });
+      client.send(JSON.stringify({ type: 'subscribeAll', pad: 'x'.repeat(2000) }));
+      assert.equal((await client.closed).code, CloseCode.MESSAGE_TOO_BIG);
+      await app.close();
+    }
+  });
+
   test('app.close() closes every socket with 1001', async () => {
     const app = Fastify();
     await app.register(meshSubscriptions, { authenticate: allowAdmin, sql: db.sql });

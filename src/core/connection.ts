@@ -43,10 +43,15 @@ export interface ConnectionContext {
   index: SubscriptionIndex<ClientConnection>;
   owners: OwnerDirectory;
   scheduler: FlushScheduler;
+  /** ws enforces it when the plugin owns the ws server; a host's ws server may allow more. */
+  maxPayload: number;
   onClosed(connection: ClientConnection): void;
 }
 
 type Step = () => void;
+
+const byteLength = (data: RawData): number =>
+  Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
 export class ClientConnection implements Subscriber {
   readonly updates = new Set<string>();
@@ -112,6 +117,10 @@ export class ClientConnection implements Subscriber {
   private onFrame(data: RawData, isBinary: boolean): void {
     if (this.closed) return;
     try {
+      if (byteLength(data) > this.context.maxPayload) {
+        this.close(CloseCode.MESSAGE_TOO_BIG, 'frame too large');
+        return;
+      }
       if (isBinary) {
         this.inOrder(() => this.reject(ErrorCode.PARSE_ERROR, 'binary frames are not supported; send JSON as text'));
         return;

@@ -56,6 +56,7 @@ export class MeshHub {
   constructor(
     private readonly owners: OwnerDirectory,
     private readonly log: FastifyBaseLogger,
+    private readonly maxPayload: number,
   ) {
     this.taskUpdates = {
       publish: (n) => this.enqueue({ kind: 'update', event: toTaskUpdateEvent(n), owner: undefined, done: noop }),
@@ -71,7 +72,13 @@ export class MeshHub {
     const connection = new ClientConnection(
       socket,
       principal,
-      { index: this.index, owners: this.owners, scheduler: this.scheduler, onClosed: (c) => this.connections.delete(c) },
+      {
+        index: this.index,
+        owners: this.owners,
+        scheduler: this.scheduler,
+        maxPayload: this.maxPayload,
+        onClosed: (c) => this.connections.delete(c),
+      },
       log,
     );
     this.connections.add(connection);

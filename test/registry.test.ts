@@ -1,0 +1,70 @@
+/**
+ * Unit test of the subscription index alone, with stand-in subscribers that record frames.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { SubscriptionIndex, type Subscriber } from '../src/core/registry.js';
+import type { Principal } from '../src/options.js';
+
+function subscriber(principal: Principal): Subscriber & { got: string[] } {
+  const got: string[] = [];
+  return {
+    principal,
+    updates: new Set(),
+    outputs: new Set(),
+    all: false,
+    round: 0,
+    got,
+    enqueue: (frame: Buffer) => got.push(frame.toString()),
+  };
+}
+
+const A = 'aaaaaaaa-0000-0000-0000-000000000000';
+const B = 'bbbbbbbb-0000-0000-0000-000000000000';
+const T1 = '11111111-0000-0000-0000-000000000000';
+
+test('one frame per subscriber per event, whatever the overlap of its subscriptions', () => {
+  const index = new SubscriptionIndex();
+  const admin = subscriber({ ownerId: A, admin: true });
+  const owner = subscriber({ ownerId: A, admin: false });
+  index.subscribeAll(admin);
+  index.subscribeUpdates(admin, T1);
+  index.subscribeAll(owner);
+  index.subscribeUpdates(owner, T1);
+  assert.equal(index.deliverUpdate(T1, A, Buffer.from('e1')), 2);
+  assert.equal(index.deliverUpdate(T1, A, Buffer.from('e2')), 2);
+  assert.deepEqual(admin.got, ['e1', 'e2']);
+  assert.deepEqual(owner.got, ['e1', 'e2']);
+});
+
+test('visibility: other owners and ownerless tasks are withheld from owners', () => {
+  const index = new SubscriptionIndex();
+  const a = subscriber({ ownerId: A, admin: false });
+  const b = subscriber({ ownerId: B, admin: false });
+  index.subscribeAll(a);
+  index.subscribeAll(b);
+  index.subscribeUpdates(a, T1);
+  index.subscribeOutput(a, T1);
+  index.deliverUpdate(T1, B, Buffer.from('bob'));
+  index.deliverUpdate(T1, null, Buffer.from('nobody'));
+  index.deliverOutput(T1, B, Buffer.from('bob-out'));
+  index.deliverOutput(T1, A, Buffer.from('alice-out'));
+  assert.deepEqual(a.got, ['alice-out']);
+  assert.deepEqual(b.got, ['bob']);
+});
+
+test('remove frees every entry the subscriber held', () => {
+  const index = new SubscriptionIndex();
+  const a = subscriber({ ownerId: A, admin: false });
+  const root = subscriber({ ownerId: null, admin: true });
+  for (const s of [a, root]) {
+    index.subscribeAll(s);
+    index.subscribeUpdates(s, T1);
+    index.subscribeOutput(s, T1);
+  }
+  index.remove(a);
+  index.remove(root);
+  assert.deepEqual(index.stats(), { tasks: 0, outputs: 0, ownersAll: 0, adminsAll: 0 });
+  assert.equal(a.updates.size + a.outputs.size, 0);
+  assert.equal(a.all, false);
+});
