@@ -1,47 +1,47 @@
 /**
- * Authentication of the upgrade request: it runs as a route hook, so a refusal is an HTTP answer
- * before any 101. It fails closed: a throw, a `null` or a malformed principal all refuse.
+ * Authentication of the upgrade request, and again of every open socket on an interval. It fails
+ * closed: a `null` or a malformed principal refuses; a throw refuses a new socket.
  */
-import type { FastifyReply, FastifyRequest } from 'fastify';
-import { UpgradeError } from './errors.js';
+import type { FastifyRequest } from 'fastify';
 import type { Principal, ResolvedOptions } from './options.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** The principal of each upgrade request, from the hook to the socket handler. */
-const principals = new WeakMap<FastifyRequest, Principal>();
-
-export function principalOf(request: FastifyRequest): Principal | undefined {
-  return principals.get(request);
-}
-
 function normalise(value: unknown): Principal | null {
   if (typeof value !== 'object' || value === null) return null;
-  const { ownerId, admin } = value as Partial<Principal>;
+  const { ownerId, admin, id } = value as Partial<Principal>;
   if (typeof admin !== 'boolean') return null;
-  if (ownerId === null) return { ownerId: null, admin };
-  if (typeof ownerId !== 'string' || !UUID.test(ownerId)) return null;
-  return { ownerId: ownerId.toLowerCase(), admin };
+  if (id !== undefined && (typeof id !== 'string' || id.length === 0 || id.length > 256)) return null;
+  if (ownerId !== null && (typeof ownerId !== 'string' || !UUID.test(ownerId))) return null;
+  const principal: Principal = { ownerId: ownerId === null ? null : ownerId.toLowerCase(), admin };
+  if (id !== undefined) principal.id = id;
+  return principal;
 }
 
-export function upgradeAuthHook(authenticate: ResolvedOptions['authenticate']) {
-  return async function authenticateUpgrade(request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    let answer: unknown;
-    try {
-      answer = await authenticate(request);
-    } catch (error) {
-      request.log.warn({ err: error }, 'authenticate threw; refusing the upgrade');
-      answer = null;
-    }
-    const principal = normalise(answer);
-    if (answer !== null && principal === null) {
-      request.log.error('authenticate returned something that is not a Principal; refusing the upgrade');
-    }
-    if (!principal) {
-      const { status, code, message } = UpgradeError.UNAUTHORIZED;
-      await reply.code(status).send({ code, message });
-      return;
-    }
-    principals.set(request, principal);
-  };
+export type AuthOutcome = { principal: Principal } | { refused: true } | { failed: unknown };
+
+/** Runs the host's `authenticate`; a throw is reported apart from a refusal. Never throws. */
+export async function authenticateRequest(
+  authenticate: ResolvedOptions['authenticate'],
+  request: FastifyRequest,
+): Promise<AuthOutcome> {
+  let answer: unknown;
+  try {
+    answer = await authenticate(request);
+  } catch (error) {
+    return { failed: error };
+  }
+  const principal = normalise(answer);
+  if (principal) return { principal };
+  if (answer !== null) request.log.error('authenticate returned something that is not a Principal; refusing');
+  return { refused: true };
+}
+
+/** The identity the per-principal connection limit counts: never a secret. */
+export function principalKey(p: Principal): string {
+  return p.id ?? p.ownerId ?? (p.admin ? 'admin' : 'nobody');
+}
+
+export function samePrincipal(a: Principal, b: Principal): boolean {
+  return a.ownerId === b.ownerId && a.admin === b.admin && a.id === b.id;
 }

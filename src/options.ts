@@ -12,6 +12,11 @@ export interface Principal {
   ownerId: string | null;
   /** Admins see every task, including tasks without an owner. */
   admin: boolean;
+  /**
+   * Who this is, for the per-principal connection limit and for logs. Default: the owner id, or
+   * `admin` / `nobody`. Never put a secret here.
+   */
+  id?: string;
 }
 
 /** Maps task ids to their owner (`null`: no owner). Ids that are not tasks are left out. */
@@ -42,6 +47,32 @@ export interface MeshSubscriptionsOptions {
   lookupTimeoutMs?: number;
   /** Largest client frame in bytes; larger closes the socket with 1009. Default 64 KiB. */
   maxPayload?: number;
+  /** Token bucket refill per connection, frames per second. Default 100. */
+  maxFramesPerSecond?: number;
+  /** Token bucket size per connection. Default 200. */
+  frameBurst?: number;
+  /** A connection rate-limited without a second's pause for this long is closed with 1008. Default 10,000 ms. */
+  floodCloseAfterMs?: number;
+  /** Subscriptions (task, output, and `subscribeAll` each count one) per connection. Default 1,000. */
+  maxSubscriptionsPerConnection?: number;
+  /** Open sockets per principal; over it the upgrade gets 429. Default 100. */
+  maxConnectionsPerPrincipal?: number;
+  /** Open sockets in total; over it the upgrade gets 503 with Retry-After. Default unlimited (`Infinity`). */
+  maxConnections?: number;
+  /** Browser Origins allowed to open a socket (exact match). Empty: no check. Default empty. */
+  allowedOrigins?: readonly string[];
+  /** Buffered bytes above which a socket's output is dropped (then `lagged`) and updates conflated. Default 1 MiB. */
+  softBufferLimit?: number;
+  /** Buffered bytes above which a socket is closed with 4008. Default 8 MiB. */
+  hardBufferLimit?: number;
+  /** A socket backed up for longer than this is closed with 4008. Default 30,000 ms. */
+  slowConsumerTimeoutMs?: number;
+  /** Ping interval; a socket that has not answered by the next ping is terminated. Default 30,000 ms. */
+  pingIntervalMs?: number;
+  /** How often `authenticate` is run again for each open socket. Default 60,000 ms. */
+  reauthIntervalMs?: number;
+  /** How long `app.close()` waits for sockets to finish their close handshake. Default 10,000 ms. */
+  shutdownTimeoutMs?: number;
 }
 
 export interface ResolvedOptions {
@@ -54,6 +85,19 @@ export interface ResolvedOptions {
   ownerCacheTtlMs: number;
   lookupTimeoutMs: number;
   maxPayload: number;
+  maxFramesPerSecond: number;
+  frameBurst: number;
+  floodCloseAfterMs: number;
+  maxSubscriptionsPerConnection: number;
+  maxConnectionsPerPrincipal: number;
+  maxConnections: number;
+  allowedOrigins: ReadonlySet<string>;
+  softBufferLimit: number;
+  hardBufferLimit: number;
+  slowConsumerTimeoutMs: number;
+  pingIntervalMs: number;
+  reauthIntervalMs: number;
+  shutdownTimeoutMs: number;
 }
 
 export const DEFAULTS = {
@@ -63,16 +107,39 @@ export const DEFAULTS = {
   ownerCacheTtlMs: 60_000,
   lookupTimeoutMs: 5_000,
   maxPayload: 64 * 1024,
+  maxFramesPerSecond: 100,
+  frameBurst: 200,
+  floodCloseAfterMs: 10_000,
+  maxSubscriptionsPerConnection: 1_000,
+  maxConnectionsPerPrincipal: 100,
+  maxConnections: Number.POSITIVE_INFINITY,
+  allowedOrigins: [] as readonly string[],
+  softBufferLimit: 1024 * 1024,
+  hardBufferLimit: 8 * 1024 * 1024,
+  slowConsumerTimeoutMs: 30_000,
+  pingIntervalMs: 30_000,
+  reauthIntervalMs: 60_000,
+  shutdownTimeoutMs: 10_000,
 } as const;
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/;
 
-function positiveInteger(name: string, value: unknown, fallback: number): number {
+function positiveInteger(name: string, value: unknown, fallback: number, allowInfinity = false): number {
   if (value === undefined) return fallback;
+  if (allowInfinity && value === Number.POSITIVE_INFINITY) return value;
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
-    throw new MeshOptionsError(`option "${name}" must be a positive integer, got ${JSON.stringify(value)}`);
+    const expected = allowInfinity ? 'a positive integer or Infinity' : 'a positive integer';
+    throw new MeshOptionsError(`option "${name}" must be ${expected}, got ${JSON.stringify(value)}`);
   }
   return value;
+}
+
+function origins(value: unknown): ReadonlySet<string> {
+  if (value === undefined) return new Set();
+  if (!Array.isArray(value) || !value.every((o) => typeof o === 'string' && /^https?:\/\/[^/]+$/.test(o))) {
+    throw new MeshOptionsError('option "allowedOrigins" must be an array of origins like "https://app.example.com"');
+  }
+  return new Set(value as string[]);
 }
 
 export function resolveOptions(raw: unknown): ResolvedOptions {
@@ -98,6 +165,11 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   if (typeof tasksTable !== 'string' || !IDENTIFIER.test(tasksTable)) {
     throw new MeshOptionsError('option "tasksTable" must be a plain SQL identifier such as "tasks" or "app.tasks"');
   }
+  const softBufferLimit = positiveInteger('softBufferLimit', o.softBufferLimit, DEFAULTS.softBufferLimit);
+  const hardBufferLimit = positiveInteger('hardBufferLimit', o.hardBufferLimit, DEFAULTS.hardBufferLimit);
+  if (hardBufferLimit <= softBufferLimit) {
+    throw new MeshOptionsError('option "hardBufferLimit" must be larger than "softBufferLimit"');
+  }
   return {
     authenticate: o.authenticate,
     sql: o.sql,
@@ -108,5 +180,27 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     ownerCacheTtlMs: positiveInteger('ownerCacheTtlMs', o.ownerCacheTtlMs, DEFAULTS.ownerCacheTtlMs),
     lookupTimeoutMs: positiveInteger('lookupTimeoutMs', o.lookupTimeoutMs, DEFAULTS.lookupTimeoutMs),
     maxPayload: positiveInteger('maxPayload', o.maxPayload, DEFAULTS.maxPayload),
+    maxFramesPerSecond: positiveInteger('maxFramesPerSecond', o.maxFramesPerSecond, DEFAULTS.maxFramesPerSecond),
+    frameBurst: positiveInteger('frameBurst', o.frameBurst, DEFAULTS.frameBurst),
+    floodCloseAfterMs: positiveInteger('floodCloseAfterMs', o.floodCloseAfterMs, DEFAULTS.floodCloseAfterMs),
+    maxSubscriptionsPerConnection: positiveInteger(
+      'maxSubscriptionsPerConnection',
+      o.maxSubscriptionsPerConnection,
+      DEFAULTS.maxSubscriptionsPerConnection,
+    ),
+    maxConnectionsPerPrincipal: positiveInteger(
+      'maxConnectionsPerPrincipal',
+      o.maxConnectionsPerPrincipal,
+      DEFAULTS.maxConnectionsPerPrincipal,
+      true,
+    ),
+    maxConnections: positiveInteger('maxConnections', o.maxConnections, DEFAULTS.maxConnections, true),
+    allowedOrigins: origins(o.allowedOrigins),
+    softBufferLimit,
+    hardBufferLimit,
+    slowConsumerTimeoutMs: positiveInteger('slowConsumerTimeoutMs', o.slowConsumerTimeoutMs, DEFAULTS.slowConsumerTimeoutMs),
+    pingIntervalMs: positiveInteger('pingIntervalMs', o.pingIntervalMs, DEFAULTS.pingIntervalMs),
+    reauthIntervalMs: positiveInteger('reauthIntervalMs', o.reauthIntervalMs, DEFAULTS.reauthIntervalMs),
+    shutdownTimeoutMs: positiveInteger('shutdownTimeoutMs', o.shutdownTimeoutMs, DEFAULTS.shutdownTimeoutMs),
   };
 }

@@ -7,7 +7,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
 import type { WebSocket } from 'ws';
-import { principalOf, upgradeAuthHook } from './auth.js';
+import { Admission } from './admission.js';
 import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core/hub.js';
 import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
@@ -56,15 +56,15 @@ const ROUTE_DESCRIPTION = [
 interface RouteOptions {
   settings: ResolvedOptions;
   hub: MeshHub;
+  admission: Admission;
 }
 
-async function routes(child: FastifyInstance, { settings: options, hub }: RouteOptions): Promise<void> {
-  const closeSockets = () => hub.closeAll(CloseCode.GOING_AWAY, 'server shutting down');
+async function routes(child: FastifyInstance, { settings: options, hub, admission }: RouteOptions): Promise<void> {
   if (!child.hasDecorator('websocketServer')) {
     await child.register(fastifyWebsocket, {
       options: { maxPayload: options.maxPayload, perMessageDeflate: false },
+      // Our own preClose (below, on the host) closes our sockets with 1001 and waits for them.
       preClose(done) {
-        closeSockets();
         this.websocketServer.close(() => done());
       },
     });
@@ -83,19 +83,19 @@ async function routes(child: FastifyInstance, { settings: options, hub }: RouteO
         426: { description: 'A plain HTTP request: this endpoint needs `Upgrade: websocket`.', ...ErrorBody },
       },
     },
-    preValidation: upgradeAuthHook(options.authenticate),
+    preValidation: admission.hook,
     handler: async (_request, reply) => {
       const { status, code, message } = UpgradeError.UPGRADE_REQUIRED;
       return reply.code(status).header('upgrade', 'websocket').send({ code, message });
     },
     wsHandler: (socket: WebSocket, request) => {
-      const principal = principalOf(request);
+      const principal = admission.principalOf(request);
       if (!principal) {
         // Unreachable while the hook guards the route; closing keeps it fail-closed if that changes.
         socket.close(CloseCode.INTERNAL_ERROR, 'internal error');
         return;
       }
-      hub.attach(socket, principal, request.log);
+      hub.attach(socket, principal, request);
     },
   });
 }
@@ -108,7 +108,8 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     ttlMs: options.ownerCacheTtlMs,
     timeoutMs: options.lookupTimeoutMs,
   });
-  const hub = new MeshHub(owners, app.log, options.maxPayload);
+  const hub = new MeshHub(owners, app.log, options);
+  const admission = new Admission(options);
 
   app.decorate('mesh', {
     taskUpdates: hub.taskUpdates,
@@ -116,13 +117,15 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     stats: () => ({ connections: hub.connections.size, ...hub.index.stats() }),
   } satisfies Mesh);
 
-  // Also covers a host that registered @fastify/websocket itself, whose preClose would not say 1001.
+  // On the host, so that it also runs when the host registered @fastify/websocket itself.
   app.addHook('preClose', async () => {
-    hub.closeAll(CloseCode.GOING_AWAY, 'server shutting down');
+    admission.closing = true;
+    await hub.shutdown(options.shutdownTimeoutMs);
   });
+  app.addHook('onReady', async () => hub.start());
 
   // Not spread: `prefix` is a reserved register option and would prefix the route twice.
-  await app.register(routes, { settings: options, hub });
+  await app.register(routes, { settings: options, hub, admission });
 };
 
 export default fp(meshSubscriptions, { name: 'mesh-subscriptions', fastify: '5.x' });

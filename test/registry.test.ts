@@ -15,7 +15,8 @@ function subscriber(principal: Principal): Subscriber & { got: string[] } {
     all: false,
     round: 0,
     got,
-    enqueue: (frame: Buffer) => got.push(frame.toString()),
+    sendUpdate: (_taskId: string, frame: Buffer) => got.push(frame.toString()),
+    sendOutput: (_taskId: string, frame: Buffer) => got.push(frame.toString()),
   };
 }
 

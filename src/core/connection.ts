@@ -1,50 +1,31 @@
 /**
- * One client socket: reads its frames in order, keeps its subscriptions in the index, and queues
- * the frames headed to it so that everything sent to it in one loop turn leaves in one write.
+ * One client socket: reads its frames in order within its budget, keeps its subscriptions in the
+ * index, and hands what it must send to its Outbound queue.
  */
-import type { Socket } from 'node:net';
-import type { FastifyBaseLogger } from 'fastify';
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { RawData, WebSocket } from 'ws';
 import { CloseCode, ErrorCode, OwnerLookupUnavailableError } from '../errors.js';
 import type { Principal } from '../options.js';
-import {
-  SUBSCRIBED_ALL,
-  UNSUBSCRIBED_ALL,
-  encodeAck,
-  encodeError,
-  parseClientFrame,
-} from '../protocol/codec.js';
+import { SUBSCRIBED_ALL, UNSUBSCRIBED_ALL, encodeAck, encodeError, parseClientFrame } from '../protocol/codec.js';
 import type { ClientMessage } from '../protocol/schemas.js';
+import { Outbound, type BackpressureLimits, type FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerAnswer, type OwnerDirectory } from './owners.js';
+import { FrameRateLimiter } from './rate-limit.js';
 import { canSee, type Subscriber, type SubscriptionIndex } from './registry.js';
-
-/** Batches the sockets that have frames waiting and writes each of them once per loop turn. */
-export class FlushScheduler {
-  private dirty: ClientConnection[] = [];
-  private scheduled = false;
-
-  mark(connection: ClientConnection): void {
-    this.dirty.push(connection);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(this.flush);
-    }
-  }
-
-  private readonly flush = (): void => {
-    const dirty = this.dirty;
-    this.dirty = [];
-    this.scheduled = false;
-    for (const connection of dirty) connection.flush();
-  };
-}
 
 export interface ConnectionContext {
   index: SubscriptionIndex<ClientConnection>;
   owners: OwnerDirectory;
   scheduler: FlushScheduler;
-  /** ws enforces it when the plugin owns the ws server; a host's ws server may allow more. */
-  maxPayload: number;
+  limits: {
+    /** ws enforces it when the plugin owns the ws server; a host's ws server may allow more. */
+    maxPayload: number;
+    maxSubscriptions: number;
+    maxFramesPerSecond: number;
+    frameBurst: number;
+    floodCloseAfterMs: number;
+    backpressure: BackpressureLimits;
+  };
   onClosed(connection: ClientConnection): void;
 }
 
@@ -53,14 +34,20 @@ type Step = () => void;
 const byteLength = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
+/** How long a socket closed for being slow gets to take its close frame before it is cut. */
+const SLOW_CLOSE_GRACE_MS = 1_000;
+
 export class ClientConnection implements Subscriber {
   readonly updates = new Set<string>();
   readonly outputs = new Set<string>();
   all = false;
   round = 0;
+  /** Cleared by each ping, set by the pong: false at the next ping means the peer is gone. */
+  alive = true;
+  readonly openedAt = Date.now();
 
-  private queue: Buffer[] = [];
-  private queued = false;
+  private readonly outbound: Outbound;
+  private readonly limiter: FrameRateLimiter;
   private closed = false;
   /** Frames whose handling waits on a lookup; later frames wait behind them to keep replies in order. */
   private backlog = 0;
@@ -68,48 +55,94 @@ export class ClientConnection implements Subscriber {
 
   constructor(
     private readonly socket: WebSocket,
-    readonly principal: Principal,
+    public principal: Principal,
+    /** Kept for re-authentication: the host's `authenticate` takes the upgrade request. */
+    readonly request: FastifyRequest,
     private readonly context: ConnectionContext,
-    private readonly log: FastifyBaseLogger,
+    readonly log: FastifyBaseLogger,
   ) {
+    const { limits } = context;
+    this.limiter = new FrameRateLimiter(limits.maxFramesPerSecond, limits.frameBurst, limits.floodCloseAfterMs);
+    this.outbound = new Outbound(socket, limits.backpressure, context.scheduler, (why) => {
+      this.log.warn({ why, backlog: socket.bufferedAmount }, 'closing a slow consumer');
+      this.close(CloseCode.SLOW_CONSUMER, 'slow consumer', SLOW_CLOSE_GRACE_MS);
+    });
     // Attached at once: frames that arrive before any await would otherwise be lost.
     socket.on('message', (data, isBinary) => this.onFrame(data, isBinary));
+    socket.on('pong', () => {
+      this.alive = true;
+    });
     socket.on('close', () => this.release());
     socket.on('error', (error) => this.log.debug({ err: error }, 'websocket error'));
   }
 
-  enqueue(frame: Buffer): void {
+  sendUpdate(taskId: string, frame: Buffer): void {
+    this.outbound.update(taskId, frame);
+  }
+
+  sendOutput(taskId: string, frame: Buffer): void {
+    this.outbound.output(taskId, frame);
+  }
+
+  ping(now: number): void {
+    this.outbound.checkStalled(now);
     if (this.closed) return;
-    this.queue.push(frame);
-    if (!this.queued) {
-      this.queued = true;
-      this.context.scheduler.mark(this);
+    if (!this.alive) {
+      this.log.info('terminating a socket that did not answer the last ping');
+      this.terminate();
+      return;
     }
+    this.alive = false;
+    this.socket.ping();
   }
 
-  flush(): void {
-    this.queued = false;
-    const frames = this.queue;
-    if (frames.length === 0 || this.closed) return;
-    this.queue = [];
-    // ws keeps its net.Socket private; corking it makes the frames of this turn one write.
-    const raw = (this.socket as unknown as { _socket?: Socket })._socket;
-    raw?.cork();
-    for (const frame of frames) this.socket.send(frame, { binary: false });
-    raw?.uncork();
-  }
-
-  close(code: number, reason: string): void {
+  /**
+   * Sends the close frame, frees everything at once, and cuts the connection if the peer has not
+   * finished the handshake within `graceMs`.
+   */
+  close(code: number, reason: string, graceMs?: number): void {
     if (this.closed) return;
-    this.flush();
+    this.outbound.flush();
     this.release();
     this.socket.close(code, reason);
+    if (graceMs !== undefined) setTimeout(() => this.socket.terminate(), graceMs).unref();
+  }
+
+  terminate(): void {
+    this.release();
+    this.socket.terminate();
+  }
+
+  isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /** After re-authentication: the index re-files `subscribeAll`, and tasks no longer visible go. */
+  changePrincipal(principal: Principal): void {
+    const { index } = this.context;
+    const all = this.all;
+    index.unsubscribeAll(this);
+    this.principal = principal;
+    if (all) index.subscribeAll(this);
+    const recheck = (taskId: string, drop: Step) => this.withOwner(taskId, () => {}, drop);
+    for (const taskId of [...this.updates]) {
+      recheck(taskId, () => {
+        index.unsubscribeUpdates(this, taskId);
+        this.outbound.control(encodeAck('unsubscribed', taskId));
+      });
+    }
+    for (const taskId of [...this.outputs]) {
+      recheck(taskId, () => {
+        index.unsubscribeOutput(this, taskId);
+        this.outbound.control(encodeAck('outputUnsubscribed', taskId));
+      });
+    }
   }
 
   private release(): void {
     if (this.closed) return;
     this.closed = true;
-    this.queue = [];
+    this.outbound.stop();
     this.context.index.remove(this);
     this.context.onClosed(this);
   }
@@ -117,8 +150,15 @@ export class ClientConnection implements Subscriber {
   private onFrame(data: RawData, isBinary: boolean): void {
     if (this.closed) return;
     try {
-      if (byteLength(data) > this.context.maxPayload) {
+      if (byteLength(data) > this.context.limits.maxPayload) {
         this.close(CloseCode.MESSAGE_TOO_BIG, 'frame too large');
+        return;
+      }
+      const verdict = this.limiter.take();
+      if (verdict !== 'allow') {
+        if (verdict === 'close') this.close(CloseCode.POLICY_VIOLATION, 'rate limit exceeded');
+        // Not queued behind pending lookups: a flood must not grow that queue.
+        else this.reject(ErrorCode.RATE_LIMITED, 'too many frames; this one was ignored');
         return;
       }
       if (isBinary) {
@@ -141,42 +181,62 @@ export class ClientConnection implements Subscriber {
     switch (message.type) {
       case 'subscribe':
         return this.withOwner(message.taskId, () => {
+          if (!this.updates.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeUpdates(this, message.taskId);
-          this.enqueue(encodeAck('subscribed', message.taskId));
+          this.outbound.control(encodeAck('subscribed', message.taskId));
         });
       case 'subscribeOutput':
         return this.withOwner(message.taskId, () => {
+          if (!this.outputs.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeOutput(this, message.taskId);
-          this.enqueue(encodeAck('outputSubscribed', message.taskId));
+          this.outbound.control(encodeAck('outputSubscribed', message.taskId));
         });
       case 'unsubscribe':
         return this.inOrder(() => {
           index.unsubscribeUpdates(this, message.taskId);
-          this.enqueue(encodeAck('unsubscribed', message.taskId));
+          this.outbound.control(encodeAck('unsubscribed', message.taskId));
         });
       case 'unsubscribeOutput':
         return this.inOrder(() => {
           index.unsubscribeOutput(this, message.taskId);
-          this.enqueue(encodeAck('outputUnsubscribed', message.taskId));
+          this.outbound.control(encodeAck('outputUnsubscribed', message.taskId));
         });
       case 'subscribeAll':
         return this.inOrder(() => {
+          if (!this.all && !this.roomForOneMore()) return;
           index.subscribeAll(this);
-          this.enqueue(SUBSCRIBED_ALL);
+          this.outbound.control(SUBSCRIBED_ALL);
         });
       case 'unsubscribeAll':
         return this.inOrder(() => {
           index.unsubscribeAll(this);
-          this.enqueue(UNSUBSCRIBED_ALL);
+          this.outbound.control(UNSUBSCRIBED_ALL);
         });
     }
   }
 
-  /** Runs `grant` once the task is known to exist and to be visible to this principal. */
-  private withOwner(taskId: string, grant: Step): void {
+  private roomForOneMore(): boolean {
+    const held = this.updates.size + this.outputs.size + (this.all ? 1 : 0);
+    const max = this.context.limits.maxSubscriptions;
+    if (held < max) return true;
+    this.reject(ErrorCode.TOO_MANY_SUBSCRIPTIONS, `a connection may hold ${max} subscriptions; unsubscribe first`);
+    return false;
+  }
+
+  /**
+   * Runs `grant` once the task is known to exist and to be visible to this principal, `deny`
+   * (by default: a NOT_FOUND error) otherwise.
+   */
+  private withOwner(taskId: string, grant: Step, deny?: Step): void {
+    const decide = (owner: OwnerAnswer) => {
+      if (this.closed) return;
+      if (owner !== NO_SUCH_TASK && canSee(this.principal, owner)) grant();
+      else if (deny) deny();
+      else this.reject(ErrorCode.NOT_FOUND, `task ${taskId} not found`);
+    };
     const known = this.context.owners.known(taskId);
     if (known !== undefined) {
-      this.inOrder(() => this.decide(taskId, known, grant));
+      this.inOrder(() => decide(known));
       return;
     }
     // The lookup starts now, so that it joins this loop turn's batch; its answer is applied in order.
@@ -184,27 +244,16 @@ export class ClientConnection implements Subscriber {
     this.backlog++;
     this.chain = this.chain
       .then(() => answer)
-      .then(
-        (owner) => this.decide(taskId, owner, grant),
-        (error: unknown) => {
-          if (!(error instanceof OwnerLookupUnavailableError)) throw error;
-          this.log.warn({ err: error.cause, taskId }, 'owner lookup unavailable');
-          this.reject(ErrorCode.UNAVAILABLE, 'task ownership could not be checked right now; try again');
-        },
-      )
+      .then(decide, (error: unknown) => {
+        if (!(error instanceof OwnerLookupUnavailableError)) throw error;
+        this.log.warn({ err: error.cause, taskId }, 'owner lookup unavailable');
+        if (!deny) this.reject(ErrorCode.UNAVAILABLE, 'task ownership could not be checked right now; try again');
+        else deny(); // a re-check that cannot be made fails closed
+      })
       .catch((error: unknown) => this.fail(error))
       .finally(() => {
         this.backlog--;
       });
-  }
-
-  private decide(taskId: string, owner: OwnerAnswer, grant: Step): void {
-    if (this.closed) return;
-    if (owner === NO_SUCH_TASK || !canSee(this.principal, owner)) {
-      this.reject(ErrorCode.NOT_FOUND, `task ${taskId} not found`);
-      return;
-    }
-    grant();
   }
 
   /** Runs a step now, or after the steps still waiting on a lookup. */
@@ -225,7 +274,7 @@ export class ClientConnection implements Subscriber {
   }
 
   private reject(code: ErrorCode, message: string): void {
-    this.enqueue(encodeError(code, message));
+    this.outbound.control(encodeError(code, message));
   }
 
   /** An unexpected failure costs this socket only, and tells the client nothing about why. */

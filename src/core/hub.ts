@@ -2,9 +2,11 @@
  * The broadcast channels host code publishes into, and the pipeline that settles each event's
  * owner and hands it, encoded once, to the subscription index — in publish order.
  */
-import type { FastifyBaseLogger } from 'fastify';
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
-import type { Principal } from '../options.js';
+import { authenticateRequest, samePrincipal } from '../auth.js';
+import { CloseCode } from '../errors.js';
+import type { Principal, ResolvedOptions } from '../options.js';
 import {
   encodeTaskOutput,
   encodeTaskUpdated,
@@ -14,7 +16,8 @@ import {
   type TaskUpdateEvent,
 } from '../protocol/codec.js';
 import type { TaskOutputNotification, TaskUpdateNotification } from '../protocol/schemas.js';
-import { ClientConnection, FlushScheduler } from './connection.js';
+import { ClientConnection, type ConnectionContext } from './connection.js';
+import { FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
 import { SubscriptionIndex } from './registry.js';
 
@@ -40,6 +43,7 @@ type Pending =
   | { kind: 'output'; event: TaskOutputEvent; owner: string | null | undefined; done: () => void };
 
 const SETTLED = Promise.resolve();
+const REAUTH_CONCURRENCY = 16;
 
 export class MeshHub {
   readonly index = new SubscriptionIndex<ClientConnection>();
@@ -47,7 +51,9 @@ export class MeshHub {
   readonly taskUpdates: TaskUpdatesChannel;
   readonly taskOutput: TaskOutputChannel;
 
-  private readonly scheduler = new FlushScheduler();
+  private readonly context: ConnectionContext;
+  private readonly sockets = new Set<WebSocket>();
+  private readonly timers: NodeJS.Timeout[] = [];
   private readonly updateListeners = new Set<(event: Delivered<TaskUpdateEvent>) => void>();
   private readonly outputListeners = new Set<(event: Delivered<TaskOutputEvent>) => void>();
   /** Events waiting for their owner, and every event published after them. */
@@ -56,8 +62,26 @@ export class MeshHub {
   constructor(
     private readonly owners: OwnerDirectory,
     private readonly log: FastifyBaseLogger,
-    private readonly maxPayload: number,
+    private readonly options: ResolvedOptions,
   ) {
+    this.context = {
+      index: this.index,
+      owners,
+      scheduler: new FlushScheduler(),
+      limits: {
+        maxPayload: options.maxPayload,
+        maxSubscriptions: options.maxSubscriptionsPerConnection,
+        maxFramesPerSecond: options.maxFramesPerSecond,
+        frameBurst: options.frameBurst,
+        floodCloseAfterMs: options.floodCloseAfterMs,
+        backpressure: {
+          soft: options.softBufferLimit,
+          hard: options.hardBufferLimit,
+          timeoutMs: options.slowConsumerTimeoutMs,
+        },
+      },
+      onClosed: (c) => this.connections.delete(c),
+    };
     this.taskUpdates = {
       publish: (n) => this.enqueue({ kind: 'update', event: toTaskUpdateEvent(n), owner: undefined, done: noop }),
       subscribe: (listener) => listen(this.updateListeners, listener),
@@ -68,25 +92,68 @@ export class MeshHub {
     };
   }
 
-  attach(socket: WebSocket, principal: Principal, log: FastifyBaseLogger): ClientConnection {
-    const connection = new ClientConnection(
-      socket,
-      principal,
-      {
-        index: this.index,
-        owners: this.owners,
-        scheduler: this.scheduler,
-        maxPayload: this.maxPayload,
-        onClosed: (c) => this.connections.delete(c),
-      },
-      log,
+  /** Starts the heartbeat and the re-authentication sweep; their timers never keep the process up. */
+  start(): void {
+    this.timers.push(
+      setInterval(() => {
+        const now = performance.now();
+        for (const connection of this.connections) connection.ping(now);
+      }, this.options.pingIntervalMs).unref(),
+      setInterval(() => void this.reauthenticate(), this.options.reauthIntervalMs).unref(),
     );
+  }
+
+  attach(socket: WebSocket, principal: Principal, request: FastifyRequest): ClientConnection {
+    const connection = new ClientConnection(socket, principal, request, this.context, request.log);
     this.connections.add(connection);
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
     return connection;
   }
 
-  closeAll(code: number, reason: string): void {
-    for (const connection of [...this.connections]) connection.close(code, reason);
+  /**
+   * Closes every socket with 1001 and waits for their close handshakes, at most `timeoutMs`;
+   * whatever is left then is cut.
+   */
+  async shutdown(timeoutMs: number): Promise<void> {
+    for (const timer of this.timers.splice(0)) clearInterval(timer);
+    for (const connection of [...this.connections]) connection.close(CloseCode.GOING_AWAY, 'server shutting down');
+    const sockets = [...this.sockets];
+    if (sockets.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(sockets.map((s) => new Promise((resolve) => s.once('close', resolve)))),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    for (const socket of this.sockets) socket.terminate();
+  }
+
+  /** Runs `authenticate` again for every open socket, a few at a time. */
+  async reauthenticate(): Promise<void> {
+    const queue = [...this.connections];
+    const worker = async () => {
+      for (let c = queue.pop(); c; c = queue.pop()) {
+        if (!c.isOpen()) continue;
+        const outcome = await authenticateRequest(this.options.authenticate, c.request);
+        if (!c.isOpen()) continue;
+        if ('principal' in outcome) {
+          if (!samePrincipal(outcome.principal, c.principal)) {
+            c.log.info('principal changed on re-authentication; re-checking its subscriptions');
+            c.changePrincipal(outcome.principal);
+          }
+        } else if ('refused' in outcome) {
+          c.log.info('credentials no longer valid; closing with 4401');
+          c.close(CloseCode.UNAUTHORIZED, 'credentials no longer valid');
+        } else {
+          // Not an answer (the auth store may be down): keep the socket rather than drop everyone.
+          c.log.warn({ err: outcome.failed }, 're-authentication failed; keeping the socket until the next round');
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: REAUTH_CONCURRENCY }, worker));
   }
 
   private enqueue(item: Pending): Promise<void> {

@@ -14,7 +14,8 @@ export interface Subscriber {
   all: boolean;
   /** Last delivery round that reached it: how one event reaches a socket at most once. */
   round: number;
-  enqueue(frame: Buffer): void;
+  sendUpdate(taskId: string, frame: Buffer): void;
+  sendOutput(taskId: string, frame: Buffer): void;
 }
 
 /** The visibility rule: admins see everything, owners their own tasks, ownerless tasks are admins'. */
@@ -96,7 +97,7 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
         // Checked again here: the owner may have changed since the subscribe was allowed.
         if (s.round !== round && canSee(s.principal, owner)) {
           s.round = round;
-          s.enqueue(frame);
+          s.sendUpdate(taskId, frame);
           count++;
         }
       }
@@ -106,7 +107,7 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
       for (const s of owners) {
         if (s.round !== round) {
           s.round = round;
-          s.enqueue(frame);
+          s.sendUpdate(taskId, frame);
           count++;
         }
       }
@@ -114,7 +115,7 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     for (const s of this.adminsAll) {
       if (s.round !== round) {
         s.round = round;
-        s.enqueue(frame);
+        s.sendUpdate(taskId, frame);
         count++;
       }
     }
@@ -128,7 +129,7 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     let count = 0;
     for (const s of followers) {
       if (canSee(s.principal, owner)) {
-        s.enqueue(frame);
+        s.sendOutput(taskId, frame);
         count++;
       }
     }

@@ -9,7 +9,6 @@ import {
   TaskOutputNotification,
   TaskUpdateNotification,
   type ClientMessage,
-  type ClientMessageType,
 } from './schemas.js';
 import { MeshPublishError, type ErrorCode } from '../errors.js';
 
@@ -56,10 +55,6 @@ export function parseClientFrame(text: string): ParseResult {
   return { ok: true, message: { type: message.type } as ClientMessage };
 }
 
-export function isTaskScoped(type: ClientMessageType): boolean {
-  return type !== 'subscribeAll' && type !== 'unsubscribeAll';
-}
-
 // Server frames. Each returns the UTF-8 bytes of one text frame.
 
 const encode = (message: object): Buffer => Buffer.from(JSON.stringify(message));
@@ -69,6 +64,7 @@ export type AckType = 'subscribed' | 'unsubscribed' | 'outputSubscribed' | 'outp
 export const encodeAck = (type: AckType, taskId: string): Buffer => encode({ type, taskId });
 export const SUBSCRIBED_ALL = encode({ type: 'subscribedAll' });
 export const UNSUBSCRIBED_ALL = encode({ type: 'unsubscribedAll' });
+export const encodeLagged = (taskId: string, skipped: number): Buffer => encode({ type: 'lagged', taskId, skipped });
 export const encodeError = (code: ErrorCode, message: string): Buffer => encode({ type: 'error', code, message });
 
 /** A validated task update with its owner settled: `null` means admins only. */

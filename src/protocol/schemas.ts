@@ -78,6 +78,18 @@ export const ServerMessages = {
       description: 'A piece of a task’s live output. Absent optional fields are left out, never null.',
     },
   ),
+  lagged: Type.Object(
+    {
+      type: Type.Literal('lagged'),
+      taskId: Uuid,
+      skipped: Type.Integer({ minimum: 1, description: 'How many taskOutput frames of this task were dropped' }),
+    },
+    {
+      $id: 'lagged',
+      additionalProperties: false,
+      description: 'The client read too slowly and missed output of this task; refetch or resume.',
+    },
+  ),
   error: Type.Object(
     {
       type: Type.Literal('error'),

@@ -1,0 +1,62 @@
+/**
+ * Who may open a socket, decided on the upgrade request before any 101: not while shutting down,
+ * only from an allowed Origin, only within the connection limits, only when authenticated.
+ */
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { authenticateRequest, principalKey } from './auth.js';
+import { RETRY_AFTER_SECONDS, UpgradeError } from './errors.js';
+import type { Principal, ResolvedOptions } from './options.js';
+
+type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
+
+export class Admission {
+  closing = false;
+  private total = 0;
+  private readonly perPrincipal = new Map<string, number>();
+  /** The principal of each admitted upgrade request, from the hook to the socket handler. */
+  private readonly admitted = new WeakMap<FastifyRequest, Principal>();
+
+  constructor(private readonly options: ResolvedOptions) {}
+
+  principalOf(request: FastifyRequest): Principal | undefined {
+    return this.admitted.get(request);
+  }
+
+  /** The route's preValidation hook. */
+  readonly hook = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const { options } = this;
+    if (this.closing) return refuse(reply, UpgradeError.SHUTTING_DOWN, true);
+    const origin = request.headers.origin;
+    if (options.allowedOrigins.size > 0 && origin !== undefined && !options.allowedOrigins.has(origin)) {
+      request.log.info({ origin }, 'upgrade refused: Origin not allowed');
+      return refuse(reply, UpgradeError.ORIGIN_NOT_ALLOWED);
+    }
+    if (this.total >= options.maxConnections) return refuse(reply, UpgradeError.SERVER_BUSY, true);
+
+    const outcome = await authenticateRequest(options.authenticate, request);
+    if (!('principal' in outcome)) {
+      if ('failed' in outcome) request.log.warn({ err: outcome.failed }, 'authenticate threw; refusing the upgrade');
+      return refuse(reply, UpgradeError.UNAUTHORIZED);
+    }
+    const key = principalKey(outcome.principal);
+    if ((this.perPrincipal.get(key) ?? 0) >= options.maxConnectionsPerPrincipal) {
+      return refuse(reply, UpgradeError.TOO_MANY_CONNECTIONS);
+    }
+    // Counted from here, not from the 101, so that concurrent upgrades cannot overshoot; the
+    // TCP socket's end (refused, failed or closed later) gives the place back.
+    this.total++;
+    this.perPrincipal.set(key, (this.perPrincipal.get(key) ?? 0) + 1);
+    request.raw.socket.once('close', () => {
+      this.total--;
+      const left = (this.perPrincipal.get(key) ?? 1) - 1;
+      if (left === 0) this.perPrincipal.delete(key);
+      else this.perPrincipal.set(key, left);
+    });
+    this.admitted.set(request, outcome.principal);
+  };
+}
+
+async function refuse(reply: FastifyReply, refusal: Refusal, retry = false): Promise<void> {
+  if (retry) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+  await reply.code(refusal.status).send({ code: refusal.code, message: refusal.message });
+}

@@ -1,0 +1,155 @@
+/**
+ * The frames headed to one socket. They leave in one write per loop turn, and the socket's
+ * backlog (`bufferedAmount` plus what waits here) decides what happens when a client reads slower
+ * than we write: updates are conflated to the latest per task, output is dropped and reported as
+ * `lagged` once the socket drains, and past the hard limit or the time limit the socket is closed.
+ */
+import type { Socket } from 'node:net';
+import type { WebSocket } from 'ws';
+import { encodeLagged } from '../protocol/codec.js';
+
+export interface BackpressureLimits {
+  soft: number;
+  hard: number;
+  timeoutMs: number;
+}
+
+/** Collects the sockets that have frames waiting and writes each once, after this loop turn's reads. */
+export class FlushScheduler {
+  private dirty: Outbound[] = [];
+  private scheduled = false;
+
+  mark(outbound: Outbound): void {
+    this.dirty.push(outbound);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flush);
+    }
+  }
+
+  private readonly flush = (): void => {
+    const dirty = this.dirty;
+    this.dirty = [];
+    this.scheduled = false;
+    for (const outbound of dirty) outbound.flush();
+  };
+}
+
+export class Outbound {
+  private frames: Buffer[] = [];
+  private bytes = 0;
+  private scheduled = false;
+  private stopped = false;
+  /** Latest update per task while backed up; sent once the socket drains. */
+  private readonly conflated = new Map<string, Buffer>();
+  /** Output frames dropped per task while backed up; reported as `lagged` once it drains. */
+  private readonly skipped = new Map<string, number>();
+  private backedUpSince = 0;
+  private readonly raw: Socket | undefined;
+
+  constructor(
+    private readonly socket: WebSocket,
+    private readonly limits: BackpressureLimits,
+    private readonly scheduler: FlushScheduler,
+    /** Called once when the socket must go; the owner closes it. */
+    private readonly onSlowConsumer: (why: 'buffer' | 'timeout') => void,
+  ) {
+    // ws keeps its net.Socket private; we need it to cork writes and to hear 'drain'.
+    this.raw = (socket as unknown as { _socket?: Socket })._socket;
+    this.raw?.on('drain', () => this.release());
+  }
+
+  /** Bytes written but not yet taken by the peer, plus bytes waiting for this turn's flush. */
+  backlog(): number {
+    return this.socket.bufferedAmount + this.bytes;
+  }
+
+  /** Acks and errors: always sent, in order. */
+  control(frame: Buffer): void {
+    this.push(frame);
+  }
+
+  update(taskId: string, frame: Buffer): void {
+    if (this.conflated.size > 0 || this.backlog() >= this.limits.soft) {
+      this.conflated.set(taskId, frame);
+      this.markBackedUp();
+      return;
+    }
+    this.push(frame);
+  }
+
+  output(taskId: string, frame: Buffer): void {
+    // Once a task's output is being dropped, all of it is, until `lagged` has told the client.
+    if (this.skipped.has(taskId) || this.backlog() >= this.limits.soft) {
+      this.skipped.set(taskId, (this.skipped.get(taskId) ?? 0) + 1);
+      this.markBackedUp();
+      return;
+    }
+    this.push(frame);
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    if (this.stopped || this.frames.length === 0) return;
+    const frames = this.frames;
+    this.frames = [];
+    this.bytes = 0;
+    this.raw?.cork();
+    for (const frame of frames) this.socket.send(frame, { binary: false });
+    this.raw?.uncork();
+    if (this.socket.bufferedAmount > this.limits.hard) this.slow('buffer');
+    else this.release();
+  }
+
+  /** Called by the heartbeat: a socket can stay backed up without any new event to notice it. */
+  checkStalled(now: number): void {
+    if (this.backedUpSince !== 0 && now - this.backedUpSince > this.limits.timeoutMs) this.slow('timeout');
+  }
+
+  /** Drops everything still waiting; nothing is sent after this. */
+  stop(): void {
+    this.stopped = true;
+    this.frames = [];
+    this.bytes = 0;
+    this.conflated.clear();
+    this.skipped.clear();
+  }
+
+  private push(frame: Buffer): void {
+    if (this.stopped) return;
+    this.frames.push(frame);
+    this.bytes += frame.length;
+    if (this.backlog() > this.limits.hard) {
+      this.slow('buffer');
+      return;
+    }
+    if (!this.scheduled) {
+      this.scheduled = true;
+      this.scheduler.mark(this);
+    }
+  }
+
+  private markBackedUp(): void {
+    const now = performance.now();
+    if (this.backedUpSince === 0) this.backedUpSince = now;
+    else this.checkStalled(now);
+  }
+
+  /** Once the backlog is under the soft limit again, sends what was held back. */
+  private release(): void {
+    if (this.stopped || this.backedUpSince === 0 || this.backlog() >= this.limits.soft) return;
+    this.backedUpSince = 0;
+    const conflated = [...this.conflated.values()];
+    const skipped = [...this.skipped];
+    this.conflated.clear();
+    this.skipped.clear();
+    for (const frame of conflated) this.push(frame);
+    for (const [taskId, count] of skipped) this.push(encodeLagged(taskId, count));
+  }
+
+  private slow(why: 'buffer' | 'timeout'): void {
+    if (this.stopped) return;
+    this.stop();
+    this.onSlowConsumer(why);
+  }
+}
