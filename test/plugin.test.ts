@@ -9,7 +9,7 @@ import fastifyWebsocket from '@fastify/websocket';
 import Fastify, { type FastifyInstance } from 'fastify';
 import meshSubscriptions, { CloseCode, MeshOptionsError, MeshPublishError, type Principal } from '../src/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
-import { TestClient } from './helpers/ws-client.js';
+import { TestClient, refusal } from './helpers/ws-client.js';
 
 let db: TestDatabase;
 before(async () => {
@@ -84,11 +84,7 @@ describe('mounting', () => {
       const app = Fastify();
       await app.register(meshSubscriptions, { authenticate, sql: db.sql });
       const url = await listen(app);
-      const error = (await TestClient.connect(url).then(
-        () => assert.fail('accepted'),
-        (e: unknown) => e,
-      )) as { status: number };
-      assert.equal(error.status, 401);
+      assert.equal((await refusal(TestClient.connect(url))).status, 401);
       await app.close();
     }
   });

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { revokeApiKey } from '../src/server/api-keys.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
-import { TestClient, type Frame } from './helpers/ws-client.js';
+import { TestClient, refusal, type Frame } from './helpers/ws-client.js';
 
 let server: TestServer;
 let alice: { ownerId: string; key: string };
@@ -37,29 +37,21 @@ const update = (taskId: string, version: number, ownerId?: string | null) => ({
   updatedBy: 'test',
 });
 
-async function refused(promise: Promise<unknown>): Promise<{ status: number; body: string }> {
-  const error = (await promise.then(
-    () => assert.fail('the upgrade was accepted'),
-    (e: unknown) => e,
-  )) as { status: number; body: string };
-  return error;
-}
-
 describe('authentication on the upgrade', () => {
   test('no key: 401 before any 101', async () => {
-    const { status, body } = await refused(TestClient.connect(server.wsUrl));
+    const { status, body } = await refusal(TestClient.connect(server.wsUrl));
     assert.equal(status, 401);
     assert.equal(JSON.parse(body).code, 'UNAUTHORIZED');
   });
 
   test('an unknown key: 401', async () => {
-    assert.equal((await refused(server.connect('mk_not-a-key'))).status, 401);
+    assert.equal((await refusal(server.connect('mk_not-a-key'))).status, 401);
   });
 
   test('a revoked key: 401', async () => {
     const { key } = await server.owner();
     await revokeApiKey(server.db.sql, key);
-    assert.equal((await refused(server.connect(key))).status, 401);
+    assert.equal((await refusal(server.connect(key))).status, 401);
   });
 
   test('Authorization: Bearer works like x-makima-api-key', async () => {

@@ -6,7 +6,7 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Sql } from 'postgres';
-import meshSubscriptions from '../index.js';
+import meshSubscriptions, { type MeshSubscriptionsOptions } from '../index.js';
 import { API_KEY_HEADER, apiKeyAuthenticator } from './api-keys.js';
 import { ApiError, taskRoutes } from './tasks-routes.js';
 
@@ -17,11 +17,13 @@ export interface AppOptions {
   /** Logger settings, or `loggerInstance` for a pino logger made by the caller. */
   logger?: FastifyServerOptions['logger'];
   loggerInstance?: FastifyBaseLogger;
+  /** Plugin options beyond `sql`, `authenticate` and `prefix` (limits, timeouts). */
+  mesh?: Partial<MeshSubscriptionsOptions>;
 }
 
 export const PACKAGE_VERSION = '0.1.0';
 
-export async function buildApp({ sql, logger = false, loggerInstance }: AppOptions): Promise<FastifyInstance> {
+export async function buildApp({ sql, logger = false, loggerInstance, mesh = {} }: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     ...(loggerInstance ? { loggerInstance } : { logger }),
     // Bodies are validated as written: no silent dropping of unknown fields, no type coercion.
@@ -59,7 +61,7 @@ export async function buildApp({ sql, logger = false, loggerInstance }: AppOptio
   app.addSchema(ApiError);
 
   const authenticate = apiKeyAuthenticator(sql);
-  await app.register(meshSubscriptions, { sql, authenticate, prefix: API_PREFIX });
+  await app.register(meshSubscriptions, { ...mesh, sql, authenticate, prefix: API_PREFIX });
   await app.register(taskRoutes, { sql, authenticate, prefix: API_PREFIX });
 
   app.get(

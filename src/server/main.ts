@@ -3,6 +3,7 @@
  */
 import closeWithGrace from 'close-with-grace';
 import pino from 'pino';
+import { safeLoggerOptions } from '../logging.js';
 import { buildApp } from './app.js';
 import { readConfig } from './config.js';
 import { openDatabase } from './database.js';
@@ -11,7 +12,7 @@ import { migrate } from './migrations.js';
 const SHUTDOWN_GRACE_MS = 10_000;
 
 const config = readConfig();
-const log = pino({ level: config.logLevel });
+const log = pino(safeLoggerOptions(config.logLevel));
 
 const db = await openDatabase(config, log);
 await migrate(db.sql);

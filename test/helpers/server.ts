@@ -2,7 +2,8 @@
  * The example host on port 0 against a test database, with helpers to mint keys and tasks.
  */
 import { randomUUID } from 'node:crypto';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import type { MeshSubscriptionsOptions } from '../../src/index.js';
 import { buildApp } from '../../src/server/app.js';
 import { createApiKey } from '../../src/server/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
@@ -23,9 +24,15 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startTestServer(options: { db?: TestDatabase } = {}): Promise<TestServer> {
+export async function startTestServer(
+  options: { db?: TestDatabase; mesh?: Partial<MeshSubscriptionsOptions>; loggerInstance?: FastifyBaseLogger } = {},
+): Promise<TestServer> {
   const db = options.db ?? (await createTestDatabase());
-  const app = await buildApp({ sql: db.sql, logger: false });
+  const app = await buildApp({
+    sql: db.sql,
+    ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: false }),
+    mesh: options.mesh,
+  });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as { port: number };
   const baseUrl = `http://127.0.0.1:${port}`;

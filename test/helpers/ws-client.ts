@@ -34,7 +34,9 @@ export class TestClient {
       socket.once('unexpected-response', (_req, res) => {
         let body = '';
         res.on('data', (chunk: Buffer) => (body += chunk.toString()));
-        res.on('end', () => reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode, body })));
+        res.on('end', () =>
+          reject(Object.assign(new Error(`upgrade refused: ${res.statusCode}`), { status: res.statusCode, body, headers: res.headers })),
+        );
       });
       socket.once('error', reject);
     });
@@ -66,4 +68,24 @@ export class TestClient {
     if (this.socket.readyState === WebSocket.OPEN || this.socket.readyState === WebSocket.CONNECTING) this.socket.close();
     return this.closed;
   }
+}
+
+export interface Refusal {
+  status: number;
+  body: string;
+  headers: Record<string, string | string[] | undefined>;
+}
+
+/** Awaits an upgrade that must be refused, and returns the HTTP answer. */
+export async function refusal(connecting: Promise<TestClient>): Promise<Refusal> {
+  return connecting.then(
+    async (client) => {
+      await client.close();
+      throw new Error('the upgrade was accepted');
+    },
+    (error: unknown) => {
+      if (typeof (error as Refusal).status !== 'number') throw error;
+      return error as Refusal;
+    },
+  );
 }

@@ -1,0 +1,118 @@
+/**
+ * Limits on what a client may ask of the server: frame rate, subscriptions, connections, Origin.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { CloseCode, type MeshSubscriptionsOptions } from '../src/index.js';
+import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { startTestServer, type TestServer } from './helpers/server.js';
+import { TestClient, refusal } from './helpers/ws-client.js';
+
+let db: TestDatabase;
+before(async () => {
+  db = await createTestDatabase();
+});
+after(() => db.drop());
+
+async function withServer(mesh: Partial<MeshSubscriptionsOptions>, body: (s: TestServer) => Promise<void>) {
+  const server = await startTestServer({ db, mesh });
+  try {
+    await body(server);
+  } finally {
+    await server.close();
+  }
+}
+
+describe('frames per connection', () => {
+  test('over the token bucket: RATE_LIMITED, the frame ignored, the socket open', () =>
+    withServer({ maxFramesPerSecond: 1, frameBurst: 5 }, async (server) => {
+      const { key } = await server.owner();
+      const client = await server.connect(key);
+      for (let i = 0; i < 7; i++) client.send({ type: 'subscribeAll' });
+      const replies = [];
+      for (let i = 0; i < 7; i++) replies.push(await client.next());
+      assert.deepEqual(
+        replies.map((r) => r.code ?? r.type),
+        ['subscribedAll', 'subscribedAll', 'subscribedAll', 'subscribedAll', 'subscribedAll', 'RATE_LIMITED', 'RATE_LIMITED'],
+      );
+      assert.equal(client.socket.readyState, client.socket.OPEN);
+      await client.close();
+    }));
+
+  test('a client that keeps flooding is closed with 1008', () =>
+    withServer({ maxFramesPerSecond: 1, frameBurst: 5, floodCloseAfterMs: 200 }, async (server) => {
+      const { key } = await server.owner();
+      const client = await server.connect(key);
+      let open = true;
+      void client.closed.then(() => (open = false));
+      // The flood itself: one frame per loop turn until the server gives up on us (bounded).
+      for (let sent = 0; open && sent < 1_000_000; sent++) {
+        client.send({ type: 'subscribeAll' });
+        await new Promise(setImmediate);
+      }
+      assert.equal((await client.closed).code, CloseCode.POLICY_VIOLATION);
+    }));
+});
+
+describe('subscriptions per connection', () => {
+  test('over the limit: TOO_MANY_SUBSCRIPTIONS and nothing added; re-subscribing what is held is fine', () =>
+    withServer({ maxSubscriptionsPerConnection: 3 }, async (server) => {
+      const { ownerId, key } = await server.owner();
+      const [t1, t2] = [await server.task(ownerId), await server.task(ownerId)];
+      const client = await server.connect(key);
+      assert.equal((await client.request({ type: 'subscribeAll' })).type, 'subscribedAll');
+      assert.equal((await client.request({ type: 'subscribe', taskId: t1 })).type, 'subscribed');
+      assert.equal((await client.request({ type: 'subscribeOutput', taskId: t1 })).type, 'outputSubscribed');
+      assert.equal((await client.request({ type: 'subscribe', taskId: t2 })).code, 'TOO_MANY_SUBSCRIPTIONS');
+      assert.equal((await client.request({ type: 'subscribeOutput', taskId: t2 })).code, 'TOO_MANY_SUBSCRIPTIONS');
+      assert.equal((await client.request({ type: 'subscribe', taskId: t1 })).type, 'subscribed');
+      assert.equal((await client.request({ type: 'subscribeAll' })).type, 'subscribedAll');
+      await client.request({ type: 'unsubscribe', taskId: t1 });
+      assert.equal((await client.request({ type: 'subscribe', taskId: t2 })).type, 'subscribed');
+      assert.deepEqual(server.app.mesh.stats(), { connections: 1, tasks: 1, outputs: 1, ownersAll: 1, adminsAll: 0 });
+      await client.close();
+    }));
+});
+
+describe('connections', () => {
+  test('per principal: 429 over the limit, admitted again once one closes', () =>
+    withServer({ maxConnectionsPerPrincipal: 2 }, async (server) => {
+      const { key } = await server.owner();
+      const other = await server.owner();
+      const a = await server.connect(key);
+      await server.connect(key);
+      const third = await refusal(server.connect(key));
+      assert.equal(third.status, 429);
+      assert.equal(JSON.parse(third.body).code, 'TOO_MANY_CONNECTIONS');
+      // Another principal is not affected.
+      await server.connect(other.key);
+      await a.close();
+      // The server frees the place when it sees the TCP close; each refused attempt is one more turn.
+      let admitted: TestClient | undefined;
+      for (let attempt = 0; !admitted && attempt < 1000; attempt++) {
+        admitted = await server.connect(key).catch(() => undefined);
+      }
+      assert.ok(admitted, 'a place freed by a closed socket was never given back');
+    }));
+
+  test('in total: 503 with Retry-After over the limit', () =>
+    withServer({ maxConnections: 2 }, async (server) => {
+      for (let i = 0; i < 2; i++) await server.connect((await server.owner()).key);
+      const refused = await refusal(server.connect((await server.owner()).key));
+      assert.equal(refused.status, 503);
+      assert.equal(JSON.parse(refused.body).code, 'SERVER_BUSY');
+      assert.ok(Number(refused.headers['retry-after']) > 0);
+    }));
+
+  test('Origin allow-list: 403 for another browser Origin before any 101; none or an allowed one passes', () =>
+    withServer({ allowedOrigins: ['https://app.example.com'] }, async (server) => {
+      const { key } = await server.owner();
+      const evil = await refusal(server.connect(key, { origin: 'https://evil.example' }));
+      assert.equal(evil.status, 403);
+      assert.equal(JSON.parse(evil.body).code, 'ORIGIN_NOT_ALLOWED');
+      // 403 comes before authentication: no key needed to be refused, and none leaks through.
+      assert.equal((await refusal(TestClient.connect(server.wsUrl, { origin: 'https://evil.example' }))).status, 403);
+      await server.connect(key, { origin: 'https://app.example.com' });
+      await server.connect(key);
+    }));
+});
