@@ -14,3 +14,4 @@ export type { TaskOutputEvent, TaskUpdateEvent } from './protocol/codec.js';
 export * from './protocol/schemas.js';
 export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError } from './errors.js';
 export { redactUrl, requestSerializer, safeLoggerOptions, REDACT_PATHS } from './logging.js';
+export type { MeshEventMap, MeshEvents } from './core/events.js';

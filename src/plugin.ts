@@ -8,6 +8,7 @@ import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
 import type { WebSocket } from 'ws';
 import { Admission } from './admission.js';
+import type { MeshEvents } from './core/events.js';
 import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core/hub.js';
 import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
@@ -20,6 +21,8 @@ export interface Mesh {
   taskOutput: TaskOutputChannel;
   /** Open sockets, and how many tasks / owners the subscription index holds entries for. */
   stats(): MeshStats;
+  /** Slow-consumer events (see MeshEventMap). */
+  events: MeshEvents;
 }
 
 declare module 'fastify' {
@@ -115,6 +118,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     taskUpdates: hub.taskUpdates,
     taskOutput: hub.taskOutput,
     stats: () => ({ connections: hub.connections.size, ...hub.index.stats() }),
+    events: hub.events,
   } satisfies Mesh);
 
   // On the host, so that it also runs when the host registered @fastify/websocket itself.

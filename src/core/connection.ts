@@ -8,6 +8,7 @@ import { CloseCode, ErrorCode, OwnerLookupUnavailableError } from '../errors.js'
 import type { Principal } from '../options.js';
 import { SUBSCRIBED_ALL, UNSUBSCRIBED_ALL, encodeAck, encodeError, parseClientFrame } from '../protocol/codec.js';
 import type { ClientMessage } from '../protocol/schemas.js';
+import type { MeshEvents } from './events.js';
 import { Outbound, type BackpressureLimits, type FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerAnswer, type OwnerDirectory } from './owners.js';
 import { FrameRateLimiter } from './rate-limit.js';
@@ -26,6 +27,7 @@ export interface ConnectionContext {
     floodCloseAfterMs: number;
     backpressure: BackpressureLimits;
   };
+  events: MeshEvents;
   onClosed(connection: ClientConnection): void;
 }
 
@@ -63,9 +65,14 @@ export class ClientConnection implements Subscriber {
   ) {
     const { limits } = context;
     this.limiter = new FrameRateLimiter(limits.maxFramesPerSecond, limits.frameBurst, limits.floodCloseAfterMs);
-    this.outbound = new Outbound(socket, limits.backpressure, context.scheduler, (why) => {
-      this.log.warn({ why, backlog: socket.bufferedAmount }, 'closing a slow consumer');
-      this.close(CloseCode.SLOW_CONSUMER, 'slow consumer', SLOW_CLOSE_GRACE_MS);
+    this.outbound = new Outbound(socket, limits.backpressure, context.scheduler, {
+      backedUp: () => context.events.emit('backedUp'),
+      drained: (superseded, lagged) => context.events.emit('drained', { superseded, lagged }),
+      slow: (why) => {
+        this.log.warn({ why, backlog: socket.bufferedAmount }, 'closing a slow consumer');
+        context.events.emit('slowConsumer', { why });
+        this.close(CloseCode.SLOW_CONSUMER, 'slow consumer', SLOW_CLOSE_GRACE_MS);
+      },
     });
     // Attached at once: frames that arrive before any await would otherwise be lost.
     socket.on('message', (data, isBinary) => this.onFrame(data, isBinary));
@@ -84,8 +91,11 @@ export class ClientConnection implements Subscriber {
     this.outbound.output(taskId, frame);
   }
 
-  ping(now: number): void {
+  checkStalled(now: number): void {
     this.outbound.checkStalled(now);
+  }
+
+  ping(): void {
     if (this.closed) return;
     if (!this.alive) {
       this.log.info('terminating a socket that did not answer the last ping');

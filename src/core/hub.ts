@@ -17,6 +17,7 @@ import {
 } from '../protocol/codec.js';
 import type { TaskOutputNotification, TaskUpdateNotification } from '../protocol/schemas.js';
 import { ClientConnection, type ConnectionContext } from './connection.js';
+import { MeshEvents } from './events.js';
 import { FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
 import { SubscriptionIndex } from './registry.js';
@@ -51,6 +52,7 @@ export class MeshHub {
   readonly taskUpdates: TaskUpdatesChannel;
   readonly taskOutput: TaskOutputChannel;
 
+  readonly events = new MeshEvents();
   private readonly context: ConnectionContext;
   private readonly sockets = new Set<WebSocket>();
   private readonly timers: NodeJS.Timeout[] = [];
@@ -80,6 +82,7 @@ export class MeshHub {
           timeoutMs: options.slowConsumerTimeoutMs,
         },
       },
+      events: this.events,
       onClosed: (c) => this.connections.delete(c),
     };
     this.taskUpdates = {
@@ -96,9 +99,13 @@ export class MeshHub {
   start(): void {
     this.timers.push(
       setInterval(() => {
-        const now = performance.now();
-        for (const connection of this.connections) connection.ping(now);
+        for (const connection of this.connections) connection.ping();
       }, this.options.pingIntervalMs).unref(),
+      // A backed-up socket may get no new frame to notice it by: sweep, at twice the limit's rate.
+      setInterval(() => {
+        const now = performance.now();
+        for (const connection of this.connections) connection.checkStalled(now);
+      }, this.options.slowConsumerTimeoutMs / 2).unref(),
       setInterval(() => void this.reauthenticate(), this.options.reauthIntervalMs).unref(),
     );
   }

@@ -14,6 +14,16 @@ export interface BackpressureLimits {
   timeoutMs: number;
 }
 
+/** What an Outbound reports; the hub turns it into `app.mesh.events`. */
+export interface BackpressureObserver {
+  /** The socket went over the soft limit and is holding frames back. */
+  backedUp(): void;
+  /** It drained: `superseded` updates were conflated away, output of some tasks was reported lagged. */
+  drained(superseded: number, lagged: ReadonlyMap<string, number>): void;
+  /** It must go: over the hard limit, or backed up for too long. Called once. */
+  slow(why: 'buffer' | 'timeout'): void;
+}
+
 /** Collects the sockets that have frames waiting and writes each once, after this loop turn's reads. */
 export class FlushScheduler {
   private dirty: Outbound[] = [];
@@ -44,6 +54,8 @@ export class Outbound {
   private readonly conflated = new Map<string, Buffer>();
   /** Output frames dropped per task while backed up; reported as `lagged` once it drains. */
   private readonly skipped = new Map<string, number>();
+  private conflatedBytes = 0;
+  private superseded = 0;
   private backedUpSince = 0;
   private readonly raw: Socket | undefined;
 
@@ -51,8 +63,7 @@ export class Outbound {
     private readonly socket: WebSocket,
     private readonly limits: BackpressureLimits,
     private readonly scheduler: FlushScheduler,
-    /** Called once when the socket must go; the owner closes it. */
-    private readonly onSlowConsumer: (why: 'buffer' | 'timeout') => void,
+    private readonly observer: BackpressureObserver,
   ) {
     // ws keeps its net.Socket private; we need it to cork writes and to hear 'drain'.
     this.raw = (socket as unknown as { _socket?: Socket })._socket;
@@ -71,8 +82,16 @@ export class Outbound {
 
   update(taskId: string, frame: Buffer): void {
     if (this.conflated.size > 0 || this.backlog() >= this.limits.soft) {
+      const previous = this.conflated.get(taskId);
+      if (previous) {
+        this.superseded++;
+        this.conflatedBytes -= previous.length;
+      }
       this.conflated.set(taskId, frame);
-      this.markBackedUp();
+      this.conflatedBytes += frame.length;
+      // Held updates are memory too: one per task, but tasks are many.
+      if (this.backlog() + this.conflatedBytes > this.limits.hard) this.slow('buffer');
+      else this.markBackedUp();
       return;
     }
     this.push(frame);
@@ -112,6 +131,7 @@ export class Outbound {
     this.frames = [];
     this.bytes = 0;
     this.conflated.clear();
+    this.conflatedBytes = 0;
     this.skipped.clear();
   }
 
@@ -131,8 +151,10 @@ export class Outbound {
 
   private markBackedUp(): void {
     const now = performance.now();
-    if (this.backedUpSince === 0) this.backedUpSince = now;
-    else this.checkStalled(now);
+    if (this.backedUpSince === 0) {
+      this.backedUpSince = now;
+      this.observer.backedUp();
+    } else this.checkStalled(now);
   }
 
   /** Once the backlog is under the soft limit again, sends what was held back. */
@@ -140,16 +162,20 @@ export class Outbound {
     if (this.stopped || this.backedUpSince === 0 || this.backlog() >= this.limits.soft) return;
     this.backedUpSince = 0;
     const conflated = [...this.conflated.values()];
-    const skipped = [...this.skipped];
+    const skipped = new Map(this.skipped);
+    const superseded = this.superseded;
     this.conflated.clear();
     this.skipped.clear();
+    this.conflatedBytes = 0;
+    this.superseded = 0;
     for (const frame of conflated) this.push(frame);
     for (const [taskId, count] of skipped) this.push(encodeLagged(taskId, count));
+    this.observer.drained(superseded, skipped);
   }
 
   private slow(why: 'buffer' | 'timeout'): void {
     if (this.stopped) return;
     this.stop();
-    this.onSlowConsumer(why);
+    this.observer.slow(why);
   }
 }
