@@ -118,6 +118,8 @@ export async function startEmbeddedPostgres(options: {
   /** Holds `pg/` (the cluster) and `embedded-pg.json` (its generated password). */
   dir: string;
   database?: string;
+  /** A fixed port instead of a free one (tests restart a server on the port it had). */
+  port?: number;
   log: Logger;
 }): Promise<EmbeddedDatabase> {
   const { log } = options;
@@ -141,7 +143,7 @@ export async function startEmbeddedPostgres(options: {
   }
 
   const EmbeddedPostgres = await loadEmbeddedPostgres();
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   const pg = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,

@@ -1,0 +1,94 @@
+/**
+ * The database goes away and comes back: subscribes that need a lookup answer UNAVAILABLE within
+ * the lookup timeout (never a crash, never fail-open), and everything works again once it is
+ * back, without a restart.
+ */
+import assert from 'node:assert/strict';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import Fastify from 'fastify';
+import pino from 'pino';
+import postgres from 'postgres';
+import meshSubscriptions from '../src/index.js';
+import { buildApp } from '../src/server/app.js';
+import { createApiKey } from '../src/server/api-keys.js';
+import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
+import { migrate } from '../src/server/migrations.js';
+import { TestClient } from './helpers/ws-client.js';
+
+const log = pino({ level: 'silent' });
+let scratch: string;
+let database: EmbeddedDatabase | undefined;
+
+before(async () => {
+  await mkdir('.data', { recursive: true });
+  scratch = await mkdtemp(path.resolve('.data', 'outage-test-'));
+  await chmod(scratch, 0o755);
+});
+after(async () => {
+  await database?.stop();
+  await rm(scratch, { recursive: true, force: true });
+});
+
+test('a database stopped mid-test: UNAVAILABLE, no crash, admins-only delivery; back to normal once it returns', async () => {
+  database = await startEmbeddedPostgres({ dir: scratch, log });
+  const port = Number(new URL(database.url).port);
+  const sql = postgres(database.url, { max: 4, connect_timeout: 2, onnotice: () => {} });
+  await migrate(sql);
+  const app = await buildApp({ sql, logger: false, mesh: { lookupTimeoutMs: 1_000 } });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const wsUrl = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`;
+  const ownerId = crypto.randomUUID();
+  const key = await createApiKey(sql, { ownerId, admin: false });
+  const [known, unknown] = await Promise.all(
+    [1, 2].map(async () => (await sql<{ id: string }[]>`INSERT INTO tasks (owner_id) VALUES (${ownerId}) RETURNING id::text AS id`)[0]!.id),
+  );
+  const client = await TestClient.connect(wsUrl, { 'x-makima-api-key': key });
+  await client.request({ type: 'subscribe', taskId: known });
+  await client.request({ type: 'subscribeAll' });
+
+  await database.stop();
+
+  const refused = await client.request({ type: 'subscribe', taskId: unknown! });
+  assert.deepEqual([refused.type, refused.code], ['error', 'UNAVAILABLE']);
+  // Events whose owner is known keep flowing; one whose owner cannot be found goes to admins only.
+  await app.mesh.taskUpdates.publish({ taskId: unknown!, version: 1, status: 's', updatedFields: [], updatedBy: 't' });
+  await app.mesh.taskUpdates.publish({ taskId: known!, ownerId, version: 2, status: 's', updatedFields: [], updatedBy: 't' });
+  assert.equal((await client.next()).version, 2);
+  const health = await fetch(`${wsUrl.replace('ws', 'http').replace('/api/v1/mesh/tasks/subscribe', '/healthz')}`);
+  assert.equal(health.status, 503);
+
+  database = await startEmbeddedPostgres({ dir: scratch, log, port });
+
+  assert.deepEqual(await client.request({ type: 'subscribe', taskId: unknown! }), { type: 'subscribed', taskId: unknown });
+  const again = await TestClient.connect(wsUrl, { 'x-makima-api-key': key });
+  assert.deepEqual(await again.request({ type: 'subscribeOutput', taskId: known! }), { type: 'outputSubscribed', taskId: known });
+  await again.close();
+  await client.close();
+  await app.close();
+  await sql.end({ timeout: 1 });
+});
+
+test('a database that accepts connections but never answers: UNAVAILABLE after the lookup timeout', async () => {
+  const sockets = new Set<Socket>();
+  const silent: Server = createServer((socket) => {
+    sockets.add(socket);
+  });
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const sql = postgres(`postgres://nobody@127.0.0.1:${(silent.address() as { port: number }).port}/none`, { max: 1 });
+  const app = Fastify();
+  await app.register(meshSubscriptions, { sql, authenticate: async () => ({ ownerId: null, admin: true }), lookupTimeoutMs: 200 });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const client = await TestClient.connect(`ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`);
+  const reply = await client.request({ type: 'subscribe', taskId: crypto.randomUUID() });
+  assert.equal(reply.code, 'UNAVAILABLE');
+  // The socket is still usable.
+  assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
+  await client.close();
+  await app.close();
+  for (const socket of sockets) socket.destroy();
+  silent.close();
+  await sql.end({ timeout: 0 });
+});
