@@ -45,6 +45,8 @@ describe('acks', () => {
       taskId,
     });
     assert.deepEqual(await client.request({ type: 'subscribeAll', junk: true }), { type: 'subscribedAll' });
+    // Found by the fuzz test: a stray non-string taskId on a message that takes none.
+    assert.deepEqual(await client.request({ type: 'unsubscribeAll', taskId: { x: 1 } }), { type: 'unsubscribedAll' });
     await client.close();
   });
 

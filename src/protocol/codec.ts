@@ -49,10 +49,11 @@ export function parseClientFrame(text: string): ParseResult {
   const check = clientCheckers.get(type);
   if (!check) return { ok: false, reason: `unknown message type ${quote(type)}` };
   if (!check.Check(value)) return { ok: false, reason: firstProblem(check, value) };
-  const message = value as ClientMessage;
+  // Rebuilt from the schema's fields only: extra fields (even one named taskId on subscribeAll) stay behind.
+  if (type === 'subscribeAll' || type === 'unsubscribeAll') return { ok: true, message: { type } };
+  const { taskId } = value as { taskId: string };
   // Canonical lower case: acks echo it, and the subscription index keys on it.
-  if ('taskId' in message) return { ok: true, message: { type: message.type, taskId: message.taskId.toLowerCase() } as ClientMessage };
-  return { ok: true, message: { type: message.type } as ClientMessage };
+  return { ok: true, message: { type, taskId: taskId.toLowerCase() } as ClientMessage };
 }
 
 // Server frames. Each returns the UTF-8 bytes of one text frame.
