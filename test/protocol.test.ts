@@ -168,6 +168,17 @@ describe('events', () => {
     await client.close();
   });
 
+  test('frames of every length encoding arrive intact (7-bit, 16-bit and 64-bit lengths)', async () => {
+    const client = await server.connect(owner.key);
+    await client.request({ type: 'subscribeOutput', taskId });
+    const sizes = [0, 1, 125 - 90, 126, 200, 65_535 - 90, 65_536, 70_000, 1024 * 1024];
+    for (const size of sizes) {
+      await server.app.mesh.taskOutput.publish({ taskId, ownerId: owner.ownerId, messageType: 'raw', content: 'é'.repeat(size / 2) + 'x'.repeat(size % 2), isPartial: false });
+    }
+    for (const size of sizes) assert.equal(Buffer.byteLength(String((await client.next()).content)), size);
+    await client.close();
+  });
+
   test('one notification reaches a client once, however many subscriptions match', async () => {
     const client = await server.connect(owner.key);
     await client.request({ type: 'subscribeAll' });

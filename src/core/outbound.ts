@@ -5,7 +5,9 @@
  * `lagged` once the socket drains, and past the hard limit or the time limit the socket is closed.
  */
 import type { Socket } from 'node:net';
-import type { WebSocket } from 'ws';
+import WebSocket from 'ws';
+
+const { OPEN } = WebSocket;
 import { encodeLagged } from '../protocol/codec.js';
 
 export interface BackpressureLimits {
@@ -57,7 +59,7 @@ export class Outbound {
   private conflatedBytes = 0;
   private superseded = 0;
   private backedUpSince = 0;
-  private readonly raw: Socket | undefined;
+  private readonly raw: Socket;
 
   constructor(
     private readonly socket: WebSocket,
@@ -65,9 +67,9 @@ export class Outbound {
     private readonly scheduler: FlushScheduler,
     private readonly observer: BackpressureObserver,
   ) {
-    // ws keeps its net.Socket private; we need it to cork writes and to hear 'drain'.
-    this.raw = (socket as unknown as { _socket?: Socket })._socket;
-    this.raw?.on('drain', () => this.release());
+    // ws keeps its net.Socket private; we write prebuilt frames to it and listen for its 'drain'.
+    this.raw = (socket as unknown as { _socket: Socket })._socket;
+    this.raw.on('drain', () => this.release());
   }
 
   /** Bytes written but not yet taken by the peer, plus bytes waiting for this turn's flush. */
@@ -113,9 +115,17 @@ export class Outbound {
     const frames = this.frames;
     this.frames = [];
     this.bytes = 0;
-    this.raw?.cork();
-    for (const frame of frames) this.socket.send(frame, { binary: false });
-    this.raw?.uncork();
+    // Past OPEN, ws has sent or answered a close frame: nothing may follow it.
+    if (this.socket.readyState !== OPEN) return;
+    // Frames are complete WebSocket frames, built once per event: they go to the TCP socket as
+    // they are, in one writev per socket per turn, without ws re-framing each for each socket.
+    const raw = this.raw;
+    if (frames.length === 1) raw.write(frames[0]!);
+    else {
+      raw.cork();
+      for (const frame of frames) raw.write(frame);
+      raw.uncork();
+    }
     if (this.socket.bufferedAmount > this.limits.hard) this.slow('buffer');
     else this.release();
   }

@@ -56,9 +56,28 @@ export function parseClientFrame(text: string): ParseResult {
   return { ok: true, message: { type, taskId: taskId.toLowerCase() } as ClientMessage };
 }
 
-// Server frames. Each returns the UTF-8 bytes of one text frame.
+// Server frames. Each returns one complete WebSocket text frame (header and payload, unmasked as
+// servers send them), built once and written as is to every socket it goes to.
 
-const encode = (message: object): Buffer => Buffer.from(JSON.stringify(message));
+/** RFC 6455 §5.2: FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits, no mask. */
+export function frameText(payload: Buffer): Buffer {
+  const length = payload.length;
+  const header = length < 126 ? 2 : length < 65536 ? 4 : 10;
+  const frame = Buffer.allocUnsafe(header + length);
+  frame[0] = 0x81;
+  if (header === 2) frame[1] = length;
+  else if (header === 4) {
+    frame[1] = 126;
+    frame.writeUInt16BE(length, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeBigUInt64BE(BigInt(length), 2);
+  }
+  payload.copy(frame, header);
+  return frame;
+}
+
+const encode = (message: object): Buffer => frameText(Buffer.from(JSON.stringify(message)));
 
 export type AckType = 'subscribed' | 'unsubscribed' | 'outputSubscribed' | 'outputUnsubscribed';
 
