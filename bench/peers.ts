@@ -1,0 +1,205 @@
+/**
+ * The servers the benchmark compares, each in its own process (`bench/server.ts <peer>`), each
+ * publishing the same events when the load generator asks:
+ * - mesh: this plugin, as a host mounts it;
+ * - seed: a straight port of the Rust seed's algorithm (every socket sees every event, filters it,
+ *   encodes its own JSON; one owner query per subscribe);
+ * - socketio: Socket.IO 4, WebSocket transport only, a room per task (one owner query per subscribe);
+ * - ceiling: raw ws, no routing: each event framed once, each tick's frames written to every socket
+ *   in one write.
+ */
+import { EventEmitter } from 'node:events';
+import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import Fastify from 'fastify';
+import type { Sql } from 'postgres';
+import { Server as SocketIoServer } from 'socket.io';
+import { WebSocketServer, type WebSocket } from 'ws';
+import meshSubscriptions from '../src/index.js';
+import { frameText } from '../src/protocol/codec.js';
+
+export interface BenchTask {
+  taskId: string;
+  ownerId: string;
+}
+
+export interface Peer {
+  /** Starts listening; returns the port. */
+  listen(port: number): Promise<void>;
+  publishUpdate(task: BenchTask, version: number, stamp: string): void;
+  publishOutput(task: BenchTask, content: string): void;
+  close(): Promise<void>;
+}
+
+/** The generator's control calls: method and URL in, status and body out. */
+export type Control = (method: string, url: string, body: string) => { status: number; body: string };
+
+/** Control over a plain Node HTTP server. */
+function controlListener(control: Control) {
+  return (request: IncomingMessage, response: ServerResponse) => {
+    let body = '';
+    request.on('data', (chunk: Buffer) => (body += chunk.toString()));
+    request.on('end', () => {
+      const answer = control(request.method ?? 'GET', request.url ?? '/', body);
+      response.statusCode = answer.status;
+      response.end(answer.body);
+    });
+  };
+}
+
+const update = (task: BenchTask, version: number, stamp: string) => ({
+  taskId: task.taskId,
+  version,
+  status: 'running',
+  updatedFields: ['status'],
+  updatedBy: stamp,
+});
+
+const output = (task: BenchTask, content: string) => ({ taskId: task.taskId, messageType: 'assistant', content, isPartial: false });
+
+/** Bench-only authentication: the generator names the principal in a header. */
+const BENCH_PRINCIPAL = 'x-bench-owner';
+
+export async function meshPeer(sql: Sql<any>, control: Control): Promise<Peer> {
+  const app = Fastify({ logger: false });
+  await app.register(meshSubscriptions, {
+    sql,
+    authenticate: async (request) => {
+      const owner = request.headers[BENCH_PRINCIPAL];
+      return owner === 'admin' ? { ownerId: null, admin: true } : { ownerId: String(owner), admin: false };
+    },
+    maxConnectionsPerPrincipal: Number.POSITIVE_INFINITY,
+  });
+  app.all('/bench/*', async (request, reply) => {
+    const answer = control(request.method, request.url, typeof request.body === 'string' ? request.body : '');
+    return reply.code(answer.status).send(answer.body);
+  });
+  return {
+    listen: async (port) => void (await app.listen({ host: '127.0.0.1', port })),
+    publishUpdate: (task, version, stamp) => void app.mesh.taskUpdates.publish({ ...update(task, version, stamp), ownerId: task.ownerId }),
+    publishOutput: (task, content) => void app.mesh.taskOutput.publish({ ...output(task, content), ownerId: task.ownerId }),
+    close: () => app.close(),
+  };
+}
+
+function plainServer(control: Control, onUpgrade: (request: IncomingMessage, socket: Socket, head: Buffer) => void): HttpServer {
+  const server = createServer(controlListener(control));
+  server.on('upgrade', onUpgrade);
+  return server;
+}
+
+const listenOn = (server: HttpServer, port: number) => new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+
+/** The Rust handler's loop, in Node: per-connection state, every event through every connection. */
+export async function seedPeer(sql: Sql<any>, control: Control): Promise<Peer> {
+  const bus = new EventEmitter();
+  bus.setMaxListeners(0);
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+  const lookup = async (taskId: string) => (await sql`SELECT owner_id::text AS owner_id FROM tasks WHERE id = ${taskId}`)[0]?.owner_id ?? null;
+  wss.on('connection', (ws: WebSocket) => {
+    const tasks = new Map<string, string | null>();
+    const outputs = new Map<string, string | null>();
+    let all = false;
+    const send = (message: object) => ws.send(JSON.stringify(message));
+    const onUpdate = (n: ReturnType<typeof update> & { ownerId: string }) => {
+      const sub = tasks.get(n.taskId);
+      const forward = all || (sub !== undefined && (sub === null || sub === n.ownerId));
+      if (forward) send({ type: 'taskUpdated', taskId: n.taskId, version: n.version, status: n.status, updatedFields: n.updatedFields, updatedBy: n.updatedBy });
+    };
+    const onOutput = (n: ReturnType<typeof output> & { ownerId: string }) => {
+      const sub = outputs.get(n.taskId);
+      if (sub !== undefined && (sub === null || sub === n.ownerId)) send({ type: 'taskOutput', ...n, ownerId: undefined });
+    };
+    bus.on('update', onUpdate);
+    bus.on('output', onOutput);
+    ws.on('close', () => {
+      bus.off('update', onUpdate);
+      bus.off('output', onOutput);
+    });
+    ws.on('message', async (data) => {
+      let message: { type?: string; taskId?: string };
+      try {
+        message = JSON.parse(data.toString());
+      } catch (error) {
+        return send({ type: 'error', code: 'PARSE_ERROR', message: String(error) });
+      }
+      if (message.type === 'subscribe' && message.taskId) {
+        tasks.set(message.taskId, await lookup(message.taskId));
+        send({ type: 'subscribed', taskId: message.taskId });
+      } else if (message.type === 'subscribeOutput' && message.taskId) {
+        outputs.set(message.taskId, await lookup(message.taskId));
+        send({ type: 'outputSubscribed', taskId: message.taskId });
+      } else if (message.type === 'subscribeAll') {
+        all = true;
+        send({ type: 'subscribedAll' });
+      }
+    });
+  });
+  const server = plainServer(control, (request, socket, head) => wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)));
+  return {
+    listen: (port) => listenOn(server, port),
+    publishUpdate: (task, version, stamp) => bus.emit('update', { ...update(task, version, stamp), ownerId: task.ownerId }),
+    publishOutput: (task, content) => bus.emit('output', { ...output(task, content), ownerId: task.ownerId }),
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+export async function socketIoPeer(sql: Sql<any>, control: Control): Promise<Peer> {
+  const server = createServer(controlListener(control));
+  const io = new SocketIoServer(server, { transports: ['websocket'], serveClient: false });
+  const lookup = async (taskId: string) => (await sql`SELECT owner_id::text AS owner_id FROM tasks WHERE id = ${taskId}`)[0]?.owner_id ?? null;
+  io.on('connection', (socket) => {
+    socket.on('subscribe', async ({ taskId }: { taskId: string }) => {
+      await lookup(taskId);
+      await socket.join(taskId);
+      socket.emit('subscribed', { taskId });
+    });
+    socket.on('subscribeOutput', async ({ taskId }: { taskId: string }) => {
+      await lookup(taskId);
+      await socket.join(`output:${taskId}`);
+      socket.emit('outputSubscribed', { taskId });
+    });
+    socket.on('subscribeAll', async () => {
+      await socket.join('all');
+      socket.emit('subscribedAll');
+    });
+  });
+  return {
+    listen: (port) => listenOn(server, port),
+    publishUpdate: (task, version, stamp) => void io.to(task.taskId).to('all').emit('taskUpdated', update(task, version, stamp)),
+    publishOutput: (task, content) => void io.to(`output:${task.taskId}`).emit('taskOutput', output(task, content)),
+    close: () => new Promise((resolve) => void io.close(() => resolve())),
+  };
+}
+
+export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Peer> {
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+  const sockets = new Set<Socket>();
+  const ACK = frameText(Buffer.from('{"type":"subscribed"}'));
+  wss.on('connection', (ws: WebSocket) => {
+    const raw = (ws as unknown as { _socket: Socket })._socket;
+    sockets.add(raw);
+    ws.on('close', () => sockets.delete(raw));
+    ws.on('message', () => raw.write(ACK));
+  });
+  let tick: Buffer[] = [];
+  const flush = () => {
+    const frames = Buffer.concat(tick);
+    tick = [];
+    for (const socket of sockets) socket.write(frames);
+  };
+  const queue = (message: object) => {
+    if (tick.length === 0) setImmediate(flush);
+    tick.push(frameText(Buffer.from(JSON.stringify(message))));
+  };
+  const server = plainServer(control, (request, socket, head) => wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)));
+  return {
+    listen: (port) => listenOn(server, port),
+    publishUpdate: (task, version, stamp) => queue({ type: 'taskUpdated', ...update(task, version, stamp) }),
+    publishOutput: (task, content) => queue({ type: 'taskOutput', ...output(task, content) }),
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+export const PEERS = { mesh: meshPeer, seed: seedPeer, socketio: socketIoPeer, ceiling: ceilingPeer } as const;
+export type PeerName = keyof typeof PEERS;

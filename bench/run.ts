@@ -1,0 +1,128 @@
+/**
+ * `npm run bench -- [--scale 1] [--peers mesh,seed,socketio,ceiling] [--workloads W1,W2,W3,W5]`:
+ * every workload against every peer, each pair with a fresh server process and a fresh load
+ * generator process on loopback, then one table with the ratios. `--scale` shrinks the client and
+ * event counts (the CI smoke uses a small one); the recorded runs use 1.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { cpus, totalmem } from 'node:os';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import pino from 'pino';
+import postgres from 'postgres';
+import { startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
+import { migrate } from '../src/server/migrations.js';
+import type { PeerName } from './peers.js';
+
+const { values } = parseArgs({
+  options: {
+    scale: { type: 'string', default: '1' },
+    peers: { type: 'string', default: 'mesh,seed,socketio,ceiling' },
+    workloads: { type: 'string', default: 'W1,W2,W3,W5' },
+  },
+});
+const peers = values.peers.split(',') as PeerName[];
+const workloads = values.workloads.split(',');
+const print = (line = '') => process.stdout.write(`${line}\n`);
+
+await mkdir('.data', { recursive: true });
+const scratch = await mkdtemp(path.resolve('.data', 'bench-'));
+await chmod(scratch, 0o755);
+const embedded = process.env.DATABASE_URL ? undefined : await startEmbeddedPostgres({ dir: scratch, log: pino({ level: 'warn' }) });
+const url = process.env.DATABASE_URL ?? embedded!.url;
+const sql = postgres(url, { max: 2, onnotice: () => {} });
+await migrate(sql);
+const tasks = await sql<{ taskId: string; ownerId: string }[]>`
+  INSERT INTO tasks (id, owner_id, name)
+  SELECT gen_random_uuid(), gen_random_uuid(), 'bench' FROM generate_series(1, 10000)
+  RETURNING id::text AS "taskId", owner_id::text AS "ownerId"`;
+const tasksFile = path.join(scratch, 'tasks.json');
+writeFileSync(tasksFile, JSON.stringify([...tasks]));
+await sql.end();
+
+const freePort = () =>
+  new Promise<number>((resolve) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
+
+async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
+  const port = await freePort();
+  const server = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/server.ts', peer], {
+    env: { ...process.env, DATABASE_URL: url, PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('ready') && resolve());
+    server.once('exit', (code) => reject(new Error(`${peer} server exited (${code})`)));
+  });
+  try {
+    const out = execFileSync(process.execPath, ['--import', 'tsx', 'bench/load.ts', peer, workload, String(port), tasksFile, values.scale], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+      maxBuffer: 1 << 20,
+    });
+    return JSON.parse(out.trim().split('\n').pop()!);
+  } finally {
+    server.kill('SIGTERM');
+    await new Promise((r) => server.once('exit', r));
+  }
+}
+
+const results = new Map<string, Record<string, number | string | boolean>>();
+for (const workload of workloads) {
+  for (const peer of peers) {
+    const r = await runOne(peer, workload);
+    results.set(`${workload}/${peer}`, r);
+    process.stderr.write(`${workload} ${peer}: ${JSON.stringify(r)}\n`);
+  }
+}
+
+// The table: one row per measure, one column per peer, then mesh's ratio to each.
+type Row = { label: string; workload: string; key: string; better: 'higher' | 'lower'; format: (v: number) => string };
+const fmt = (digits: number) => (v: number) => (Number.isFinite(v) ? v.toLocaleString('en-US', { maximumFractionDigits: digits }) : 'n/a');
+const rows: Row[] = [
+  { label: 'W1 broadcast, deliveries/s', workload: 'W1', key: 'perSecond', better: 'higher', format: fmt(0) },
+  { label: 'W2 targeted, subscribe storm ms', workload: 'W2', key: 'stormMs', better: 'lower', format: fmt(0) },
+  { label: 'W2 targeted, deliveries/s', workload: 'W2', key: 'perSecond', better: 'higher', format: fmt(0) },
+  { label: 'W3 output, MiB/s', workload: 'W3', key: 'mibPerSecond', better: 'higher', format: fmt(1) },
+  { label: 'W4 memory, RSS KiB/conn', workload: 'W2', key: 'rssPerConnection', better: 'lower', format: (v) => fmt(1)(v / 1024) },
+  { label: 'W4 memory, heap KiB/conn', workload: 'W2', key: 'heapPerConnection', better: 'lower', format: (v) => fmt(1)(v / 1024) },
+  { label: 'W5 latency p50 ms', workload: 'W5', key: 'p50', better: 'lower', format: fmt(2) },
+  { label: 'W5 latency p99 ms', workload: 'W5', key: 'p99', better: 'lower', format: fmt(2) },
+];
+const others = peers.filter((p) => p !== 'mesh');
+const header = ['measure', ...peers, ...others.map((p) => `mesh vs ${p}`)];
+const lines = [header];
+for (const row of rows.filter((r) => workloads.includes(r.workload))) {
+  const value = (peer: PeerName) => {
+    const r = results.get(`${row.workload}/${peer}`);
+    const v = r?.[row.key];
+    return typeof v === 'number' && r?.complete !== false ? v : NaN;
+  };
+  const mesh = value('mesh');
+  const ratio = (peer: PeerName) => {
+    const v = value(peer);
+    if (!Number.isFinite(mesh) || !Number.isFinite(v) || v === 0) return 'n/a';
+    return `${(row.better === 'higher' ? mesh / v : v / mesh).toFixed(2)}×`;
+  };
+  lines.push([row.label, ...peers.map((p) => row.format(value(p))), ...others.map(ratio)]);
+}
+const widths = header.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
+print(`machine: ${cpus().length} × ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; scale ${values.scale}`);
+print('ratios: how many times better mesh is (>1× = mesh better); n/a = not measured (the ceiling does no routing, so W2 deliveries do not apply)');
+print();
+for (const [i, l] of lines.entries()) {
+  print(`| ${l.map((c, j) => c.padEnd(widths[j]!)).join(' | ')} |`);
+  if (i === 0) print(`| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`);
+}
+const incomplete = [...results.entries()].filter(([, r]) => r.complete === false).map(([k]) => k);
+if (incomplete.length > 0) print(`\nincomplete within the 120 s limit (shown as n/a): ${incomplete.join(', ')}`);
+
+await embedded?.stop();
+await rm(scratch, { recursive: true, force: true });

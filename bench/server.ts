@@ -1,0 +1,74 @@
+/**
+ * One benchmark server process: `node --expose-gc --import tsx bench/server.ts <peer>` with
+ * DATABASE_URL and PORT. The load generator drives it over HTTP:
+ * - POST /bench/publish  a plan (below): answered at once, then published;
+ * - GET  /bench/memory   process.memoryUsage() after a full GC.
+ */
+import postgres from 'postgres';
+import { PEERS, type BenchTask, type Control, type Peer, type PeerName } from './peers.js';
+
+export interface PublishPlan {
+  kind: 'update' | 'output';
+  tasks: BenchTask[];
+  /** Events in all; event i goes to tasks[i % tasks.length]. */
+  count: number;
+  /** Events per loop turn when there is no rate. */
+  perTick: number;
+  /** Events per second, spread evenly; unset: as fast as perTick allows. */
+  rate?: number;
+  /** Bytes of content of an output event. */
+  size?: number;
+}
+
+const name = process.argv[2] as PeerName;
+const sql = postgres(process.env.DATABASE_URL!, { max: 10, onnotice: () => {} });
+const now = () => (performance.timeOrigin + performance.now()).toFixed(3);
+
+function run(peer: Peer, plan: PublishPlan): void {
+  const content = 'x'.repeat(plan.size ?? 0);
+  let i = 0;
+  const one = () => {
+    const task = plan.tasks[i % plan.tasks.length]!;
+    if (plan.kind === 'update') peer.publishUpdate(task, i + 1, now());
+    else peer.publishOutput(task, content);
+    i++;
+  };
+  if (plan.rate) {
+    const started = performance.now();
+    const step = () => {
+      const due = Math.floor(((performance.now() - started) * plan.rate!) / 1000) + 1;
+      while (i < Math.min(due, plan.count)) one();
+      if (i < plan.count) setTimeout(step, 1);
+    };
+    step();
+    return;
+  }
+  const burst = () => {
+    for (let n = 0; n < plan.perTick && i < plan.count; n++) one();
+    if (i < plan.count) setImmediate(burst);
+  };
+  burst();
+}
+
+let peer: Peer;
+const control: Control = (method, url, body) => {
+  if (url === '/bench/memory') {
+    global.gc?.();
+    global.gc?.();
+    return { status: 200, body: JSON.stringify(process.memoryUsage()) };
+  }
+  if (url === '/bench/publish' && method === 'POST') {
+    // Published after the answer has gone: the generator's clock starts when it sends the request.
+    setImmediate(() => run(peer, JSON.parse(body) as PublishPlan));
+    return { status: 202, body: '' };
+  }
+  return { status: 404, body: '' };
+};
+
+peer = await PEERS[name](sql, control);
+await peer.listen(Number(process.env.PORT));
+process.stdout.write('ready\n');
+process.on('SIGTERM', () => {
+  void peer.close().finally(() => process.exit(0));
+  setTimeout(() => process.exit(0), 2000).unref();
+});
