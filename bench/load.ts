@@ -125,7 +125,8 @@ if (workload === 'W1') {
   const clients = await openAll(n(200), () => 'admin');
   await subscribeAll(clients, (i) => subscribeFrame('subscribeOutput', followed[i % followed.length]!.taskId));
   const events = n(5000);
-  const plan: PublishPlan = { kind: 'output', tasks: followed, count: events, perTick: 20, size: 1024 };
+  // Publishers of output write in bursts (an agent's transcript arrives many chunks per loop turn).
+  const plan: PublishPlan = { kind: 'output', tasks: followed, count: events, perTick: 200, size: 1024 };
   const perEvent = routes ? clients.length / followed.length : clients.length;
   const r = await deliver(clients, plan, events * perEvent);
   Object.assign(result, { clients: clients.length, events, ...r, mibPerSecond: r.bytes / 1024 / 1024 / (r.elapsed / 1000) });

@@ -175,7 +175,7 @@ export async function socketIoPeer(sql: Sql<any>, control: Control): Promise<Pee
 export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Peer> {
   const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
   const sockets = new Set<Socket>();
-  const ACK = frameText(Buffer.from('{"type":"subscribed"}'));
+  const ACK = frameText('{"type":"subscribed"}');
   wss.on('connection', (ws: WebSocket) => {
     const raw = (ws as unknown as { _socket: Socket })._socket;
     sockets.add(raw);
@@ -190,7 +190,7 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
   };
   const queue = (message: object) => {
     if (tick.length === 0) setImmediate(flush);
-    tick.push(frameText(Buffer.from(JSON.stringify(message))));
+    tick.push(frameText(JSON.stringify(message)));
   };
   const server = plainServer(control, (request, socket, head) => wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)));
   return {

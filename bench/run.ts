@@ -53,7 +53,8 @@ const freePort = () =>
 
 async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
   const port = await freePort();
-  const server = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/server.ts', peer], {
+  const flags = process.env.BENCH_SERVER_FLAGS?.split(' ').filter(Boolean) ?? [];
+  const server = spawn(process.execPath, [...flags, '--expose-gc', '--import', 'tsx', 'bench/server.ts', peer], {
     env: { ...process.env, DATABASE_URL: url, PORT: String(port) },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

@@ -50,7 +50,22 @@ function run(peer: Peer, plan: PublishPlan): void {
   burst();
 }
 
+/** BENCH_PROFILE=<file>: a CPU profile of the publishing phase only (BENCH_PROFILE_MS, default 400 ms). */
+async function profile(file: string): Promise<void> {
+  const { Session } = await import('node:inspector/promises');
+  const { writeFileSync } = await import('node:fs');
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.setSamplingInterval', { interval: 100 });
+  await session.post('Profiler.start');
+  await new Promise((r) => setTimeout(r, Number(process.env.BENCH_PROFILE_MS ?? 400)));
+  const { profile } = await session.post('Profiler.stop');
+  writeFileSync(file, JSON.stringify(profile));
+}
+
 let peer: Peer;
+let profiling: Promise<void> | undefined;
 const control: Control = (method, url, body) => {
   if (url === '/bench/memory') {
     global.gc?.();
@@ -59,7 +74,10 @@ const control: Control = (method, url, body) => {
   }
   if (url === '/bench/publish' && method === 'POST') {
     // Published after the answer has gone: the generator's clock starts when it sends the request.
-    setImmediate(() => run(peer, JSON.parse(body) as PublishPlan));
+    setImmediate(() => {
+      if (process.env.BENCH_PROFILE) profiling = profile(process.env.BENCH_PROFILE);
+      run(peer, JSON.parse(body) as PublishPlan);
+    });
     return { status: 202, body: '' };
   }
   return { status: 404, body: '' };
@@ -69,6 +87,6 @@ peer = await PEERS[name](sql, control);
 await peer.listen(Number(process.env.PORT));
 process.stdout.write('ready\n');
 process.on('SIGTERM', () => {
-  void peer.close().finally(() => process.exit(0));
-  setTimeout(() => process.exit(0), 2000).unref();
+  void Promise.all([profiling, peer.close()]).finally(() => process.exit(0));
+  setTimeout(() => process.exit(0), 5000).unref();
 });

@@ -52,10 +52,11 @@ export class Outbound {
   private bytes = 0;
   private scheduled = false;
   private stopped = false;
+  // Both made on first use: most sockets are never backed up, and there are many sockets.
   /** Latest update per task while backed up; sent once the socket drains. */
-  private readonly conflated = new Map<string, Buffer>();
+  private conflated: Map<string, Buffer> | undefined;
   /** Output frames dropped per task while backed up; reported as `lagged` once it drains. */
-  private readonly skipped = new Map<string, number>();
+  private skipped: Map<string, number> | undefined;
   private conflatedBytes = 0;
   private superseded = 0;
   private backedUpSince = 0;
@@ -83,7 +84,8 @@ export class Outbound {
   }
 
   update(taskId: string, frame: Buffer): void {
-    if (this.conflated.size > 0 || this.backlog() >= this.limits.soft) {
+    if (this.conflated?.size || this.backlog() >= this.limits.soft) {
+      this.conflated ??= new Map();
       const previous = this.conflated.get(taskId);
       if (previous) {
         this.superseded++;
@@ -101,7 +103,8 @@ export class Outbound {
 
   output(taskId: string, frame: Buffer): void {
     // Once a task's output is being dropped, all of it is, until `lagged` has told the client.
-    if (this.skipped.has(taskId) || this.backlog() >= this.limits.soft) {
+    if (this.skipped?.has(taskId) || this.backlog() >= this.limits.soft) {
+      this.skipped ??= new Map();
       this.skipped.set(taskId, (this.skipped.get(taskId) ?? 0) + 1);
       this.markBackedUp();
       return;
@@ -140,9 +143,9 @@ export class Outbound {
     this.stopped = true;
     this.frames = [];
     this.bytes = 0;
-    this.conflated.clear();
+    this.conflated = undefined;
     this.conflatedBytes = 0;
-    this.skipped.clear();
+    this.skipped = undefined;
   }
 
   private push(frame: Buffer): void {
@@ -171,14 +174,14 @@ export class Outbound {
   private release(): void {
     if (this.stopped || this.backedUpSince === 0 || this.backlog() >= this.limits.soft) return;
     this.backedUpSince = 0;
-    const conflated = [...this.conflated.values()];
-    const skipped = new Map(this.skipped);
+    const conflated = this.conflated ?? new Map<string, Buffer>();
+    const skipped = this.skipped ?? new Map<string, number>();
     const superseded = this.superseded;
-    this.conflated.clear();
-    this.skipped.clear();
+    this.conflated = undefined;
+    this.skipped = undefined;
     this.conflatedBytes = 0;
     this.superseded = 0;
-    for (const frame of conflated) this.push(frame);
+    for (const frame of conflated.values()) this.push(frame);
     for (const [taskId, count] of skipped) this.push(encodeLagged(taskId, count));
     this.observer.drained(superseded, skipped);
   }

@@ -60,24 +60,33 @@ export function parseClientFrame(text: string): ParseResult {
 // servers send them), built once and written as is to every socket it goes to.
 
 /** RFC 6455 §5.2: FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits, no mask. */
-export function frameText(payload: Buffer): Buffer {
-  const length = payload.length;
-  const header = length < 126 ? 2 : length < 65536 ? 4 : 10;
-  const frame = Buffer.allocUnsafe(header + length);
+function frameHeader(frame: Buffer, length: number): number {
   frame[0] = 0x81;
-  if (header === 2) frame[1] = length;
-  else if (header === 4) {
+  if (length < 126) {
+    frame[1] = length;
+    return 2;
+  }
+  if (length < 65536) {
     frame[1] = 126;
     frame.writeUInt16BE(length, 2);
-  } else {
-    frame[1] = 127;
-    frame.writeBigUInt64BE(BigInt(length), 2);
+    return 4;
   }
-  payload.copy(frame, header);
+  frame[1] = 127;
+  frame.writeBigUInt64BE(BigInt(length), 2);
+  return 10;
+}
+
+const headerSize = (length: number) => (length < 126 ? 2 : length < 65536 ? 4 : 10);
+
+/** One text frame holding `text`, UTF-8 encoded straight into the frame: one allocation, one copy. */
+export function frameText(text: string): Buffer {
+  const length = Buffer.byteLength(text);
+  const frame = Buffer.allocUnsafe(headerSize(length) + length);
+  frame.write(text, frameHeader(frame, length));
   return frame;
 }
 
-const encode = (message: object): Buffer => frameText(Buffer.from(JSON.stringify(message)));
+const encode = (message: object): Buffer => frameText(JSON.stringify(message));
 
 export type AckType = 'subscribed' | 'unsubscribed' | 'outputSubscribed' | 'outputUnsubscribed';
 
