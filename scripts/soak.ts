@@ -157,35 +157,31 @@ async function flood(i: number): Promise<void> {
   }
 }
 
-// Stalled: subscribe to output and stop reading; the server must cut them (4008) and not grow.
+// Stalled: subscribe to output and stop reading for a minute; by then the server must have cut
+// them (4008 after 30 s backed up). Reading again shows it: the connection is gone at once.
 async function stall(i: number): Promise<void> {
   while (running) {
     const owner = owners[i % OWNERS]!;
     try {
       const ws = await open(owner.key);
+      const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
       ws.send(JSON.stringify({ type: 'subscribeOutput', taskId: owner.tasks[0] }));
       ws.send(JSON.stringify({ type: 'subscribeAll' }));
-      await new Promise((r) => setTimeout(r, 100));
-      (ws as unknown as { _socket: Socket })._socket.pause();
-      await new Promise<void>((resolve) => {
-        ws.on('close', () => resolve());
-        const timer = setInterval(() => {
-          if (!running) {
-            clearInterval(timer);
-            ws.terminate();
-          }
-        }, 1000);
-        ws.on('close', () => clearInterval(timer));
-      });
-      stats.slowCloses++;
+      const raw = (ws as unknown as { _socket: Socket })._socket;
+      raw.pause();
+      for (let s = 0; s < 60 && running; s++) await new Promise((r) => setTimeout(r, 1000));
+      raw.resume();
+      const cut = await Promise.race([closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000))]);
+      if (cut) stats.slowCloses++;
+      else ws.terminate();
     } catch {
       stats.reconnects++;
     }
   }
 }
 
-// Publishers: PATCH at a steady rate (every well-behaved client of that owner must see it), and
-// output chunks for the stalled clients to choke on.
+// Publisher: PATCH at a steady rate (every well-behaved client of that owner must see it), each
+// followed by an output chunk for the stalled clients to choke on.
 async function publish(): Promise<void> {
   let n = 0;
   const interval = 1000 / PATCH_RATE;
@@ -200,14 +196,14 @@ async function publish(): Promise<void> {
     });
     if (res.ok) finalVersion.set(taskId, ((await res.json()) as { version: number }).version);
     else stats.errors++;
-    if (n % 5 === 0) {
-      const stalledOwner = owners[n % Math.min(OWNERS, STALLED)]!;
-      await fetch(`${base}/api/v1/mesh/tasks/${stalledOwner.tasks[0]}/output`, {
-        method: 'POST',
-        headers: { 'x-makima-api-key': stalledOwner.key, 'content-type': 'application/json' },
-        body: JSON.stringify({ messageType: 'raw', content: 'o'.repeat(16 * 1024) }),
-      });
-    }
+    // Each stalled client's task gets a 64 KiB chunk in turn: enough to fill loopback's buffers
+    // and the soft limit within a minute, so that the server has to cut them (4008).
+    const stalledOwner = owners[n % Math.min(OWNERS, STALLED)]!;
+    await fetch(`${base}/api/v1/mesh/tasks/${stalledOwner.tasks[0]}/output`, {
+      method: 'POST',
+      headers: { 'x-makima-api-key': stalledOwner.key, 'content-type': 'application/json' },
+      body: JSON.stringify({ messageType: 'raw', content: 'o'.repeat(64 * 1024) }),
+    });
     n++;
     const due = started + n * interval - performance.now();
     if (due > 0) await new Promise((r) => setTimeout(r, due));
