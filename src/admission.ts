@@ -42,8 +42,10 @@ export class Admission {
     if ((this.perPrincipal.get(key) ?? 0) >= options.maxConnectionsPerPrincipal) {
       return refuse(reply, UpgradeError.TOO_MANY_CONNECTIONS);
     }
-    // Counted from here, not from the 101, so that concurrent upgrades cannot overshoot; the
-    // TCP socket's end (refused, failed or closed later) gives the place back.
+    this.admitted.set(request, outcome.principal);
+    // A plain GET (answered 426) holds no place: only upgrades count, from here rather than from
+    // the 101 so that concurrent upgrades cannot overshoot; the TCP socket's end gives it back.
+    if (!request.ws) return;
     this.total++;
     this.perPrincipal.set(key, (this.perPrincipal.get(key) ?? 0) + 1);
     request.raw.socket.once('close', () => {
@@ -52,7 +54,6 @@ export class Admission {
       if (left === 0) this.perPrincipal.delete(key);
       else this.perPrincipal.set(key, left);
     });
-    this.admitted.set(request, outcome.principal);
   };
 }
 

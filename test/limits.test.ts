@@ -95,6 +95,15 @@ describe('connections', () => {
       assert.ok(admitted, 'a place freed by a closed socket was never given back');
     }));
 
+  test('plain GETs (426) on a kept-alive connection take no place', () =>
+    withServer({ maxConnectionsPerPrincipal: 1 }, async (server) => {
+      const { key } = await server.owner();
+      for (let i = 0; i < 3; i++) assert.equal((await server.http('GET', '/api/v1/mesh/tasks/subscribe', key)).status, 426);
+      const client = await server.connect(key);
+      assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
+      assert.equal((await refusal(server.connect(key))).status, 429);
+    }));
+
   test('in total: 503 with Retry-After over the limit', () =>
     withServer({ maxConnections: 2 }, async (server) => {
       for (let i = 0; i < 2; i++) await server.connect((await server.owner()).key);

@@ -46,7 +46,6 @@ export class ClientConnection implements Subscriber {
   round = 0;
   /** Cleared by each ping, set by the pong: false at the next ping means the peer is gone. */
   alive = true;
-  readonly openedAt = Date.now();
 
   private readonly outbound: Outbound;
   private readonly limiter: FrameRateLimiter;
@@ -55,13 +54,17 @@ export class ClientConnection implements Subscriber {
   private backlog = 0;
   private chain: Promise<void> = Promise.resolve();
 
+  /** The upgrade request's logger: its lines carry the request id. */
+  get log(): FastifyBaseLogger {
+    return this.request.log;
+  }
+
   constructor(
     private readonly socket: WebSocket,
     public principal: Principal,
     /** Kept for re-authentication: the host's `authenticate` takes the upgrade request. */
     readonly request: FastifyRequest,
     private readonly context: ConnectionContext,
-    readonly log: FastifyBaseLogger,
   ) {
     const { limits } = context;
     this.limiter = new FrameRateLimiter(limits.maxFramesPerSecond, limits.frameBurst, limits.floodCloseAfterMs);

@@ -111,7 +111,7 @@ export class MeshHub {
   }
 
   attach(socket: WebSocket, principal: Principal, request: FastifyRequest): ClientConnection {
-    const connection = new ClientConnection(socket, principal, request, this.context, request.log);
+    const connection = new ClientConnection(socket, principal, request, this.context);
     this.connections.add(connection);
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
