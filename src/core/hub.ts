@@ -58,6 +58,7 @@ export class MeshHub {
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly updateListeners = new Set<(event: Delivered<TaskUpdateEvent>) => void>();
   private readonly outputListeners = new Set<(event: Delivered<TaskOutputEvent>) => void>();
+  private reauthenticating = false;
   /** Events waiting for their owner, and every event published after them. */
   private readonly pending: Pending[] = [];
 
@@ -138,8 +139,18 @@ export class MeshHub {
     for (const socket of this.sockets) socket.terminate();
   }
 
-  /** Runs `authenticate` again for every open socket, a few at a time. */
+  /** Runs `authenticate` again for every open socket, a few at a time; one sweep at a time. */
   async reauthenticate(): Promise<void> {
+    if (this.reauthenticating) return;
+    this.reauthenticating = true;
+    try {
+      await this.reauthenticateAll();
+    } finally {
+      this.reauthenticating = false;
+    }
+  }
+
+  private async reauthenticateAll(): Promise<void> {
     const queue = [...this.connections];
     const worker = async () => {
       for (let c = queue.pop(); c; c = queue.pop()) {
