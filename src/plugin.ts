@@ -6,6 +6,8 @@ import fastifyWebsocket from '@fastify/websocket';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
+import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { Admission } from './admission.js';
 import type { MeshEvents } from './core/events.js';
@@ -98,6 +100,11 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
         socket.close(CloseCode.INTERNAL_ERROR, 'internal error');
         return;
       }
+      // After the upgrade the HTTP response is dead weight that would live as long as the socket:
+      // @fastify/websocket leaves it assigned to the TCP socket and holds it in an error listener.
+      const raw = request.raw.socket as Socket & { _httpMessage?: ServerResponse | null };
+      raw._httpMessage?.detachSocket(raw);
+      socket.removeAllListeners('error');
       hub.attach(socket, principal, request);
     },
   });
