@@ -2,12 +2,22 @@
  * Who may open a socket, decided on the upgrade request before any 101: not while shutting down,
  * only from an allowed Origin, only within the connection limits, only when authenticated.
  */
+import type { Socket } from 'node:net';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { authenticateRequest, principalKey } from './auth.js';
 import { RETRY_AFTER_SECONDS, UpgradeError } from './errors.js';
 import type { Principal, ResolvedOptions } from './options.js';
 
 type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
+
+// The place an admitted socket holds, found on the socket by one shared listener (no closure per socket).
+const PLACE = Symbol('mesh admission place');
+type Placed = Socket & { [PLACE]?: { admission: Admission; key: string } };
+
+function givePlaceBack(this: Placed): void {
+  const place = this[PLACE];
+  if (place) place.admission.release(place.key);
+}
 
 export class Admission {
   closing = false;
@@ -48,13 +58,17 @@ export class Admission {
     if (!request.ws) return;
     this.total++;
     this.perPrincipal.set(key, (this.perPrincipal.get(key) ?? 0) + 1);
-    request.raw.socket.once('close', () => {
-      this.total--;
-      const left = (this.perPrincipal.get(key) ?? 1) - 1;
-      if (left === 0) this.perPrincipal.delete(key);
-      else this.perPrincipal.set(key, left);
-    });
+    const socket = request.raw.socket as Placed;
+    socket[PLACE] = { admission: this, key };
+    socket.once('close', givePlaceBack);
   };
+
+  release(key: string): void {
+    this.total--;
+    const left = (this.perPrincipal.get(key) ?? 1) - 1;
+    if (left === 0) this.perPrincipal.delete(key);
+    else this.perPrincipal.set(key, left);
+  }
 }
 
 async function refuse(reply: FastifyReply, refusal: Refusal, retry = false): Promise<void> {

@@ -9,7 +9,7 @@ import type { Principal } from '../options.js';
 import { SUBSCRIBED_ALL, UNSUBSCRIBED_ALL, encodeAck, encodeError, parseClientFrame } from '../protocol/codec.js';
 import type { ClientMessage } from '../protocol/schemas.js';
 import type { MeshEvents } from './events.js';
-import { Outbound, type BackpressureLimits, type FlushScheduler } from './outbound.js';
+import { Outbound, type BackpressureLimits, type BackpressureObserver, type FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerAnswer, type OwnerDirectory } from './owners.js';
 import { FrameRateLimiter } from './rate-limit.js';
 import { canSee, type Subscriber, type SubscriptionIndex } from './registry.js';
@@ -36,10 +36,29 @@ type Step = () => void;
 const byteLength = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
 
+const SETTLED = Promise.resolve();
+const CONNECTION = Symbol('mesh connection');
+type Owned = WebSocket & { [CONNECTION]: ClientConnection };
+
+const connectionOf = (socket: WebSocket) => (socket as Owned)[CONNECTION];
+
+function onMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+  connectionOf(this).onFrame(data, isBinary);
+}
+function onPong(this: WebSocket): void {
+  connectionOf(this).alive = true;
+}
+function onClose(this: WebSocket): void {
+  connectionOf(this).release();
+}
+function onError(this: WebSocket, error: Error): void {
+  connectionOf(this).log.debug({ err: error }, 'websocket error');
+}
+
 /** How long a socket closed for being slow gets to take its close frame before it is cut. */
 const SLOW_CLOSE_GRACE_MS = 1_000;
 
-export class ClientConnection implements Subscriber {
+export class ClientConnection implements Subscriber, BackpressureObserver {
   readonly updates = new Set<string>();
   readonly outputs = new Set<string>();
   all = false;
@@ -52,7 +71,7 @@ export class ClientConnection implements Subscriber {
   private closed = false;
   /** Frames whose handling waits on a lookup; later frames wait behind them to keep replies in order. */
   private backlog = 0;
-  private chain: Promise<void> = Promise.resolve();
+  private chain: Promise<void> = SETTLED;
 
   /** The upgrade request's logger: its lines carry the request id. */
   get log(): FastifyBaseLogger {
@@ -60,7 +79,7 @@ export class ClientConnection implements Subscriber {
   }
 
   constructor(
-    private readonly socket: WebSocket,
+    readonly socket: WebSocket,
     public principal: Principal,
     /** Kept for re-authentication: the host's `authenticate` takes the upgrade request. */
     readonly request: FastifyRequest,
@@ -68,22 +87,30 @@ export class ClientConnection implements Subscriber {
   ) {
     const { limits } = context;
     this.limiter = new FrameRateLimiter(limits.maxFramesPerSecond, limits.frameBurst, limits.floodCloseAfterMs);
-    this.outbound = new Outbound(socket, limits.backpressure, context.scheduler, {
-      backedUp: () => context.events.emit('backedUp'),
-      drained: (superseded, lagged) => context.events.emit('drained', { superseded, lagged }),
-      slow: (why) => {
-        this.log.warn({ why, backlog: socket.bufferedAmount }, 'closing a slow consumer');
-        context.events.emit('slowConsumer', { why });
-        this.close(CloseCode.SLOW_CONSUMER, 'slow consumer', SLOW_CLOSE_GRACE_MS);
-      },
-    });
-    // Attached at once: frames that arrive before any await would otherwise be lost.
-    socket.on('message', (data, isBinary) => this.onFrame(data, isBinary));
-    socket.on('pong', () => {
-      this.alive = true;
-    });
-    socket.on('close', () => this.release());
-    socket.on('error', (error) => this.log.debug({ err: error }, 'websocket error'));
+    this.outbound = new Outbound(socket, limits.backpressure, context.scheduler, this);
+    // Attached at once: frames that arrive before any await would otherwise be lost. Shared
+    // listeners find their connection on the socket: no closures per socket.
+    (socket as Owned)[CONNECTION] = this;
+    socket.on('message', onMessage);
+    socket.on('pong', onPong);
+    socket.on('close', onClose);
+    socket.on('error', onError);
+  }
+
+  // BackpressureObserver: methods rather than closures, since there is one per socket.
+
+  backedUp(): void {
+    this.context.events.emit('backedUp');
+  }
+
+  drained(superseded: number, lagged: ReadonlyMap<string, number>): void {
+    this.context.events.emit('drained', { superseded, lagged });
+  }
+
+  slow(why: 'buffer' | 'timeout'): void {
+    this.log.warn({ why, backlog: this.socket.bufferedAmount }, 'closing a slow consumer');
+    this.context.events.emit('slowConsumer', { why });
+    this.close(CloseCode.SLOW_CONSUMER, 'slow consumer', SLOW_CLOSE_GRACE_MS);
   }
 
   sendUpdate(taskId: string, frame: Buffer): void {
@@ -152,7 +179,8 @@ export class ClientConnection implements Subscriber {
     }
   }
 
-  private release(): void {
+  /** Frees everything this socket holds in the index; called once, on close or on error. */
+  release(): void {
     if (this.closed) return;
     this.closed = true;
     this.outbound.stop();
@@ -160,7 +188,7 @@ export class ClientConnection implements Subscriber {
     this.context.onClosed(this);
   }
 
-  private onFrame(data: RawData, isBinary: boolean): void {
+  onFrame(data: RawData, isBinary: boolean): void {
     if (this.closed) return;
     try {
       if (byteLength(data) > this.context.limits.maxPayload) {

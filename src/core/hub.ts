@@ -54,7 +54,6 @@ export class MeshHub {
 
   readonly events = new MeshEvents();
   private readonly context: ConnectionContext;
-  private readonly sockets = new Set<WebSocket>();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly updateListeners = new Set<(event: Delivered<TaskUpdateEvent>) => void>();
   private readonly outputListeners = new Set<(event: Delivered<TaskOutputEvent>) => void>();
@@ -114,8 +113,6 @@ export class MeshHub {
   attach(socket: WebSocket, principal: Principal, request: FastifyRequest): ClientConnection {
     const connection = new ClientConnection(socket, principal, request, this.context);
     this.connections.add(connection);
-    this.sockets.add(socket);
-    socket.once('close', () => this.sockets.delete(socket));
     return connection;
   }
 
@@ -125,18 +122,18 @@ export class MeshHub {
    */
   async shutdown(timeoutMs: number): Promise<void> {
     for (const timer of this.timers.splice(0)) clearInterval(timer);
+    const sockets = [...this.connections].map((c) => c.socket);
     for (const connection of [...this.connections]) connection.close(CloseCode.GOING_AWAY, 'server shutting down');
-    const sockets = [...this.sockets];
     if (sockets.length === 0) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.all(sockets.map((s) => new Promise((resolve) => s.once('close', resolve)))),
+      Promise.all(sockets.filter((s) => s.readyState !== s.CLOSED).map((s) => new Promise((resolve) => s.once('close', resolve)))),
       new Promise((resolve) => {
         timer = setTimeout(resolve, timeoutMs);
       }),
     ]);
     clearTimeout(timer);
-    for (const socket of this.sockets) socket.terminate();
+    for (const socket of sockets) if (socket.readyState !== socket.CLOSED) socket.terminate();
   }
 
   /** Runs `authenticate` again for every open socket, a few at a time; one sweep at a time. */

@@ -47,6 +47,13 @@ export class FlushScheduler {
   };
 }
 
+const OUTBOUND = Symbol('mesh outbound');
+type Drained = Socket & { [OUTBOUND]: Outbound };
+
+function onDrain(this: Drained): void {
+  this[OUTBOUND].release();
+}
+
 export class Outbound {
   private frames: Buffer[] = [];
   private bytes = 0;
@@ -68,9 +75,11 @@ export class Outbound {
     private readonly scheduler: FlushScheduler,
     private readonly observer: BackpressureObserver,
   ) {
-    // ws keeps its net.Socket private; we write prebuilt frames to it and listen for its 'drain'.
+    // ws keeps its net.Socket private; we write prebuilt frames to it and listen for its 'drain'
+    // (through a shared listener that finds this queue on the socket, as there are many sockets).
     this.raw = (socket as unknown as { _socket: Socket })._socket;
-    this.raw.on('drain', () => this.release());
+    (this.raw as Drained)[OUTBOUND] = this;
+    this.raw.on('drain', onDrain);
   }
 
   /** Bytes written but not yet taken by the peer, plus bytes waiting for this turn's flush. */
@@ -171,7 +180,7 @@ export class Outbound {
   }
 
   /** Once the backlog is under the soft limit again, sends what was held back. */
-  private release(): void {
+  release(): void {
     if (this.stopped || this.backedUpSince === 0 || this.backlog() >= this.limits.soft) return;
     this.backedUpSince = 0;
     const conflated = this.conflated ?? new Map<string, Buffer>();
