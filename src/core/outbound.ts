@@ -39,11 +39,16 @@ export class FlushScheduler {
     }
   }
 
+  // Two lists used in turn, so that a flush allocates nothing however many sockets it writes.
+  private spare: Outbound[] = [];
+
   private readonly flush = (): void => {
     const dirty = this.dirty;
-    this.dirty = [];
+    this.dirty = this.spare;
     this.scheduled = false;
     for (const outbound of dirty) outbound.flush();
+    dirty.length = 0;
+    this.spare = dirty;
   };
 }
 
@@ -55,7 +60,7 @@ function onDrain(this: Drained): void {
 }
 
 export class Outbound {
-  private frames: Buffer[] = [];
+  private readonly frames: Buffer[] = [];
   private bytes = 0;
   private scheduled = false;
   private stopped = false;
@@ -123,21 +128,24 @@ export class Outbound {
 
   flush(): void {
     this.scheduled = false;
-    if (this.stopped || this.frames.length === 0) return;
     const frames = this.frames;
-    this.frames = [];
+    if (this.stopped || frames.length === 0) return;
     this.bytes = 0;
     // Past OPEN, ws has sent or answered a close frame: nothing may follow it.
-    if (this.socket.readyState !== OPEN) return;
-    // Frames are complete WebSocket frames, built once per event: they go to the TCP socket as
-    // they are, in one writev per socket per turn, without ws re-framing each for each socket.
-    const raw = this.raw;
-    if (frames.length === 1) raw.write(frames[0]!);
-    else {
-      raw.cork();
-      for (const frame of frames) raw.write(frame);
-      raw.uncork();
+    if (this.socket.readyState === OPEN) {
+      // Frames are complete WebSocket frames, built once per event: they go to the TCP socket as
+      // they are, in one writev per socket per turn, without ws re-framing each for each socket.
+      const raw = this.raw;
+      if (frames.length === 1) raw.write(frames[0]!);
+      else {
+        raw.cork();
+        for (const frame of frames) raw.write(frame);
+        raw.uncork();
+      }
     }
+    // The stream holds the buffers now; the list is reused, not reallocated, every turn.
+    frames.length = 0;
+    if (this.socket.readyState !== OPEN) return;
     if (this.socket.bufferedAmount > this.limits.hard) this.slow('buffer');
     else this.release();
   }
@@ -150,7 +158,7 @@ export class Outbound {
   /** Drops everything still waiting; nothing is sent after this. */
   stop(): void {
     this.stopped = true;
-    this.frames = [];
+    this.frames.length = 0;
     this.bytes = 0;
     this.conflated = undefined;
     this.conflatedBytes = 0;
