@@ -85,7 +85,10 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
       response: {
         101: { description: 'Switching Protocols: the WebSocket is open.', type: 'null' },
         401: { description: 'Missing or invalid credentials.', ...ErrorBody },
+        403: { description: 'A browser Origin that is not in `allowedOrigins`.', ...ErrorBody },
         426: { description: 'A plain HTTP request: this endpoint needs `Upgrade: websocket`.', ...ErrorBody },
+        429: { description: 'This principal already holds `maxConnectionsPerPrincipal` sockets.', ...ErrorBody },
+        503: { description: 'At `maxConnections`, or shutting down; see `Retry-After`.', ...ErrorBody },
       },
     },
     preValidation: admission.hook,

@@ -29,6 +29,7 @@ export function sqlOwnerResolver(sql: Sql<any>, table: string): OwnerResolver {
 
 export class OwnerDirectory {
   private readonly cache: LRUCache<string, string>;
+  private readonly timeoutMs: number;
   private batch = new Map<string, Waiter[]>();
   private flushScheduled = false;
 
@@ -39,8 +40,6 @@ export class OwnerDirectory {
     this.cache = new LRUCache({ max: options.size, ttl: options.ttlMs });
     this.timeoutMs = options.timeoutMs;
   }
-
-  private readonly timeoutMs: number;
 
   /** The cached owner, or `undefined` when it is not known without a lookup. */
   known(taskId: string): string | null | undefined {
