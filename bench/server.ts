@@ -27,9 +27,14 @@ const now = () => (performance.timeOrigin + performance.now()).toFixed(3);
 function run(peer: Peer, plan: PublishPlan): void {
   const content = 'x'.repeat(plan.size ?? 0);
   let i = 0;
+  // With a rate, each event is stamped with the time it was due, not the time the publisher got
+  // to it: a server whose fan-out blocks its own publisher would otherwise hide that wait from
+  // the latency (coordinated omission).
+  const origin = performance.timeOrigin + performance.now();
+  const stamp = () => (plan.rate ? (origin + (i * 1000) / plan.rate).toFixed(3) : now());
   const one = () => {
     const task = plan.tasks[i % plan.tasks.length]!;
-    if (plan.kind === 'update') peer.publishUpdate(task, i + 1, now());
+    if (plan.kind === 'update') peer.publishUpdate(task, i + 1, stamp());
     else peer.publishOutput(task, content);
     i++;
   };
