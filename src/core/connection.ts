@@ -164,19 +164,20 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     index.unsubscribeAll(this);
     this.principal = principal;
     if (all) index.subscribeAll(this);
-    const recheck = (taskId: string, drop: Step) => this.withOwner(taskId, () => {}, drop);
-    for (const taskId of [...this.updates]) {
-      recheck(taskId, () => {
-        index.unsubscribeUpdates(this, taskId);
-        this.outbound.control(encodeAck('unsubscribed', taskId));
-      });
-    }
-    for (const taskId of [...this.outputs]) {
-      recheck(taskId, () => {
-        index.unsubscribeOutput(this, taskId);
-        this.outbound.control(encodeAck('outputUnsubscribed', taskId));
-      });
-    }
+    const keep = () => {};
+    for (const taskId of [...this.updates]) this.withOwner(taskId, keep, () => this.dropUpdates(taskId));
+    for (const taskId of [...this.outputs]) this.withOwner(taskId, keep, () => this.dropOutput(taskId));
+  }
+
+  /** Ends a task subscription and says so, whether the client asked or its rights changed. */
+  private dropUpdates(taskId: string): void {
+    this.context.index.unsubscribeUpdates(this, taskId);
+    this.outbound.control(encodeAck('unsubscribed', taskId));
+  }
+
+  private dropOutput(taskId: string): void {
+    this.context.index.unsubscribeOutput(this, taskId);
+    this.outbound.control(encodeAck('outputUnsubscribed', taskId));
   }
 
   /** Frees everything this socket holds in the index; called once, on close or on error. */
@@ -233,15 +234,9 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
           this.outbound.control(encodeAck('outputSubscribed', message.taskId));
         });
       case 'unsubscribe':
-        return this.inOrder(() => {
-          index.unsubscribeUpdates(this, message.taskId);
-          this.outbound.control(encodeAck('unsubscribed', message.taskId));
-        });
+        return this.inOrder(() => this.dropUpdates(message.taskId));
       case 'unsubscribeOutput':
-        return this.inOrder(() => {
-          index.unsubscribeOutput(this, message.taskId);
-          this.outbound.control(encodeAck('outputUnsubscribed', message.taskId));
-        });
+        return this.inOrder(() => this.dropOutput(message.taskId));
       case 'subscribeAll':
         return this.inOrder(() => {
           if (!this.all && !this.roomForOneMore()) return;

@@ -122,8 +122,9 @@ export class MeshHub {
    */
   async shutdown(timeoutMs: number): Promise<void> {
     for (const timer of this.timers.splice(0)) clearInterval(timer);
-    const sockets = [...this.connections].map((c) => c.socket);
-    for (const connection of [...this.connections]) connection.close(CloseCode.GOING_AWAY, 'server shutting down');
+    const connections = [...this.connections];
+    const sockets = connections.map((c) => c.socket);
+    for (const connection of connections) connection.close(CloseCode.GOING_AWAY, 'server shutting down');
     if (sockets.length === 0) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([

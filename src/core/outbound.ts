@@ -6,9 +6,9 @@
  */
 import type { Socket } from 'node:net';
 import WebSocket from 'ws';
+import { encodeLagged } from '../protocol/codec.js';
 
 const { OPEN } = WebSocket;
-import { encodeLagged } from '../protocol/codec.js';
 
 export interface BackpressureLimits {
   soft: number;
@@ -98,7 +98,8 @@ export class Outbound {
   }
 
   update(taskId: string, frame: Buffer): void {
-    if (this.conflated?.size || this.backlog() >= this.limits.soft) {
+    const backlog = this.backlog();
+    if (this.conflated?.size || backlog >= this.limits.soft) {
       this.conflated ??= new Map();
       const previous = this.conflated.get(taskId);
       if (previous) {
@@ -108,22 +109,23 @@ export class Outbound {
       this.conflated.set(taskId, frame);
       this.conflatedBytes += frame.length;
       // Held updates are memory too: one per task, but tasks are many.
-      if (this.backlog() + this.conflatedBytes > this.limits.hard) this.slow('buffer');
+      if (backlog + this.conflatedBytes > this.limits.hard) this.slow('buffer');
       else this.markBackedUp();
       return;
     }
-    this.push(frame);
+    this.push(frame, backlog);
   }
 
   output(taskId: string, frame: Buffer): void {
+    const backlog = this.backlog();
     // Once a task's output is being dropped, all of it is, until `lagged` has told the client.
-    if (this.skipped?.has(taskId) || this.backlog() >= this.limits.soft) {
+    if (this.skipped?.has(taskId) || backlog >= this.limits.soft) {
       this.skipped ??= new Map();
       this.skipped.set(taskId, (this.skipped.get(taskId) ?? 0) + 1);
       this.markBackedUp();
       return;
     }
-    this.push(frame);
+    this.push(frame, backlog);
   }
 
   flush(): void {
@@ -165,11 +167,12 @@ export class Outbound {
     this.skipped = undefined;
   }
 
-  private push(frame: Buffer): void {
+  /** `backlog` is the backlog before this frame, when the caller has just read it. */
+  private push(frame: Buffer, backlog = this.backlog()): void {
     if (this.stopped) return;
     this.frames.push(frame);
     this.bytes += frame.length;
-    if (this.backlog() > this.limits.hard) {
+    if (backlog + frame.length > this.limits.hard) {
       this.slow('buffer');
       return;
     }

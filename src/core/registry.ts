@@ -23,6 +23,14 @@ export function canSee(principal: Principal, owner: string | null): boolean {
   return principal.admin || (owner !== null && principal.ownerId === owner);
 }
 
+/** Sends an update to `s` unless this round already did: 1 if sent, 0 if not. */
+function reach(s: Subscriber, round: number, taskId: string, frame: Buffer): number {
+  if (s.round === round) return 0;
+  s.round = round;
+  s.sendUpdate(taskId, frame);
+  return 1;
+}
+
 function addTo<K, S>(map: Map<K, Set<S>>, key: K, s: S): void {
   const set = map.get(key);
   if (set) set.add(s);
@@ -93,32 +101,12 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     let count = 0;
     const followers = this.updates.get(taskId);
     if (followers) {
-      for (const s of followers) {
-        // Checked again here: the owner may have changed since the subscribe was allowed.
-        if (s.round !== round && canSee(s.principal, owner)) {
-          s.round = round;
-          s.sendUpdate(taskId, frame);
-          count++;
-        }
-      }
+      // Checked again here: the owner may have changed since the subscribe was allowed.
+      for (const s of followers) if (canSee(s.principal, owner)) count += reach(s, round, taskId, frame);
     }
     const owners = owner === null ? undefined : this.ownersAll.get(owner);
-    if (owners) {
-      for (const s of owners) {
-        if (s.round !== round) {
-          s.round = round;
-          s.sendUpdate(taskId, frame);
-          count++;
-        }
-      }
-    }
-    for (const s of this.adminsAll) {
-      if (s.round !== round) {
-        s.round = round;
-        s.sendUpdate(taskId, frame);
-        count++;
-      }
-    }
+    if (owners) for (const s of owners) count += reach(s, round, taskId, frame);
+    for (const s of this.adminsAll) count += reach(s, round, taskId, frame);
     return count;
   }
 
