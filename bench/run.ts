@@ -6,14 +6,13 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import postgres from 'postgres';
-import { startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
+import { freePort, scratchDirectory, startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
 import { migrate } from '../src/server/migrations.js';
 import type { PeerName } from './peers.js';
 
@@ -28,9 +27,7 @@ const peers = values.peers.split(',') as PeerName[];
 const workloads = values.workloads.split(',');
 const print = (line = '') => process.stdout.write(`${line}\n`);
 
-await mkdir('.data', { recursive: true });
-const scratch = await mkdtemp(path.resolve('.data', 'bench-'));
-await chmod(scratch, 0o755);
+const scratch = await scratchDirectory('bench');
 const embedded = process.env.DATABASE_URL ? undefined : await startEmbeddedPostgres({ dir: scratch, log: pino({ level: 'warn' }) });
 const url = process.env.DATABASE_URL ?? embedded!.url;
 const sql = postgres(url, { max: 2, onnotice: () => {} });
@@ -42,14 +39,6 @@ const tasks = await sql<{ taskId: string; ownerId: string }[]>`
 const tasksFile = path.join(scratch, 'tasks.json');
 writeFileSync(tasksFile, JSON.stringify([...tasks]));
 await sql.end();
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
 
 async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
   const port = await freePort();

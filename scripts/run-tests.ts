@@ -4,10 +4,10 @@
  * Each test file creates (and drops) a database of its own on that server.
  */
 import { spawn } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
-import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
+import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
 
 const log = pino({ level: process.env.LOG_LEVEL || 'warn' }, pino.destination(2));
 const requested = process.argv.slice(2);
@@ -19,9 +19,7 @@ let embedded: EmbeddedDatabase | undefined;
 let scratch: string | undefined;
 let url = process.env.DATABASE_URL;
 if (!url) {
-  await mkdir('.data', { recursive: true });
-  scratch = await mkdtemp(path.resolve('.data', 'test-'));
-  await chmod(scratch, 0o755);
+  scratch = await scratchDirectory('test');
   embedded = await startEmbeddedPostgres({ dir: scratch, log });
   url = embedded.url;
 }

@@ -6,15 +6,14 @@
  */
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type Socket } from 'node:net';
-import path from 'node:path';
+import { rm } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import postgres from 'postgres';
 import WebSocket from 'ws';
 import { createApiKey } from '../src/server/api-keys.js';
-import { startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
+import { freePort, scratchDirectory, startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
 import { migrate } from '../src/server/migrations.js';
 
 const { values } = parseArgs({
@@ -37,9 +36,7 @@ const log = pino({ level: 'warn' }, pino.destination(2));
 const print = (line: string) => process.stdout.write(`${line}\n`);
 
 // Database: DATABASE_URL, or an embedded one in a scratch folder.
-await mkdir('.data', { recursive: true });
-const scratch = await mkdtemp(path.resolve('.data', 'soak-'));
-await chmod(scratch, 0o755);
+const scratch = await scratchDirectory('soak');
 const embedded = process.env.DATABASE_URL ? undefined : await startEmbeddedPostgres({ dir: scratch, log });
 const url = process.env.DATABASE_URL ?? embedded!.url;
 const sql = postgres(url, { max: 4, onnotice: () => {} });
@@ -55,12 +52,7 @@ const owners = await Promise.all(
 );
 
 // The server under test, in its own process so that its RSS is its own.
-const port = await new Promise<number>((resolve) => {
-  const probe = createServer().listen(0, '127.0.0.1', () => {
-    const { port } = probe.address() as { port: number };
-    probe.close(() => resolve(port));
-  });
-});
+const port = await freePort();
 const server = spawn(process.execPath, ['--import', 'tsx', 'src/server/main.ts'], {
   env: { ...process.env, DATABASE_URL: url, PORT: String(port), LOG_LEVEL: 'warn' },
   stdio: ['ignore', 'inherit', 'inherit'],

@@ -3,21 +3,19 @@
  * second process of ours attaching to the running one instead of starting another.
  */
 import assert from 'node:assert/strict';
-import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
 import postgres from 'postgres';
-import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
+import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
 
 const log = pino({ level: 'silent' });
 let scratch: string;
 let first: EmbeddedDatabase;
 
 before(async () => {
-  await mkdir('.data', { recursive: true });
-  scratch = await mkdtemp(path.resolve('.data', 'embedded-test-'));
-  await chmod(scratch, 0o755);
+  scratch = await scratchDirectory('embedded-test');
   first = await startEmbeddedPostgres({ dir: path.join(scratch, 'a'), log });
 });
 after(async () => {

@@ -4,9 +4,8 @@
  * back, without a restart.
  */
 import assert from 'node:assert/strict';
-import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import path from 'node:path';
 import { after, before, test } from 'node:test';
 import Fastify from 'fastify';
 import pino from 'pino';
@@ -14,7 +13,7 @@ import postgres from 'postgres';
 import meshSubscriptions from '../src/index.js';
 import { buildApp } from '../src/server/app.js';
 import { createApiKey } from '../src/server/api-keys.js';
-import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
+import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
 import { migrate } from '../src/server/migrations.js';
 import { TestClient } from './helpers/ws-client.js';
 
@@ -23,9 +22,7 @@ let scratch: string;
 let database: EmbeddedDatabase | undefined;
 
 before(async () => {
-  await mkdir('.data', { recursive: true });
-  scratch = await mkdtemp(path.resolve('.data', 'outage-test-'));
-  await chmod(scratch, 0o755);
+  scratch = await scratchDirectory('outage-test');
 });
 after(async () => {
   await database?.stop();

@@ -6,7 +6,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, realpath, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, realpath, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import postgres from 'postgres';
@@ -43,7 +43,8 @@ async function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
   return EmbeddedPostgres;
 }
 
-async function freePort(): Promise<number> {
+/** A port nobody listens on right now (the kernel's pick), for a server to be started on. */
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.unref();
@@ -96,6 +97,17 @@ async function assertOurs(url: string, dataDir: string): Promise<void> {
   } finally {
     await sql.end({ timeout: 1 });
   }
+}
+
+/**
+ * A fresh folder under `.data/` for a throw-away cluster (tests, soak, bench), open to the user
+ * `postgres` that runs it when we are root. The caller removes it.
+ */
+export async function scratchDirectory(prefix: string): Promise<string> {
+  await mkdir('.data', { recursive: true });
+  const dir = await mkdtemp(path.resolve('.data', `${prefix}-`));
+  await chmod(dir, 0o755);
+  return dir;
 }
 
 /**
