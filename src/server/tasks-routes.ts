@@ -95,6 +95,17 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
   });
   const who = (request: FastifyRequest) => principals.get(request)!;
 
+  /** `taskUpdated` for a task as it now is, naming the fields that changed and who changed them. */
+  const announce = (task: Task, updatedFields: string[], by: Principal) =>
+    app.mesh.taskUpdates.publish({
+      taskId: task.id,
+      ownerId: task.ownerId,
+      version: task.version,
+      status: task.status,
+      updatedFields,
+      updatedBy: by.ownerId ?? 'admin',
+    });
+
   /** The task if the principal may see it, locked for update when inside a transaction. */
   async function visibleTask(q: Sql<any> | TransactionSql<any>, id: string, p: Principal, lock = false): Promise<TaskRow | undefined> {
     const [row] = await q<TaskRow[]>`
@@ -122,14 +133,7 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
         INSERT INTO tasks (owner_id, name, status) VALUES (${ownerId}, ${name}, ${status})
         RETURNING ${sql.unsafe(COLUMNS)}`;
       const task = toTask(row!);
-      await app.mesh.taskUpdates.publish({
-        taskId: task.id,
-        ownerId: task.ownerId,
-        version: task.version,
-        status: task.status,
-        updatedFields: ['name', 'status'],
-        updatedBy: p.ownerId ?? 'admin',
-      });
+      await announce(task, ['name', 'status'], p);
       return reply.code(201).send(task);
     },
   );
@@ -177,14 +181,7 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
       if (!result) return notFound(reply);
       const task = toTask(result.row);
       if (result.changed.length > 0) {
-        await app.mesh.taskUpdates.publish({
-          taskId: task.id,
-          ownerId: task.ownerId,
-          version: task.version,
-          status: task.status,
-          updatedFields: [...result.changed],
-          updatedBy: p.ownerId ?? 'admin',
-        });
+        await announce(task, [...result.changed], p);
       }
       return task;
     },
