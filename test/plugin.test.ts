@@ -127,6 +127,35 @@ describe('mounting', () => {
     assert.equal(app.mesh.stats().connections, 0);
   });
 
+  // With a queue shared by all tasks this test would hang on the other task's publish: the timeout makes that a failure.
+  test('an event waiting on a slow owner lookup holds up its own task only', { timeout: 10_000 }, async () => {
+    const slowTask = randomUUID();
+    const otherTask = randomUUID();
+    let answer!: (owners: Map<string, string | null>) => void;
+    const app = Fastify();
+    await app.register(meshSubscriptions, {
+      authenticate: allowAdmin,
+      resolveOwners: (ids) => {
+        if (ids.includes(slowTask)) return new Promise((resolve) => (answer = resolve));
+        return Promise.resolve(new Map(ids.map((id) => [id, null])));
+      },
+    });
+    const client = await TestClient.connect(await listen(app));
+    await client.request({ type: 'subscribeAll' });
+    const update = (taskId: string, version: number, ownerId?: null) => ({ taskId, ownerId, version, status: 's', updatedFields: [], updatedBy: 't' });
+    const slow = app.mesh.taskUpdates.publish({ ...update(slowTask, 1), ownerId: undefined });
+    void app.mesh.taskUpdates.publish({ ...update(slowTask, 2), ownerId: null });
+    await app.mesh.taskUpdates.publish(update(otherTask, 1, null));
+    // The other task's event arrives while the slow task's lookup is still unanswered.
+    assert.deepEqual([(await client.next()).taskId, answer !== undefined], [otherTask, true]);
+    answer(new Map([[slowTask, null]]));
+    await slow;
+    // Then the slow task's events, in publish order.
+    assert.deepEqual([(await client.next()).version, (await client.next()).version], [1, 2]);
+    await client.close();
+    await app.close();
+  });
+
   test('a closed socket frees its subscriptions', async () => {
     const app = Fastify();
     const taskId = randomUUID();

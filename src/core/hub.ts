@@ -58,8 +58,11 @@ export class MeshHub {
   private readonly updateListeners = new Set<(event: Delivered<TaskUpdateEvent>) => void>();
   private readonly outputListeners = new Set<(event: Delivered<TaskOutputEvent>) => void>();
   private reauthenticating = false;
-  /** Events waiting for their owner, and every event published after them. */
-  private readonly pending: Pending[] = [];
+  /**
+   * Per task: an event waiting for its owner, and the events of that task published after it.
+   * Per task, so that a slow lookup (a database outage) holds up that task only.
+   */
+  private readonly pending = new Map<string, Pending[]>();
 
   constructor(
     private readonly owners: OwnerDirectory,
@@ -176,39 +179,45 @@ export class MeshHub {
     const { taskId, ownerId } = item.event;
     if (ownerId !== undefined) this.owners.remember(taskId, ownerId);
     item.owner = ownerId !== undefined ? ownerId : this.owners.known(taskId);
-    if (item.owner !== undefined && this.pending.length === 0) {
+    const queue = this.pending.get(taskId);
+    if (item.owner !== undefined && !queue) {
       this.deliver(item, item.owner);
       return SETTLED;
     }
     const settled = new Promise<void>((resolve) => {
       item.done = resolve;
     });
-    this.pending.push(item);
+    if (queue) queue.push(item);
+    else this.pending.set(taskId, [item]);
     if (item.owner === undefined) {
       this.owners.lookup(taskId).then(
         (answer) => {
           // An unknown task has no owner anyone could match: admins only, never fail open.
           item.owner = answer === NO_SUCH_TASK ? null : answer;
-          this.drain();
+          this.drain(taskId);
         },
         (error: unknown) => {
           this.log.warn({ err: error, taskId }, 'owner lookup failed; delivering to admins only');
           item.owner = null;
-          this.drain();
+          this.drain(taskId);
         },
       );
     }
     return settled;
   }
 
-  private drain(): void {
-    while (this.pending.length > 0) {
-      const head = this.pending[0]!;
+  /** Delivers a task's waiting events up to the first whose owner is still being looked up. */
+  private drain(taskId: string): void {
+    const queue = this.pending.get(taskId);
+    if (!queue) return;
+    while (queue.length > 0) {
+      const head = queue[0]!;
       if (head.owner === undefined) return;
-      this.pending.shift();
+      queue.shift();
       this.deliver(head, head.owner);
       head.done();
     }
+    this.pending.delete(taskId);
   }
 
   private deliver(item: Pending, owner: string | null): void {
