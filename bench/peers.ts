@@ -68,6 +68,8 @@ export async function meshPeer(sql: Sql<any>, control: Control): Promise<Peer> {
       const owner = request.headers[BENCH_PRINCIPAL];
       return owner === 'admin' ? { ownerId: null, admin: true } : { ownerId: String(owner), admin: false };
     },
+    // As the example host does: re-checks need no kept upgrade request.
+    reauthenticate: async (principal) => principal,
     maxConnectionsPerPrincipal: Number.POSITIVE_INFINITY,
   });
   app.all('/bench/*', async (request, reply) => {

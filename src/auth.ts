@@ -2,7 +2,7 @@
  * Authentication of the upgrade request, and again of every open socket on an interval. It fails
  * closed: a `null` or a malformed principal refuses; a throw refuses a new socket.
  */
-import type { FastifyRequest } from 'fastify';
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { Principal, ResolvedOptions } from './options.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -20,21 +20,30 @@ function normalise(value: unknown): Principal | null {
 
 export type AuthOutcome = { principal: Principal } | { refused: true } | { failed: unknown };
 
-/** Runs the host's `authenticate`; a throw is reported apart from a refusal. Never throws. */
-export async function authenticateRequest(
-  authenticate: ResolvedOptions['authenticate'],
-  request: FastifyRequest,
-): Promise<AuthOutcome> {
+/** Runs one of the host's checks; a throw is reported apart from a refusal. Never throws. */
+async function outcomeOf(check: () => Promise<unknown>, name: string, log: FastifyBaseLogger): Promise<AuthOutcome> {
   let answer: unknown;
   try {
-    answer = await authenticate(request);
+    answer = await check();
   } catch (error) {
     return { failed: error };
   }
   const principal = normalise(answer);
   if (principal) return { principal };
-  if (answer !== null) request.log.error('authenticate returned something that is not a Principal; refusing');
+  if (answer !== null) log.error(`${name} returned something that is not a Principal; refusing`);
   return { refused: true };
+}
+
+export function authenticateRequest(authenticate: ResolvedOptions['authenticate'], request: FastifyRequest): Promise<AuthOutcome> {
+  return outcomeOf(() => authenticate(request), 'authenticate', request.log);
+}
+
+export function reauthenticatePrincipal(
+  reauthenticate: NonNullable<ResolvedOptions['reauthenticate']>,
+  principal: Principal,
+  log: FastifyBaseLogger,
+): Promise<AuthOutcome> {
+  return outcomeOf(() => reauthenticate({ ...principal }), 'reauthenticate', log);
 }
 
 /** The identity the per-principal connection limit counts: never a secret. */

@@ -39,17 +39,22 @@ test('a peer that stops answering pings is terminated and its subscriptions free
   await server.close();
 });
 
-test('a revoked key: the socket is closed with 4401 at the next re-authentication', async () => {
-  const server = await startTestServer({ db, mesh: { reauthIntervalMs: 100 } });
-  const { ownerId, key } = await server.owner();
-  const client = await server.connect(key);
-  await client.request({ type: 'subscribe', taskId: await server.task(ownerId) });
-  await revokeApiKey(db.sql, key);
-  const { code } = await client.closed;
-  assert.equal(code, CloseCode.UNAUTHORIZED);
-  assert.equal(server.app.mesh.stats().tasks, 0);
-  await server.close();
-});
+for (const [how, mesh] of [
+  ['reauthenticate(principal)', {}],
+  ['authenticate(request) again, without reauthenticate', { reauthenticate: undefined }],
+] as const) {
+  test(`a revoked key: the socket is closed with 4401 at the next re-authentication, by ${how}`, async () => {
+    const server = await startTestServer({ db, mesh: { reauthIntervalMs: 100, ...mesh } });
+    const { ownerId, key } = await server.owner();
+    const client = await server.connect(key);
+    await client.request({ type: 'subscribe', taskId: await server.task(ownerId) });
+    await revokeApiKey(db.sql, key);
+    const { code } = await client.closed;
+    assert.equal(code, CloseCode.UNAUTHORIZED);
+    assert.equal(server.app.mesh.stats().tasks, 0);
+    await server.close();
+  });
+}
 
 test('a principal that changed loses the subscriptions it may no longer hold', async () => {
   const server = await startTestServer({ db, mesh: { reauthIntervalMs: 100 } });

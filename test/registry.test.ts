@@ -10,8 +10,8 @@ function subscriber(principal: Principal): Subscriber & { got: string[] } {
   const got: string[] = [];
   return {
     principal,
-    updates: new Set(),
-    outputs: new Set(),
+    updates: undefined,
+    outputs: undefined,
     all: false,
     round: 0,
     got,
@@ -66,6 +66,32 @@ test('remove frees every entry the subscriber held', () => {
   index.remove(a);
   index.remove(root);
   assert.deepEqual(index.stats(), { tasks: 0, outputs: 0, ownersAll: 0, adminsAll: 0 });
-  assert.equal(a.updates.size + a.outputs.size, 0);
+  assert.equal(a.updates, undefined);
+  assert.equal(a.outputs, undefined);
   assert.equal(a.all, false);
+});
+
+test('a task followed by one, then several, then one again: each event reaches exactly its followers', () => {
+  const index = new SubscriptionIndex();
+  const [a, b, c] = [A, A, A].map((ownerId) => subscriber({ ownerId, admin: false }));
+  const deliver = (label: string) =>
+    index.deliverUpdate(T1, A, Buffer.from(label)) + index.deliverOutput(T1, A, Buffer.from(`${label}-out`));
+  for (const s of [a!, a!, b!, c!]) {
+    index.subscribeUpdates(s, T1);
+    index.subscribeOutput(s, T1);
+  }
+  assert.equal(deliver('three'), 6);
+  index.unsubscribeUpdates(b!, T1);
+  index.unsubscribeOutput(b!, T1);
+  assert.equal(deliver('two'), 4);
+  index.remove(a!);
+  assert.equal(deliver('one'), 2);
+  index.unsubscribeUpdates(b!, T1); // not subscribed any more: changes nothing
+  assert.equal(deliver('still one'), 2);
+  index.remove(c!);
+  assert.equal(deliver('none'), 0);
+  assert.deepEqual(index.stats(), { tasks: 0, outputs: 0, ownersAll: 0, adminsAll: 0 });
+  assert.deepEqual(a!.got, ['three', 'three-out', 'two', 'two-out']);
+  assert.deepEqual(b!.got, ['three', 'three-out']);
+  assert.deepEqual(c!.got, ['three', 'three-out', 'two', 'two-out', 'one', 'one-out', 'still one', 'still one-out']);
 });

@@ -59,8 +59,8 @@ function onError(this: WebSocket, error: Error): void {
 const SLOW_CLOSE_GRACE_MS = 1_000;
 
 export class ClientConnection implements Subscriber, BackpressureObserver {
-  readonly updates = new Set<string>();
-  readonly outputs = new Set<string>();
+  updates: Set<string> | undefined = undefined;
+  outputs: Set<string> | undefined = undefined;
   all = false;
   round = 0;
   /** Cleared by each ping, set by the pong: false at the next ping means the peer is gone. */
@@ -73,16 +73,13 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   private backlog = 0;
   private chain: Promise<void> = SETTLED;
 
-  /** The upgrade request's logger: its lines carry the request id. */
-  get log(): FastifyBaseLogger {
-    return this.request.log;
-  }
-
   constructor(
     readonly socket: WebSocket,
     public principal: Principal,
-    /** Kept for re-authentication: the host's `authenticate` takes the upgrade request. */
-    readonly request: FastifyRequest,
+    /** The upgrade request's logger: its lines carry the request id. */
+    readonly log: FastifyBaseLogger,
+    /** Kept for re-authentication by `authenticate` only when the host gives no `reauthenticate`. */
+    readonly request: FastifyRequest | undefined,
     private readonly context: ConnectionContext,
   ) {
     const { limits } = context;
@@ -165,8 +162,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     this.principal = principal;
     if (all) index.subscribeAll(this);
     const keep = () => {};
-    for (const taskId of [...this.updates]) this.withOwner(taskId, keep, () => this.dropUpdates(taskId));
-    for (const taskId of [...this.outputs]) this.withOwner(taskId, keep, () => this.dropOutput(taskId));
+    for (const taskId of [...(this.updates ?? [])]) this.withOwner(taskId, keep, () => this.dropUpdates(taskId));
+    for (const taskId of [...(this.outputs ?? [])]) this.withOwner(taskId, keep, () => this.dropOutput(taskId));
   }
 
   /** Ends a task subscription and says so, whether the client asked or its rights changed. */
@@ -223,13 +220,13 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     switch (message.type) {
       case 'subscribe':
         return this.withOwner(message.taskId, () => {
-          if (!this.updates.has(message.taskId) && !this.roomForOneMore()) return;
+          if (!this.updates?.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeUpdates(this, message.taskId);
           this.outbound.control(encodeAck('subscribed', message.taskId));
         });
       case 'subscribeOutput':
         return this.withOwner(message.taskId, () => {
-          if (!this.outputs.has(message.taskId) && !this.roomForOneMore()) return;
+          if (!this.outputs?.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeOutput(this, message.taskId);
           this.outbound.control(encodeAck('outputSubscribed', message.taskId));
         });
@@ -252,7 +249,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   }
 
   private roomForOneMore(): boolean {
-    const held = this.updates.size + this.outputs.size + (this.all ? 1 : 0);
+    const held = (this.updates?.size ?? 0) + (this.outputs?.size ?? 0) + (this.all ? 1 : 0);
     const max = this.context.limits.maxSubscriptions;
     if (held < max) return true;
     this.reject(ErrorCode.TOO_MANY_SUBSCRIPTIONS, `a connection may hold ${max} subscriptions; unsubscribe first`);

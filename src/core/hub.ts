@@ -4,7 +4,7 @@
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
-import { authenticateRequest, samePrincipal } from '../auth.js';
+import { authenticateRequest, reauthenticatePrincipal, samePrincipal, type AuthOutcome } from '../auth.js';
 import { CloseCode } from '../errors.js';
 import type { Principal, ResolvedOptions } from '../options.js';
 import {
@@ -114,7 +114,8 @@ export class MeshHub {
   }
 
   attach(socket: WebSocket, principal: Principal, request: FastifyRequest): ClientConnection {
-    const connection = new ClientConnection(socket, principal, request, this.context);
+    const kept = this.options.reauthenticate ? undefined : request;
+    const connection = new ClientConnection(socket, principal, request.log, kept, this.context);
     this.connections.add(connection);
     return connection;
   }
@@ -140,7 +141,7 @@ export class MeshHub {
     for (const socket of sockets) if (socket.readyState !== socket.CLOSED) socket.terminate();
   }
 
-  /** Runs `authenticate` again for every open socket, a few at a time; one sweep at a time. */
+  /** Authenticates every open socket again, a few at a time; one sweep at a time. */
   async reauthenticate(): Promise<void> {
     if (this.reauthenticating) return;
     this.reauthenticating = true;
@@ -153,10 +154,20 @@ export class MeshHub {
 
   private async reauthenticateAll(): Promise<void> {
     const queue = [...this.connections];
+    const { authenticate, reauthenticate } = this.options;
+    // Sockets of one principal share one check per sweep.
+    const answers = new Map<string, Promise<AuthOutcome>>();
+    const check = (c: ClientConnection): Promise<AuthOutcome> => {
+      if (!reauthenticate) return authenticateRequest(authenticate, c.request!);
+      const key = JSON.stringify([c.principal.ownerId, c.principal.admin, c.principal.id]);
+      let answer = answers.get(key);
+      if (!answer) answers.set(key, (answer = reauthenticatePrincipal(reauthenticate, c.principal, this.log)));
+      return answer;
+    };
     const worker = async () => {
       for (let c = queue.pop(); c; c = queue.pop()) {
         if (!c.isOpen()) continue;
-        const outcome = await authenticateRequest(this.options.authenticate, c.request);
+        const outcome = await check(c);
         if (!c.isOpen()) continue;
         if ('principal' in outcome) {
           if (!samePrincipal(outcome.principal, c.principal)) {

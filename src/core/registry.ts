@@ -6,10 +6,10 @@ import type { Principal } from '../options.js';
 
 export interface Subscriber {
   readonly principal: Principal;
-  /** Task ids this subscriber follows for updates; maintained by the index. */
-  readonly updates: Set<string>;
-  /** Task ids this subscriber follows for output; maintained by the index. */
-  readonly outputs: Set<string>;
+  /** Task ids this subscriber follows for updates; maintained by the index, made on first use. */
+  updates: Set<string> | undefined;
+  /** Task ids this subscriber follows for output; maintained by the index, made on first use. */
+  outputs: Set<string> | undefined;
   /** Whether it holds a `subscribeAll`; maintained by the index. */
   all: boolean;
   /** Last delivery round that reached it: how one event reaches a socket at most once. */
@@ -31,43 +31,58 @@ function reach(s: Subscriber, round: number, taskId: string, frame: Buffer): num
   return 1;
 }
 
-function addTo<K, S>(map: Map<K, Set<S>>, key: K, s: S): void {
-  const set = map.get(key);
-  if (set) set.add(s);
-  else map.set(key, new Set([s]));
+/**
+ * A key's subscribers: most tasks have one, so one is held as itself and a Set is made only for a
+ * second (a Set per task would cost every socket of a targeted workload about 150 bytes).
+ */
+type Followers<S> = S | Set<S>;
+
+function addTo<K, S extends object>(map: Map<K, Followers<S>>, key: K, s: S): void {
+  const held = map.get(key);
+  if (held === undefined) map.set(key, s);
+  else if (held instanceof Set) held.add(s);
+  else if (held !== s) map.set(key, new Set([held, s]));
 }
 
-function removeFrom<K, S>(map: Map<K, Set<S>>, key: K, s: S): void {
-  const set = map.get(key);
-  if (!set) return;
-  set.delete(s);
-  if (set.size === 0) map.delete(key);
+function removeFrom<K, S extends object>(map: Map<K, Followers<S>>, key: K, s: S): void {
+  const held = map.get(key);
+  if (held === s) map.delete(key);
+  else if (held instanceof Set) {
+    held.delete(s);
+    if (held.size === 1) map.set(key, held.values().next().value!);
+  }
+}
+
+/** Adds to a subscriber's own id set, making it on first use. */
+function remember(ids: Set<string> | undefined, id: string): Set<string> {
+  if (ids) return ids.add(id);
+  return new Set([id]);
 }
 
 export class SubscriptionIndex<S extends Subscriber = Subscriber> {
-  private readonly updates = new Map<string, Set<S>>();
-  private readonly outputs = new Map<string, Set<S>>();
-  private readonly ownersAll = new Map<string, Set<S>>();
+  private readonly updates = new Map<string, Followers<S>>();
+  private readonly outputs = new Map<string, Followers<S>>();
+  private readonly ownersAll = new Map<string, Followers<S>>();
   private readonly adminsAll = new Set<S>();
   private round = 0;
 
   subscribeUpdates(s: S, taskId: string): void {
-    s.updates.add(taskId);
+    s.updates = remember(s.updates, taskId);
     addTo(this.updates, taskId, s);
   }
 
   unsubscribeUpdates(s: S, taskId: string): void {
-    s.updates.delete(taskId);
+    s.updates?.delete(taskId);
     removeFrom(this.updates, taskId, s);
   }
 
   subscribeOutput(s: S, taskId: string): void {
-    s.outputs.add(taskId);
+    s.outputs = remember(s.outputs, taskId);
     addTo(this.outputs, taskId, s);
   }
 
   unsubscribeOutput(s: S, taskId: string): void {
-    s.outputs.delete(taskId);
+    s.outputs?.delete(taskId);
     removeFrom(this.outputs, taskId, s);
   }
 
@@ -88,10 +103,10 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
 
   /** Frees everything a subscriber holds; after it the index keeps no reference to it. */
   remove(s: S): void {
-    for (const taskId of s.updates) removeFrom(this.updates, taskId, s);
-    for (const taskId of s.outputs) removeFrom(this.outputs, taskId, s);
-    s.updates.clear();
-    s.outputs.clear();
+    if (s.updates) for (const taskId of s.updates) removeFrom(this.updates, taskId, s);
+    if (s.outputs) for (const taskId of s.outputs) removeFrom(this.outputs, taskId, s);
+    s.updates = undefined;
+    s.outputs = undefined;
     this.unsubscribeAll(s);
   }
 
@@ -100,12 +115,13 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     const round = ++this.round;
     let count = 0;
     const followers = this.updates.get(taskId);
-    if (followers) {
-      // Checked again here: the owner may have changed since the subscribe was allowed.
+    // Checked again here: the owner may have changed since the subscribe was allowed.
+    if (followers instanceof Set) {
       for (const s of followers) if (canSee(s.principal, owner)) count += reach(s, round, taskId, frame);
-    }
+    } else if (followers && canSee(followers.principal, owner)) count += reach(followers, round, taskId, frame);
     const owners = owner === null ? undefined : this.ownersAll.get(owner);
-    if (owners) for (const s of owners) count += reach(s, round, taskId, frame);
+    if (owners instanceof Set) for (const s of owners) count += reach(s, round, taskId, frame);
+    else if (owners) count += reach(owners, round, taskId, frame);
     for (const s of this.adminsAll) count += reach(s, round, taskId, frame);
     return count;
   }
@@ -113,7 +129,11 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
   /** Hands `frame` to every subscriber of this task's output that may see it. */
   deliverOutput(taskId: string, owner: string | null, frame: Buffer): number {
     const followers = this.outputs.get(taskId);
-    if (!followers) return 0;
+    if (!(followers instanceof Set)) {
+      if (!followers || !canSee(followers.principal, owner)) return 0;
+      followers.sendOutput(taskId, frame);
+      return 1;
+    }
     let count = 0;
     for (const s of followers) {
       if (canSee(s.principal, owner)) {

@@ -33,13 +33,27 @@ export function keyFromRequest(request: FastifyRequest): string | undefined {
   return undefined;
 }
 
+type KeyRow = { id: string; owner_id: string | null; is_admin: boolean };
+const principalOf = (row: KeyRow | undefined): Principal | null =>
+  row ? { ownerId: row.owner_id, admin: row.is_admin, id: row.id } : null;
+
 /** Resolves the principal of a request's key; `null` for a missing, unknown or revoked key. */
 export function apiKeyAuthenticator(sql: Sql<any>) {
   return async (request: FastifyRequest): Promise<Principal | null> => {
     const key = keyFromRequest(request);
     if (!key || key.length > 512) return null;
-    const [row] = await sql<{ owner_id: string | null; is_admin: boolean }[]>`
-      SELECT owner_id::text AS owner_id, is_admin FROM api_keys WHERE key_hash = ${hashKey(key)} AND revoked_at IS NULL`;
-    return row ? { ownerId: row.owner_id, admin: row.is_admin } : null;
+    const [row] = await sql<KeyRow[]>`
+      SELECT id::text, owner_id::text AS owner_id, is_admin FROM api_keys WHERE key_hash = ${hashKey(key)} AND revoked_at IS NULL`;
+    return principalOf(row);
+  };
+}
+
+/** Checks an open socket's key again by its id (the principal's), so the upgrade request need not be kept. */
+export function apiKeyReauthenticator(sql: Sql<any>) {
+  return async (principal: Principal): Promise<Principal | null> => {
+    if (principal.id === undefined) return null;
+    const [row] = await sql<KeyRow[]>`
+      SELECT id::text, owner_id::text AS owner_id, is_admin FROM api_keys WHERE id = ${principal.id} AND revoked_at IS NULL`;
+    return principalOf(row);
   };
 }

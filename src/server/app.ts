@@ -7,7 +7,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Sql } from 'postgres';
 import meshSubscriptions, { type MeshSubscriptionsOptions } from '../index.js';
-import { API_KEY_HEADER, apiKeyAuthenticator } from './api-keys.js';
+import { API_KEY_HEADER, apiKeyAuthenticator, apiKeyReauthenticator } from './api-keys.js';
 import { ApiError, taskRoutes } from './tasks-routes.js';
 
 export const API_PREFIX = '/api/v1';
@@ -17,7 +17,7 @@ export interface AppOptions {
   /** Logger settings, or `loggerInstance` for a pino logger made by the caller. */
   logger?: FastifyServerOptions['logger'];
   loggerInstance?: FastifyBaseLogger;
-  /** Plugin options beyond `sql`, `authenticate` and `prefix` (limits, timeouts). */
+  /** Plugin options (limits, timeouts); they override the example's own, except `prefix`. */
   mesh?: Partial<MeshSubscriptionsOptions>;
 }
 
@@ -61,7 +61,8 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {} 
   app.addSchema(ApiError);
 
   const authenticate = apiKeyAuthenticator(sql);
-  await app.register(meshSubscriptions, { ...mesh, sql, authenticate, prefix: API_PREFIX });
+  const reauthenticate = apiKeyReauthenticator(sql);
+  await app.register(meshSubscriptions, { sql, authenticate, reauthenticate, ...mesh, prefix: API_PREFIX });
   await app.register(taskRoutes, { sql, authenticate, prefix: API_PREFIX });
 
   app.get(

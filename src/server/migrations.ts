@@ -27,6 +27,8 @@ export async function migrate(sql: Sql<any>): Promise<void> {
         created_at timestamptz NOT NULL DEFAULT now(),
         revoked_at timestamptz NULL
       );
+      -- Names a key without revealing it: the principal's id, what re-authentication checks.
+      ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS id uuid NOT NULL UNIQUE DEFAULT gen_random_uuid();
     `);
   });
 }
