@@ -18,6 +18,8 @@ export interface PublishPlan {
   rate?: number;
   /** Bytes of content of an output event. */
   size?: number;
+  /** The measured round (not a warm-up): the one BENCH_PROFILE captures. */
+  measured?: boolean;
 }
 
 const name = process.argv[2] as PeerName;
@@ -55,7 +57,7 @@ function run(peer: Peer, plan: PublishPlan): void {
   burst();
 }
 
-/** BENCH_PROFILE=<file>: a CPU profile of the publishing phase only (BENCH_PROFILE_MS, default 400 ms). */
+/** BENCH_PROFILE=<file>: a CPU profile of the measured publishing round only (BENCH_PROFILE_MS, default 400 ms). */
 async function profile(file: string): Promise<void> {
   const { Session } = await import('node:inspector/promises');
   const { writeFileSync } = await import('node:fs');
@@ -80,8 +82,9 @@ const control: Control = (method, url, body) => {
   if (url === '/bench/publish' && method === 'POST') {
     // Published after the answer has gone: the generator's clock starts when it sends the request.
     setImmediate(() => {
-      if (process.env.BENCH_PROFILE) profiling = profile(process.env.BENCH_PROFILE);
-      run(peer, JSON.parse(body) as PublishPlan);
+      const plan = JSON.parse(body) as PublishPlan;
+      if (process.env.BENCH_PROFILE && plan.measured) profiling = profile(process.env.BENCH_PROFILE);
+      run(peer, plan);
     });
     return { status: 202, body: '' };
   }

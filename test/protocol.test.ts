@@ -198,6 +198,44 @@ describe('events', () => {
     await client.close();
   });
 
+  test('sockets sharing a turn each get exactly their own frames, in publish order', async () => {
+    const [t1, t2] = [await server.task(owner.ownerId), await server.task(owner.ownerId)];
+    const [a, b, c] = [await server.connect(owner.key), await server.connect(owner.key), await server.connect(owner.key)];
+    await a.request({ type: 'subscribeAll' });
+    await b.request({ type: 'subscribeAll' });
+    await c.request({ type: 'subscribe', taskId: t1 });
+    await c.request({ type: 'subscribeOutput', taskId: t2 });
+    // One synchronous burst: every frame below leaves in the same loop turn. The large chunk takes
+    // c's turn past the size up to which a turn's frames are joined into one buffer.
+    const expectedAll: string[] = [];
+    const expectedC: string[] = [];
+    const burst: Promise<void>[] = [];
+    for (let i = 1; i <= 30; i++) {
+      const taskId = i % 2 ? t1 : t2;
+      burst.push(server.app.mesh.taskUpdates.publish(update(taskId, i, { ownerId: owner.ownerId })));
+      expectedAll.push(`update ${taskId} ${i}`);
+      if (taskId === t1) expectedC.push(`update ${taskId} ${i}`);
+      const content = i === 15 ? 'z'.repeat(300 * 1024) : `chunk ${i}`;
+      burst.push(server.app.mesh.taskOutput.publish({ taskId: t2, ownerId: owner.ownerId, messageType: 'assistant', content, isPartial: false }));
+      expectedC.push(`output ${t2} ${content.length}`);
+    }
+    await Promise.all(burst);
+    const label = (m: Record<string, unknown>) =>
+      m.type === 'taskUpdated' ? `update ${m.taskId} ${m.version}` : `output ${m.taskId} ${String(m.content).length}`;
+    const take = async (client: typeof a, count: number) => {
+      const got: string[] = [];
+      for (let i = 0; i < count; i++) got.push(label(await client.next()));
+      return got;
+    };
+    assert.deepEqual(await take(a, expectedAll.length), expectedAll);
+    assert.deepEqual(await take(b, expectedAll.length), expectedAll);
+    assert.deepEqual(await take(c, expectedC.length), expectedC);
+    for (const client of [a, b, c]) {
+      assert.equal(client.pending.length, 0);
+      await client.close();
+    }
+  });
+
   test('subscribeAll carries task updates only; output needs subscribeOutput', async () => {
     const client = await server.connect(owner.key);
     await client.request({ type: 'subscribeAll' });

@@ -41,6 +41,23 @@ export class FlushScheduler {
 
   // Two lists used in turn, so that a flush allocates nothing however many sockets it writes.
   private spare: Outbound[] = [];
+  /** The frames last joined into one buffer, and that buffer, for the next socket to reuse. */
+  private joinedFrames: Buffer[] = [];
+  private joinedBuffer: Buffer | undefined;
+
+  /**
+   * `frames` as one buffer. Sockets on the same subscriptions get the same frames in the same
+   * order in a turn, and are marked one after another: the previous socket's join is reused.
+   */
+  join(frames: readonly Buffer[], bytes: number): Buffer {
+    const last = this.joinedFrames;
+    let same = this.joinedBuffer !== undefined && last.length === frames.length;
+    for (let i = 0; same && i < frames.length; i++) same = last[i] === frames[i];
+    if (same) return this.joinedBuffer!;
+    this.joinedFrames = frames.slice();
+    this.joinedBuffer = Buffer.concat(frames, bytes);
+    return this.joinedBuffer;
+  }
 
   private readonly flush = (): void => {
     const dirty = this.dirty;
@@ -49,8 +66,16 @@ export class FlushScheduler {
     for (const outbound of dirty) outbound.flush();
     dirty.length = 0;
     this.spare = dirty;
+    this.joinedFrames = [];
+    this.joinedBuffer = undefined;
   };
 }
+
+/**
+ * Up to this many bytes, a turn's frames for one socket are joined into one buffer (one write, no
+ * per-frame stream bookkeeping); above it, copying costs more than it saves and they are corked.
+ */
+const JOIN_LIMIT = 256 * 1024;
 
 const OUTBOUND = Symbol('mesh outbound');
 type Drained = Socket & { [OUTBOUND]: Outbound };
@@ -132,13 +157,15 @@ export class Outbound {
     this.scheduled = false;
     const frames = this.frames;
     if (this.stopped || frames.length === 0) return;
+    const bytes = this.bytes;
     this.bytes = 0;
     // Past OPEN, ws has sent or answered a close frame: nothing may follow it.
     if (this.socket.readyState === OPEN) {
       // Frames are complete WebSocket frames, built once per event: they go to the TCP socket as
-      // they are, in one writev per socket per turn, without ws re-framing each for each socket.
+      // they are, in one write per socket per turn, without ws re-framing each for each socket.
       const raw = this.raw;
       if (frames.length === 1) raw.write(frames[0]!);
+      else if (bytes <= JOIN_LIMIT) raw.write(this.scheduler.join(frames, bytes));
       else {
         raw.cork();
         for (const frame of frames) raw.write(frame);

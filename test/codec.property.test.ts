@@ -1,0 +1,53 @@
+/**
+ * Unit property of the output encoder: whatever the content and optional fields, the frame it
+ * builds by splicing is byte for byte the frame JSON.stringify would give, in the seed's order.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { encodeTaskOutput, frameText, type TaskOutputEvent } from '../src/protocol/codec.js';
+
+const reference = (e: TaskOutputEvent) =>
+  frameText(
+    JSON.stringify({
+      type: 'taskOutput',
+      taskId: e.taskId,
+      messageType: e.messageType,
+      content: e.content,
+      toolName: e.toolName,
+      toolInput: e.toolInput,
+      isError: e.isError,
+      costUsd: e.costUsd,
+      durationMs: e.durationMs,
+      isPartial: e.isPartial,
+    }),
+  );
+
+// Lone surrogates, controls, quotes and backslashes are what the fast path must not get wrong.
+const text = fc.oneof(
+  fc.string({ unit: 'binary', maxLength: 300 }),
+  fc.string({ unit: fc.constantFrom('"', '\\', '\n', '\u0000', '\u001f', '\u2028', '\ud800', '\udc00', 'é', 'x'), maxLength: 40 }),
+  fc.string({ maxLength: 70_000 }).filter((s) => s.length < 20 || s.length > 60_000),
+);
+const optional = <T>(a: fc.Arbitrary<T>) => fc.option(a, { nil: undefined });
+
+test('encodeTaskOutput equals JSON.stringify of the seed-ordered message', () => {
+  fc.assert(
+    fc.property(
+      fc.record({
+        taskId: fc.uuid().map((u) => u.toLowerCase()),
+        ownerId: fc.constant(null),
+        messageType: text,
+        content: text,
+        toolName: optional(text),
+        toolInput: optional(fc.jsonValue()),
+        isError: optional(fc.boolean()),
+        costUsd: optional(fc.double({ noNaN: true, noDefaultInfinity: true })),
+        durationMs: optional(fc.integer()),
+        isPartial: fc.boolean(),
+      }),
+      (event) => assert.deepEqual(encodeTaskOutput(event), reference(event)),
+    ),
+    { numRuns: 2000 },
+  );
+});
