@@ -6,7 +6,7 @@
  *   encodes its own JSON; one owner query per subscribe);
  * - socketio: Socket.IO 4, WebSocket transport only, a room per task (one owner query per subscribe);
  * - ceiling: raw ws, no routing: each event framed once, each tick's frames written to every socket
- *   in one write.
+ *   in one write; for W2's task subscriptions, a Map from task to socket and one write per event.
  */
 import { EventEmitter } from 'node:events';
 import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
@@ -177,12 +177,18 @@ export async function socketIoPeer(sql: Sql<any>, control: Control): Promise<Pee
 export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Peer> {
   const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
   const sockets = new Set<Socket>();
+  // W2's targeted ceiling: the one socket that subscribed to a task, found in a plain Map.
+  const targets = new Map<string, Socket>();
   const ACK = frameText('{"type":"subscribed"}');
   wss.on('connection', (ws: WebSocket) => {
     const raw = (ws as unknown as { _socket: Socket })._socket;
     sockets.add(raw);
     ws.on('close', () => sockets.delete(raw));
-    ws.on('message', () => raw.write(ACK));
+    ws.on('message', (data) => {
+      const message = JSON.parse(data.toString()) as { type: string; taskId?: string };
+      if (message.type === 'subscribe' && message.taskId) targets.set(message.taskId, raw);
+      raw.write(ACK);
+    });
   });
   let tick: Buffer[] = [];
   const flush = () => {
@@ -197,7 +203,13 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
   const server = plainServer(control, (request, socket, head) => wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)));
   return {
     listen: (port) => listenOn(server, port),
-    publishUpdate: (task, version, stamp) => queue({ type: 'taskUpdated', ...update(task, version, stamp) }),
+    publishUpdate: (task, version, stamp) => {
+      const target = targets.get(task.taskId);
+      const message = { type: 'taskUpdated', ...update(task, version, stamp) };
+      // A targeted event is one frame for one socket: one write, the least any server can do.
+      if (target) target.write(frameText(JSON.stringify(message)));
+      else queue(message);
+    },
     publishOutput: (task, content) => queue({ type: 'taskOutput', ...output(task, content) }),
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };

@@ -105,7 +105,7 @@ for (const row of rows.filter((r) => workloads.includes(r.workload))) {
 }
 const widths = header.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
 print(`machine: ${cpus().length} × ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; scale ${values.scale}`);
-print('ratios: how many times better mesh is (>1× = mesh better); n/a = not measured (the ceiling does no routing, so W2 deliveries do not apply)');
+print('ratios: how many times better mesh is (>1× = mesh better); n/a = not measured');
 print();
 for (const [i, l] of lines.entries()) {
   print(`| ${l.map((c, j) => c.padEnd(widths[j]!)).join(' | ')} |`);
