@@ -274,19 +274,27 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     }
     // The lookup starts now, so that it joins this loop turn's batch; its answer is applied in order.
     const answer = this.context.owners.lookup(taskId);
-    this.backlog++;
-    this.chain = this.chain
-      .then(() => answer)
-      .then(decide, (error: unknown) => {
+    const onAnswer = (owner: OwnerAnswer) => this.settle(() => decide(owner));
+    const onError = (error: unknown) =>
+      this.settle(() => {
         if (!(error instanceof OwnerLookupUnavailableError)) throw error;
         this.log.warn({ err: error.cause, taskId }, 'owner lookup unavailable');
         if (!deny) this.reject(ErrorCode.UNAVAILABLE, 'task ownership could not be checked right now; try again');
         else deny(); // a re-check that cannot be made fails closed
-      })
-      .catch((error: unknown) => this.fail(error))
-      .finally(() => {
-        this.backlog--;
       });
+    // Nothing waiting ahead of it (a subscribe storm: one frame per socket): no chain to join.
+    this.chain = (this.backlog++ === 0 ? answer : this.chain.then(() => answer)).then(onAnswer, onError);
+  }
+
+  /** Ends a step that waited: it never throws, so the chain behind it needs no catch. */
+  private settle(step: Step): void {
+    try {
+      if (!this.closed) step();
+    } catch (error) {
+      this.fail(error);
+    } finally {
+      this.backlog--;
+    }
   }
 
   /** Runs a step now, or after the steps still waiting on a lookup. */
@@ -296,14 +304,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       return;
     }
     this.backlog++;
-    this.chain = this.chain
-      .then(() => {
-        if (!this.closed) step();
-      })
-      .catch((error: unknown) => this.fail(error))
-      .finally(() => {
-        this.backlog--;
-      });
+    this.chain = this.chain.then(() => this.settle(step));
   }
 
   private reject(code: ErrorCode, message: string): void {
