@@ -9,7 +9,8 @@ export const OPENAPI_FILE = new URL('../openapi/openapi.json', import.meta.url);
 
 export async function openApiDocument(): Promise<string> {
   const sql = postgres('postgres://unused@127.0.0.1:1/unused', { max: 1 });
-  const app = await buildApp({ sql, logger: false });
+  // The memory bus: the PostgreSQL one would create its tables at start.
+  const app = await buildApp({ sql, logger: false, mesh: { bus: 'memory' } });
   await app.ready();
   const document = JSON.stringify(app.swagger(), null, 2) + '\n';
   await app.close();

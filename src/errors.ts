@@ -74,6 +74,14 @@ export class MeshPublishError extends TypeError {
   }
 }
 
+/** Raised by `publish` when the event log cannot be written (the database is out of reach): not published. */
+export class MeshBusUnavailableError extends Error {
+  constructor(cause: unknown) {
+    super(`mesh-subscriptions: the event log could not be written; the event was not published`, { cause });
+    this.name = 'MeshBusUnavailableError';
+  }
+}
+
 /** The owner directory could not answer (database down, timeout). */
 export class OwnerLookupUnavailableError extends Error {
   constructor(cause: unknown) {

@@ -12,6 +12,6 @@ export { DEFAULTS } from './options.js';
 export type { BroadcastChannel, Delivered, TaskOutputChannel, TaskUpdatesChannel } from './core/hub.js';
 export type { TaskOutputEvent, TaskUpdateEvent } from './protocol/codec.js';
 export * from './protocol/schemas.js';
-export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError } from './errors.js';
+export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError, MeshBusUnavailableError } from './errors.js';
 export { redactUrl, requestSerializer, safeLoggerOptions, REDACT_PATHS } from './logging.js';
 export type { MeshEventMap, MeshEvents } from './core/events.js';

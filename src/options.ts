@@ -81,6 +81,28 @@ export interface MeshSubscriptionsOptions {
   reauthIntervalMs?: number;
   /** How long `app.close()` waits for sockets to finish their close handshake. Default 10,000 ms. */
   shutdownTimeoutMs?: number;
+  /**
+   * Where events are logged and how they reach the sockets. `memory`: this process only, recent
+   * events kept in memory for `since`. `postgres`: every instance on the database shares them,
+   * kept in the plugin's event log (needs `sql`). Default: `postgres` when `sql` is given, else `memory`.
+   */
+  bus?: 'memory' | 'postgres';
+  /** Memory bus: how many recent events are kept for `since`. Default 10,000. */
+  historySize?: number;
+  /** Most events one `since` replays; beyond it the client gets `resyncRequired`. Default 10,000. */
+  maxReplay?: number;
+  /** PostgreSQL bus: create or upgrade the plugin's tables and functions at start. Default true. */
+  migrate?: boolean;
+  /** PostgreSQL bus: events older than this are pruned. Default 86,400,000 ms (24 h). */
+  retentionMs?: number;
+  /** PostgreSQL bus: at most this many events are kept per task (older ones pruned). Default 10,000. */
+  retentionPerTask?: number;
+  /** PostgreSQL bus: how often the log is pruned (one instance at a time). Default 60,000 ms. */
+  pruneIntervalMs?: number;
+  /** PostgreSQL bus: the log is read at least this often, whatever the wake-ups. Default 1,000 ms. */
+  pollIntervalMs?: number;
+  /** PostgreSQL bus: a LISTEN connection that has not heard its own heartbeat for this long is replaced. Default 10,000 ms. */
+  listenTimeoutMs?: number;
 }
 
 export interface ResolvedOptions {
@@ -107,6 +129,15 @@ export interface ResolvedOptions {
   pingIntervalMs: number;
   reauthIntervalMs: number;
   shutdownTimeoutMs: number;
+  bus: 'memory' | 'postgres';
+  historySize: number;
+  maxReplay: number;
+  migrate: boolean;
+  retentionMs: number;
+  retentionPerTask: number;
+  pruneIntervalMs: number;
+  pollIntervalMs: number;
+  listenTimeoutMs: number;
 }
 
 export const DEFAULTS = {
@@ -129,6 +160,14 @@ export const DEFAULTS = {
   pingIntervalMs: 30_000,
   reauthIntervalMs: 60_000,
   shutdownTimeoutMs: 10_000,
+  historySize: 10_000,
+  maxReplay: 10_000,
+  migrate: true,
+  retentionMs: 24 * 60 * 60 * 1000,
+  retentionPerTask: 10_000,
+  pruneIntervalMs: 60_000,
+  pollIntervalMs: 1_000,
+  listenTimeoutMs: 10_000,
 } as const;
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/;
@@ -177,6 +216,10 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   if (typeof tasksTable !== 'string' || !IDENTIFIER.test(tasksTable)) {
     throw new MeshOptionsError('option "tasksTable" must be a plain SQL identifier such as "tasks" or "app.tasks"');
   }
+  const bus = o.bus ?? (o.sql !== undefined ? 'postgres' : 'memory');
+  if (bus !== 'memory' && bus !== 'postgres') throw new MeshOptionsError('option "bus" must be "memory" or "postgres"');
+  if (bus === 'postgres' && o.sql === undefined) throw new MeshOptionsError('option bus: "postgres" needs "sql"');
+  if (o.migrate !== undefined && typeof o.migrate !== 'boolean') throw new MeshOptionsError('option "migrate" must be a boolean');
   const softBufferLimit = positiveInteger('softBufferLimit', o.softBufferLimit, DEFAULTS.softBufferLimit);
   const hardBufferLimit = positiveInteger('hardBufferLimit', o.hardBufferLimit, DEFAULTS.hardBufferLimit);
   if (hardBufferLimit <= softBufferLimit) {
@@ -215,5 +258,14 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     pingIntervalMs: positiveInteger('pingIntervalMs', o.pingIntervalMs, DEFAULTS.pingIntervalMs),
     reauthIntervalMs: positiveInteger('reauthIntervalMs', o.reauthIntervalMs, DEFAULTS.reauthIntervalMs),
     shutdownTimeoutMs: positiveInteger('shutdownTimeoutMs', o.shutdownTimeoutMs, DEFAULTS.shutdownTimeoutMs),
+    bus,
+    historySize: positiveInteger('historySize', o.historySize, DEFAULTS.historySize),
+    maxReplay: positiveInteger('maxReplay', o.maxReplay, DEFAULTS.maxReplay),
+    migrate: o.migrate ?? DEFAULTS.migrate,
+    retentionMs: positiveInteger('retentionMs', o.retentionMs, DEFAULTS.retentionMs),
+    retentionPerTask: positiveInteger('retentionPerTask', o.retentionPerTask, DEFAULTS.retentionPerTask),
+    pruneIntervalMs: positiveInteger('pruneIntervalMs', o.pruneIntervalMs, DEFAULTS.pruneIntervalMs),
+    pollIntervalMs: positiveInteger('pollIntervalMs', o.pollIntervalMs, DEFAULTS.pollIntervalMs),
+    listenTimeoutMs: positiveInteger('listenTimeoutMs', o.listenTimeoutMs, DEFAULTS.listenTimeoutMs),
   };
 }

@@ -10,7 +10,10 @@ import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { Admission } from './admission.js';
-import type { MeshEvents } from './core/events.js';
+import type { EventBus } from './bus/bus.js';
+import { MemoryBus } from './bus/memory.js';
+import { PostgresBus } from './bus/postgres.js';
+import { MeshEvents } from './core/events.js';
 import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core/hub.js';
 import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
@@ -23,7 +26,7 @@ export interface Mesh {
   taskOutput: TaskOutputChannel;
   /** Open sockets, and how many tasks / owners the subscription index holds entries for. */
   stats(): MeshStats;
-  /** Slow-consumer events (see MeshEventMap). */
+  /** Slow-consumer and log-pruning events (see MeshEventMap). */
   events: MeshEvents;
 }
 
@@ -121,7 +124,16 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     ttlMs: options.ownerCacheTtlMs,
     timeoutMs: options.lookupTimeoutMs,
   });
-  const hub = new MeshHub(owners, app.log, options);
+  const events = new MeshEvents();
+  const bus: EventBus =
+    options.bus === 'postgres'
+      ? new PostgresBus(
+          options.sql!,
+          { ...options, onPruned: (rows) => events.emit('pruned', { rows }), onHeldBack: () => events.emit('heldBack') },
+          app.log,
+        )
+      : new MemoryBus(options.historySize);
+  const hub = new MeshHub(owners, bus, events, app.log, options);
   const admission = new Admission(options);
 
   app.decorate('mesh', {
@@ -135,6 +147,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   app.addHook('preClose', async () => {
     admission.closing = true;
     await hub.shutdown(options.shutdownTimeoutMs);
+    await hub.stopBus();
   });
   app.addHook('onReady', async () => hub.start());
 

@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { encodeTaskOutput, frameText, type TaskOutputEvent } from '../src/protocol/codec.js';
 
+const cursor = '0a1b2c3d.4242.17';
 const reference = (e: TaskOutputEvent) =>
   frameText(
     JSON.stringify({
@@ -20,6 +21,7 @@ const reference = (e: TaskOutputEvent) =>
       costUsd: e.costUsd,
       durationMs: e.durationMs,
       isPartial: e.isPartial,
+      cursor,
     }),
   );
 
@@ -46,7 +48,7 @@ test('encodeTaskOutput equals JSON.stringify of the seed-ordered message', () =>
         durationMs: optional(fc.integer()),
         isPartial: fc.boolean(),
       }),
-      (event) => assert.deepEqual(encodeTaskOutput(event), reference(event)),
+      (event) => assert.deepEqual(encodeTaskOutput(event, cursor), reference(event)),
     ),
     { numRuns: 2000 },
   );

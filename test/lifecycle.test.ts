@@ -3,7 +3,6 @@
  * the example server process.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
@@ -11,6 +10,7 @@ import WebSocket from 'ws';
 import { CloseCode } from '../src/index.js';
 import { createApiKey, revokeApiKey } from '../src/server/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { startServerProcess } from './helpers/process.js';
 import { startTestServer } from './helpers/server.js';
 import { TestClient } from './helpers/ws-client.js';
 
@@ -102,26 +102,14 @@ test('app.close() finishes within the shutdown timeout even when a client never 
 });
 
 test('the example server shuts down on SIGTERM: sockets get 1001, the process exits 0', async () => {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server/main.ts'], {
-    env: { ...process.env, DATABASE_URL: db.url, PORT: '0', LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let output = '';
-  const url = await new Promise<string>((resolve, reject) => {
-    child.stdout.on('data', (chunk: Buffer) => {
-      output += chunk.toString();
-      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(output);
-      if (match) resolve(match[1]!);
-    });
-    child.once('exit', (code) => reject(new Error(`server exited early (${code}): ${output}`)));
-  });
+  const { child, wsUrl, output } = await startServerProcess(db.url);
   const key = await createApiKey(db.sql, { ownerId: null, admin: true });
-  const client = await TestClient.connect(`${url.replace('http', 'ws')}/api/v1/mesh/tasks/subscribe`, { 'x-makima-api-key': key });
+  const client = await TestClient.connect(wsUrl, { 'x-makima-api-key': key });
   await client.request({ type: 'subscribeAll' });
   const exited = once(child, 'exit');
   child.kill('SIGTERM');
   assert.equal((await client.closed).code, CloseCode.GOING_AWAY);
   const [code] = await exited;
   assert.equal(code, 0);
-  assert.match(output, /"signal":"SIGTERM".*shutting down/);
+  assert.match(output(), /"signal":"SIGTERM".*shutting down/);
 });

@@ -1,7 +1,9 @@
 /**
  * The database goes away and comes back: subscribes that need a lookup answer UNAVAILABLE within
  * the lookup timeout (never a crash, never fail-open), and everything works again once it is
- * back, without a restart.
+ * back, without a restart. The lookup tests use the memory bus, so that events still flow while
+ * the database is gone; with the PostgreSQL bus events go through the database, and the last test
+ * shows a restart of it costs no event.
  */
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
@@ -34,7 +36,7 @@ test('a database stopped mid-test: UNAVAILABLE, no crash, admins-only delivery; 
   const port = Number(new URL(database.url).port);
   const sql = postgres(database.url, { max: 4, connect_timeout: 2, onnotice: () => {} });
   await migrate(sql);
-  const app = await buildApp({ sql, logger: false, mesh: { lookupTimeoutMs: 1_000 } });
+  const app = await buildApp({ sql, logger: false, mesh: { lookupTimeoutMs: 1_000, bus: 'memory' } });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const wsUrl = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`;
   const ownerId = crypto.randomUUID();
@@ -76,7 +78,7 @@ test('a database that accepts connections but never answers: UNAVAILABLE after t
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
   const sql = postgres(`postgres://nobody@127.0.0.1:${(silent.address() as { port: number }).port}/none`, { max: 1 });
   const app = Fastify();
-  await app.register(meshSubscriptions, { sql, authenticate: async () => ({ ownerId: null, admin: true }), lookupTimeoutMs: 200 });
+  await app.register(meshSubscriptions, { sql, authenticate: async () => ({ ownerId: null, admin: true }), lookupTimeoutMs: 200, bus: 'memory' });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const client = await TestClient.connect(`ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`);
   const reply = await client.request({ type: 'subscribe', taskId: crypto.randomUUID() });
@@ -88,4 +90,40 @@ test('a database that accepts connections but never answers: UNAVAILABLE after t
   for (const socket of sockets) socket.destroy();
   silent.close();
   await sql.end({ timeout: 0 });
+});
+
+test('the PostgreSQL bus through a database restart: publishing fails while it is down, nothing published is lost', { timeout: 60_000 }, async () => {
+  await database?.stop();
+  database = await startEmbeddedPostgres({ dir: scratch, log });
+  const port = Number(new URL(database.url).port);
+  const sql = postgres(database.url, { max: 4, connect_timeout: 2, onnotice: () => {} });
+  await migrate(sql);
+  const app = await buildApp({ sql, logger: false, mesh: { bus: 'postgres', pollIntervalMs: 200 } });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const wsUrl = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`;
+  const key = await createApiKey(sql, { ownerId: null, admin: true });
+  const [task] = await sql<{ id: string }[]>`INSERT INTO tasks (owner_id) VALUES (NULL) RETURNING id::text AS id`;
+  const client = await TestClient.connect(wsUrl, { 'x-makima-api-key': key });
+  await client.request({ type: 'subscribe', taskId: task!.id });
+  const publish = (version: number) =>
+    app.mesh.taskUpdates.publish({ taskId: task!.id, ownerId: null, version, status: 's', updatedFields: [], updatedBy: 't' });
+  await publish(1);
+  assert.equal((await client.next()).version, 1);
+
+  await database.stop();
+  await assert.rejects(publish(2), { name: 'MeshBusUnavailableError' });
+  database = await startEmbeddedPostgres({ dir: scratch, log, port });
+
+  // Published from another connection while this instance's LISTEN connection is still away:
+  // its catch-up read after re-listening (or its poll) delivers them, in order.
+  const other = postgres(database.url, { max: 1, onnotice: () => {} });
+  for (let v = 3; v <= 5; v++) await other`SELECT mesh_publish_task_update(${task!.id}::uuid, NULL, ${v}, 's', '{}', 't')`;
+  await other.end();
+  await publish(6);
+  const versions = [];
+  for (let i = 0; i < 4; i++) versions.push((await client.next()).version);
+  assert.deepEqual(versions, [3, 4, 5, 6]);
+  await client.close();
+  await app.close();
+  await sql.end({ timeout: 1 });
 });

@@ -40,7 +40,7 @@ describe('acks', () => {
 
   test('unknown extra fields are ignored, as serde ignores them', async () => {
     const client = await server.connect(owner.key);
-    assert.deepEqual(await client.request({ type: 'subscribe', taskId, extra: { deep: [1, 2] }, since: 'x' }), {
+    assert.deepEqual(await client.request({ type: 'subscribe', taskId, extra: { deep: [1, 2] }, Since: 'x' }), {
       type: 'subscribed',
       taskId,
     });
@@ -112,10 +112,11 @@ describe('bad frames get PARSE_ERROR and the socket stays open', () => {
 });
 
 describe('events', () => {
-  test('taskUpdated carries exactly the seed fields', async () => {
+  test('taskUpdated carries exactly the seed fields, and its cursor', async () => {
     const client = await server.connect(owner.key);
     await client.request({ type: 'subscribe', taskId });
-    await server.app.mesh.taskUpdates.publish(update(taskId.toUpperCase(), 7, { ownerId: owner.ownerId }));
+    const cursor = await server.app.mesh.taskUpdates.publish(update(taskId.toUpperCase(), 7, { ownerId: owner.ownerId }));
+    // The seed's fields, and the cursor (an extra field: the iOS client ignores it).
     assert.deepEqual(await client.next(), {
       type: 'taskUpdated',
       taskId,
@@ -123,6 +124,7 @@ describe('events', () => {
       status: 'running',
       updatedFields: ['status'],
       updatedBy: 'test',
+      cursor,
     });
     await client.close();
   });
@@ -130,7 +132,7 @@ describe('events', () => {
   test('taskOutput leaves absent optional fields out, never null, and always has isPartial', async () => {
     const client = await server.connect(owner.key);
     await client.request({ type: 'subscribeOutput', taskId });
-    await server.app.mesh.taskOutput.publish({
+    const cursor = await server.app.mesh.taskOutput.publish({
       taskId,
       ownerId: owner.ownerId,
       messageType: 'assistant',
@@ -140,7 +142,7 @@ describe('events', () => {
       isPartial: false,
     });
     const bare = await client.next();
-    assert.deepEqual(bare, { type: 'taskOutput', taskId, messageType: 'assistant', content: 'hello', isPartial: false });
+    assert.deepEqual(bare, { type: 'taskOutput', taskId, messageType: 'assistant', content: 'hello', isPartial: false, cursor });
     const full = {
       taskId,
       messageType: 'tool_use',
@@ -152,9 +154,9 @@ describe('events', () => {
       durationMs: 1500,
       isPartial: true,
     };
-    await server.app.mesh.taskOutput.publish({ ...full, ownerId: owner.ownerId });
+    const fullCursor = await server.app.mesh.taskOutput.publish({ ...full, ownerId: owner.ownerId });
     // Every optional field present: each comes through as published, and nothing else does.
-    assert.deepEqual(await client.next(), { type: 'taskOutput', ...full });
+    assert.deepEqual(await client.next(), { type: 'taskOutput', ...full, cursor: fullCursor });
     await client.close();
   });
 
@@ -186,7 +188,7 @@ describe('events', () => {
     const fresh = await server.task(owner.ownerId);
     const client = await server.connect(owner.key);
     await client.request({ type: 'subscribeAll' });
-    const published: Promise<void>[] = [];
+    const published: Promise<unknown>[] = [];
     for (let version = 1; version <= 200; version++) {
       // Every third one leaves the owner out; the first does too, so it waits on a lookup while
       // the ones behind it already know their owner.
@@ -209,7 +211,7 @@ describe('events', () => {
     // c's turn past the size up to which a turn's frames are joined into one buffer.
     const expectedAll: string[] = [];
     const expectedC: string[] = [];
-    const burst: Promise<void>[] = [];
+    const burst: Promise<unknown>[] = [];
     for (let i = 1; i <= 30; i++) {
       const taskId = i % 2 ? t1 : t2;
       burst.push(server.app.mesh.taskUpdates.publish(update(taskId, i, { ownerId: owner.ownerId })));
@@ -268,10 +270,22 @@ describe('events', () => {
 
   test('in-process listeners get each event with its owner settled', async () => {
     const seen: unknown[] = [];
-    const stop = server.app.mesh.taskUpdates.subscribe((e) => seen.push(e));
-    await server.app.mesh.taskUpdates.publish(update(taskId, 40));
+    let delivered!: () => void;
+    const first = new Promise<void>((resolve) => (delivered = resolve));
+    const stop = server.app.mesh.taskUpdates.subscribe((e) => {
+      seen.push(e);
+      delivered();
+    });
+    const cursor = await server.app.mesh.taskUpdates.publish(update(taskId, 40));
+    await first;
     stop();
     await server.app.mesh.taskUpdates.publish(update(taskId, 41));
-    assert.deepEqual(seen, [{ ...update(taskId, 40), ownerId: owner.ownerId }]);
+    // Once 42 reaches a client, 41 (same task, earlier in the log) has been through the listeners.
+    const client = await server.connect(owner.key);
+    await client.request({ type: 'subscribe', taskId });
+    await server.app.mesh.taskUpdates.publish(update(taskId, 42));
+    assert.equal((await client.next()).version, 42);
+    await client.close();
+    assert.deepEqual(seen, [{ ...update(taskId, 40), ownerId: owner.ownerId, cursor }]);
   });
 });

@@ -32,8 +32,8 @@ test('one frame per subscriber per event, whatever the overlap of its subscripti
   index.subscribeUpdates(admin, T1);
   index.subscribeAll(owner);
   index.subscribeUpdates(owner, T1);
-  assert.equal(index.deliverUpdate(T1, A, Buffer.from('e1')), 2);
-  assert.equal(index.deliverUpdate(T1, A, Buffer.from('e2')), 2);
+  assert.equal(index.deliverUpdate(T1, A, Buffer.from('e1'), 'c'), 2);
+  assert.equal(index.deliverUpdate(T1, A, Buffer.from('e2'), 'c'), 2);
   assert.deepEqual(admin.got, ['e1', 'e2']);
   assert.deepEqual(owner.got, ['e1', 'e2']);
 });
@@ -46,10 +46,10 @@ test('visibility: other owners and ownerless tasks are withheld from owners', ()
   index.subscribeAll(b);
   index.subscribeUpdates(a, T1);
   index.subscribeOutput(a, T1);
-  index.deliverUpdate(T1, B, Buffer.from('bob'));
-  index.deliverUpdate(T1, null, Buffer.from('nobody'));
-  index.deliverOutput(T1, B, Buffer.from('bob-out'));
-  index.deliverOutput(T1, A, Buffer.from('alice-out'));
+  index.deliverUpdate(T1, B, Buffer.from('bob'), 'c');
+  index.deliverUpdate(T1, null, Buffer.from('nobody'), 'c');
+  index.deliverOutput(T1, B, Buffer.from('bob-out'), 'c');
+  index.deliverOutput(T1, A, Buffer.from('alice-out'), 'c');
   assert.deepEqual(a.got, ['alice-out']);
   assert.deepEqual(b.got, ['bob']);
 });
@@ -75,7 +75,7 @@ test('a task followed by one, then several, then one again: each event reaches e
   const index = new SubscriptionIndex();
   const [a, b, c] = [A, A, A].map((ownerId) => subscriber({ ownerId, admin: false }));
   const deliver = (label: string) =>
-    index.deliverUpdate(T1, A, Buffer.from(label)) + index.deliverOutput(T1, A, Buffer.from(`${label}-out`));
+    index.deliverUpdate(T1, A, Buffer.from(label), 'c') + index.deliverOutput(T1, A, Buffer.from(`${label}-out`), 'c');
   for (const s of [a!, a!, b!, c!]) {
     index.subscribeUpdates(s, T1);
     index.subscribeOutput(s, T1);

@@ -31,7 +31,8 @@ describe('POST /api/v1/mesh/tasks', () => {
     assert.equal(res.body.ownerId, alice.ownerId);
     assert.equal(res.body.status, 'pending');
     assert.equal(res.body.version, 1);
-    assert.deepEqual(await client.next(), {
+    const { cursor, ...frame } = await client.next();
+    assert.deepEqual(frame, {
       type: 'taskUpdated',
       taskId: res.body.id,
       version: 1,
@@ -39,6 +40,7 @@ describe('POST /api/v1/mesh/tasks', () => {
       updatedFields: ['name', 'status'],
       updatedBy: alice.ownerId,
     });
+    assert.equal(typeof cursor, 'string');
     await client.close();
   });
 
@@ -77,7 +79,8 @@ describe('PATCH /api/v1/mesh/tasks/:id', () => {
     assert.equal(res.status, 200);
     assert.equal(res.body.version, 2);
     assert.equal(res.body.status, 'running');
-    assert.deepEqual(await client.next(), {
+    const { cursor: _, ...frame } = await client.next();
+    assert.deepEqual(frame, {
       type: 'taskUpdated',
       taskId: id,
       version: 2,
@@ -128,8 +131,15 @@ describe('POST /api/v1/mesh/tasks/:id/output', () => {
     await client.request({ type: 'subscribeOutput', taskId: id });
     const res = await server.http('POST', `/api/v1/mesh/tasks/${id}/output`, alice.key, { messageType: 'assistant', content: 'thinking…' });
     assert.equal(res.status, 202);
-    assert.deepEqual(await client.next(), { type: 'taskOutput', taskId: id, messageType: 'assistant', content: 'thinking…', isPartial: false });
-    await server.http('POST', `/api/v1/mesh/tasks/${id}/output`, alice.key, {
+    assert.deepEqual(await client.next(), {
+      type: 'taskOutput',
+      taskId: id,
+      messageType: 'assistant',
+      content: 'thinking…',
+      isPartial: false,
+      cursor: res.body.cursor,
+    });
+    const second = await server.http('POST', `/api/v1/mesh/tasks/${id}/output`, alice.key, {
       messageType: 'result',
       content: 'done',
       costUsd: 0.5,
@@ -146,6 +156,7 @@ describe('POST /api/v1/mesh/tasks/:id/output', () => {
       costUsd: 0.5,
       durationMs: 1200,
       isPartial: true,
+      cursor: second.body.cursor,
     });
     await client.close();
   });

@@ -28,6 +28,7 @@ interface Setup {
   slow: TestClient;
   fast: TestClient;
   published: number;
+  /** Publishes a piece of output and resolves once it has been handed to the sockets. */
   output(content: string): Promise<void>;
 }
 
@@ -38,6 +39,14 @@ async function setup(mesh: Partial<MeshSubscriptionsOptions>, subscribe: object[
   const slow = await server.connect(key);
   const fast = await server.connect(key);
   for (const client of [slow, fast]) for (const frame of subscribe) await client.request({ ...frame, taskId });
+  // publish() resolves once the event is in the log; these tests reason about what the sockets got.
+  const delivered = new Set<string>();
+  const waiting = new Map<string, () => void>();
+  server.app.mesh.taskOutput.subscribe(({ cursor }) => {
+    const resolve = waiting.get(cursor);
+    if (resolve) resolve();
+    else delivered.add(cursor);
+  });
   const s: Setup = {
     server,
     taskId,
@@ -46,7 +55,8 @@ async function setup(mesh: Partial<MeshSubscriptionsOptions>, subscribe: object[
     fast,
     published: 0,
     async output(content) {
-      await server.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'raw', content: `${s.published++}:${content}`, isPartial: false });
+      const cursor = await server.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'raw', content: `${s.published++}:${content}`, isPartial: false });
+      if (!delivered.delete(cursor)) await new Promise<void>((resolve) => waiting.set(cursor, resolve));
     },
   };
   return s;
@@ -78,13 +88,20 @@ test('output past the soft limit is dropped and reported as lagged once the clie
   await s.output('marker');
 
   const received: number[] = [];
+  let lastCursor: unknown;
   let frame = await s.slow.next();
-  for (; frame.type === 'taskOutput'; frame = await s.slow.next()) received.push(seq(frame));
+  for (; frame.type === 'taskOutput'; frame = await s.slow.next()) {
+    received.push(seq(frame));
+    lastCursor = frame.cursor;
+  }
   assert.equal(frame.type, 'lagged');
   assert.deepEqual(received, [...received.keys()], 'what arrived before `lagged` is a gapless prefix');
-  assert.deepEqual(frame, { type: 'lagged', taskId: s.taskId, skipped: total - received.length });
+  // Its cursor is the last output the client got: resuming from it fills the gap exactly.
+  assert.deepEqual(frame, { type: 'lagged', taskId: s.taskId, skipped: total - received.length, cursor: lastCursor });
   assert.equal(lagged.get(s.taskId), total - received.length);
   assert.equal(seq(await s.slow.next()), total, 'output resumes after `lagged`');
+  assert.equal((await s.slow.request({ type: 'subscribeOutput', taskId: s.taskId, since: frame.cursor })).type, 'outputSubscribed');
+  for (let i = received.length; i <= total; i++) assert.equal(seq(await s.slow.next()), i, 'the replay from `lagged.cursor`');
 
   for (let i = 0; i <= total; i++) assert.equal(seq(await s.fast.next()), i, 'the reading client got everything');
   await s.server.close();
@@ -141,8 +158,16 @@ test('held updates past the hard limit close the slow client with 4008; the read
   }
   assert.deepEqual(await slowEvent, { why: 'buffer' });
   assert.equal(s.server.app.mesh.stats().connections, 1);
-  for (let i = 0; i < s.published; i++) assert.equal(seq(await s.fast.next()), i);
-  for (let i = 0; i < updates; i++) assert.equal((await s.fast.next()).version, i);
+  // Per-task order is what is promised: the two streams may interleave.
+  const outputs: number[] = [];
+  const versions: unknown[] = [];
+  for (let i = 0; i < s.published + updates; i++) {
+    const frame = await s.fast.next();
+    if (frame.type === 'taskOutput') outputs.push(seq(frame));
+    else versions.push(frame.version);
+  }
+  assert.deepEqual(outputs, [...Array(s.published).keys()]);
+  assert.deepEqual(versions, [...Array(updates).keys()]);
   rawOf(s.slow).resume();
   await s.server.close();
 });

@@ -36,7 +36,22 @@ function expected(who: Subscriber, notified: NotificationOwner, sub: Subscriptio
   return subscribed && matches && sees;
 }
 
+/** Resolves once the event with this cursor has been handed to the sockets (listeners run right after). */
+const seen = new Map<string, () => void>();
+const done = new Set<string>();
+function handed(cursor: string): Promise<void> {
+  if (done.delete(cursor)) return Promise.resolve();
+  return new Promise((resolve) => seen.set(cursor, resolve));
+}
+const onEvent = ({ cursor }: { cursor: string }) => {
+  const resolve = seen.get(cursor);
+  if (resolve) resolve();
+  else done.add(cursor);
+};
+
 test('a frame is delivered exactly when the rules allow it', async () => {
+  server.app.mesh.taskUpdates.subscribe(onEvent);
+  server.app.mesh.taskOutput.subscribe(onEvent);
   const keys = { admin: admin.key, owner: owner.key, otherOwner: other.key };
   await fc.assert(
     fc.asyncProperty(
@@ -50,11 +65,12 @@ test('a frame is delivered exactly when the rules allow it', async () => {
         const ack = await client.request(sub === 'subscribeAll' ? { type: sub } : { type: sub, taskId });
         const ownerField =
           notified === 'same' ? { ownerId: owner.ownerId } : notified === 'other' ? { ownerId: other.ownerId } : notified === 'null' ? { ownerId: null } : {};
-        if (kind === 'update') {
-          await server.app.mesh.taskUpdates.publish({ taskId, ...ownerField, version: 1, status: 's', updatedFields: [], updatedBy: 'p' });
-        } else {
-          await server.app.mesh.taskOutput.publish({ taskId, ...ownerField, messageType: 'raw', content: 'c', isPartial: false });
-        }
+        const cursor =
+          kind === 'update'
+            ? await server.app.mesh.taskUpdates.publish({ taskId, ...ownerField, version: 1, status: 's', updatedFields: [], updatedBy: 'p' })
+            : await server.app.mesh.taskOutput.publish({ taskId, ...ownerField, messageType: 'raw', content: 'c', isPartial: false });
+        // publish() resolves once the event is logged; wait until it has been handed to the sockets.
+        await handed(cursor);
         // The closing marker: a frame this client certainly gets, after anything the event caused.
         const marker = await client.request({ type: 'unsubscribeAll' });
         const delivered = marker.type !== 'unsubscribedAll';

@@ -6,16 +6,25 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { RawData, WebSocket } from 'ws';
 import { CloseCode, ErrorCode, OwnerLookupUnavailableError } from '../errors.js';
 import type { Principal } from '../options.js';
-import { SUBSCRIBED_ALL, UNSUBSCRIBED_ALL, encodeAck, encodeError, parseClientFrame } from '../protocol/codec.js';
+import type { ReplayStream, ResyncReason } from '../bus/bus.js';
+import { SUBSCRIBED_ALL, UNSUBSCRIBED_ALL, encodeAck, encodeError, encodeResyncRequired, parseClientFrame } from '../protocol/codec.js';
 import type { ClientMessage } from '../protocol/schemas.js';
 import type { MeshEvents } from './events.js';
 import { Outbound, type BackpressureLimits, type BackpressureObserver, type FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerAnswer, type OwnerDirectory } from './owners.js';
 import { FrameRateLimiter } from './rate-limit.js';
+import type { Replayed } from './hub.js';
 import { canSee, type Subscriber, type SubscriptionIndex } from './registry.js';
 
 export interface ConnectionContext {
   index: SubscriptionIndex<ClientConnection>;
+  /** The hub's side of `since`: replays, where a stream starts, which events are still on their way. */
+  history: {
+    replay(principal: Principal, stream: ReplayStream, since: string): Promise<{ frames: Replayed[] } | { resync: ResyncReason }>;
+    head(): string;
+    compare(a: string, b: string): number;
+    stillComing(stream: ReplayStream, since: string, replayed: ReadonlySet<string>): string[];
+  };
   owners: OwnerDirectory;
   scheduler: FlushScheduler;
   limits: {
@@ -31,7 +40,16 @@ export interface ConnectionContext {
   onClosed(connection: ClientConnection): void;
 }
 
-type Step = () => void;
+/** A step of a frame's handling; one that returns a promise (a replay) holds later frames until it settles. */
+type Step = () => void | Promise<void>;
+
+/** A live frame that arrived while a replay was being sent. */
+interface Held {
+  kind: 'update' | 'output';
+  taskId: string;
+  cursor: string;
+  frame: Buffer;
+}
 
 const byteLength = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
@@ -72,6 +90,11 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   /** Frames whose handling waits on a lookup; later frames wait behind them to keep replies in order. */
   private backlog = 0;
   private chain: Promise<void> = SETTLED;
+  /** Live frames held back while a replay is sent, so that the replay comes first. */
+  private held: Held[] | undefined;
+  private heldBytes = 0;
+  /** Replayed events that had not reached the sockets yet: their live copy is not sent again. */
+  private expected: Set<string> | undefined;
 
   constructor(
     readonly socket: WebSocket,
@@ -110,12 +133,28 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     this.close(CloseCode.SLOW_CONSUMER, 'slow consumer', SLOW_CLOSE_GRACE_MS);
   }
 
-  sendUpdate(taskId: string, frame: Buffer): void {
-    this.outbound.update(taskId, frame);
+  sendUpdate(taskId: string, frame: Buffer, cursor: string): void {
+    if (this.expected?.delete(cursor)) return;
+    if (this.held) this.hold({ kind: 'update', taskId, cursor, frame });
+    else this.outbound.update(taskId, frame);
   }
 
-  sendOutput(taskId: string, frame: Buffer): void {
-    this.outbound.output(taskId, frame);
+  sendOutput(taskId: string, frame: Buffer, cursor: string): void {
+    if (this.expected?.delete(cursor)) return;
+    if (this.held) this.hold({ kind: 'output', taskId, cursor, frame });
+    else this.outbound.output(taskId, frame, cursor);
+  }
+
+  private hold(frame: Held): void {
+    this.held!.push(frame);
+    this.heldBytes += frame.frame.length;
+    // Held frames are memory like a backlog: the same hard limit applies.
+    if (this.heldBytes > this.context.limits.backpressure.hard) this.slow('buffer');
+  }
+
+  private forward(f: Held): void {
+    if (f.kind === 'update') this.outbound.update(f.taskId, f.frame);
+    else this.outbound.output(f.taskId, f.frame, f.cursor);
   }
 
   checkStalled(now: number): void {
@@ -174,6 +213,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
 
   private dropOutput(taskId: string): void {
     this.context.index.unsubscribeOutput(this, taskId);
+    this.outbound.forgetOutput(taskId);
     this.outbound.control(encodeAck('outputUnsubscribed', taskId));
   }
 
@@ -221,14 +261,19 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       case 'subscribe':
         return this.withOwner(message.taskId, () => {
           if (!this.updates?.has(message.taskId) && !this.roomForOneMore()) return;
+          if (message.since !== undefined) this.held ??= [];
           index.subscribeUpdates(this, message.taskId);
           this.outbound.control(encodeAck('subscribed', message.taskId));
+          if (message.since !== undefined) return this.resume('subscribe', { kind: 'update', taskId: message.taskId }, message.since);
         });
       case 'subscribeOutput':
         return this.withOwner(message.taskId, () => {
           if (!this.outputs?.has(message.taskId) && !this.roomForOneMore()) return;
+          if (message.since !== undefined) this.held ??= [];
           index.subscribeOutput(this, message.taskId);
+          this.outbound.startOutput(message.taskId, message.since ?? this.context.history.head());
           this.outbound.control(encodeAck('outputSubscribed', message.taskId));
+          if (message.since !== undefined) return this.resume('subscribeOutput', { kind: 'output', taskId: message.taskId }, message.since);
         });
       case 'unsubscribe':
         return this.inOrder(() => this.dropUpdates(message.taskId));
@@ -237,8 +282,12 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       case 'subscribeAll':
         return this.inOrder(() => {
           if (!this.all && !this.roomForOneMore()) return;
+          if (message.since !== undefined) this.held ??= [];
           index.subscribeAll(this);
           this.outbound.control(SUBSCRIBED_ALL);
+          if (message.since === undefined) return;
+          const ownerId = this.principal.admin ? null : this.principal.ownerId;
+          return this.resume('subscribeAll', { kind: 'all', ownerId }, message.since);
         });
       case 'unsubscribeAll':
         return this.inOrder(() => {
@@ -261,10 +310,10 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
    * (by default: a NOT_FOUND error) otherwise.
    */
   private withOwner(taskId: string, grant: Step, deny?: Step): void {
-    const decide = (owner: OwnerAnswer) => {
+    const decide = (owner: OwnerAnswer): void | Promise<void> => {
       if (this.closed) return;
-      if (owner !== NO_SUCH_TASK && canSee(this.principal, owner)) grant();
-      else if (deny) deny();
+      if (owner !== NO_SUCH_TASK && canSee(this.principal, owner)) return grant();
+      if (deny) deny();
       else this.reject(ErrorCode.NOT_FOUND, `task ${taskId} not found`);
     };
     const known = this.context.owners.known(taskId);
@@ -286,21 +335,74 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     this.chain = (this.backlog++ === 0 ? answer : this.chain.then(() => answer)).then(onAnswer, onError);
   }
 
-  /** Ends a step that waited: it never throws, so the chain behind it needs no catch. */
-  private settle(step: Step): void {
-    try {
-      if (!this.closed) step();
-    } catch (error) {
-      this.fail(error);
-    } finally {
-      this.backlog--;
-    }
+  /**
+   * Sends what a subscription missed since `since`, then the live frames held meanwhile (less
+   * those the replay already carried): no gap, no duplicate at the seam. The subscription is in
+   * the index before the replay is read, so nothing published meanwhile falls between the two.
+   */
+  private resume(subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput', stream: ReplayStream, since: string): Promise<void> {
+    const taskId = stream.kind === 'all' ? undefined : stream.taskId;
+    const { history } = this.context;
+    const releaseHeld = (keep: (frame: Held) => boolean) => {
+      const held = this.held ?? [];
+      this.held = undefined;
+      this.heldBytes = 0;
+      for (const frame of held) if (keep(frame)) this.forward(frame);
+    };
+    // Without a replay the client refetches: everything held goes out.
+    const resync = (reason: ResyncReason) => {
+      this.outbound.control(encodeResyncRequired(subscription, taskId, reason));
+      releaseHeld(() => true);
+    };
+    return history.replay(this.principal, stream, since).then(
+      (result) => {
+        if (this.closed) return;
+        if ('resync' in result) return resync(result.resync);
+        const replayed = new Set<string>();
+        for (const frame of result.frames) {
+          replayed.add(frame.cursor);
+          this.outbound.replayed(frame.kind, frame.taskId, frame.frame, frame.cursor);
+        }
+        // What the replay carried, or the client had before `since`, is not sent twice: neither
+        // held frames nor those still on their way through the hub.
+        releaseHeld((frame) => !replayed.has(frame.cursor) && history.compare(frame.cursor, since) > 0);
+        for (const cursor of history.stillComing(stream, since, replayed)) (this.expected ??= new Set()).add(cursor);
+      },
+      (error: unknown) => {
+        if (this.closed) return;
+        this.log.warn({ err: error }, 'replay failed; the stream goes on live');
+        resync('unavailable');
+      },
+    );
   }
 
-  /** Runs a step now, or after the steps still waiting on a lookup. */
+  /** Ends a step that waited: it never throws, so the chain behind it needs no catch. */
+  private settle(step: Step): void | Promise<void> {
+    let pending: void | Promise<void> = undefined;
+    try {
+      if (!this.closed) pending = step();
+    } catch (error) {
+      this.fail(error);
+    }
+    if (!pending) {
+      this.backlog--;
+      return;
+    }
+    return pending.catch((error: unknown) => this.fail(error)).finally(() => {
+      this.backlog--;
+    });
+  }
+
+  /** Runs a step now, or after the steps still waiting on a lookup or a replay. */
   private inOrder(step: Step): void {
     if (this.backlog === 0) {
-      step();
+      const pending = step();
+      if (!pending) return;
+      // A replay: frames after this one wait for it.
+      this.backlog++;
+      this.chain = pending.catch((error: unknown) => this.fail(error)).finally(() => {
+        this.backlog--;
+      });
       return;
     }
     this.backlog++;

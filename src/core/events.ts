@@ -1,6 +1,6 @@
 /**
- * What the plugin tells the host about its sockets (`app.mesh.events`): slow consumers today,
- * metrics tomorrow. Emitted on state changes only, never per frame.
+ * What the plugin tells the host about its sockets and its log (`app.mesh.events`): slow
+ * consumers, pruning; metrics tomorrow. Emitted on state changes only, never per frame.
  */
 import { EventEmitter } from 'node:events';
 
@@ -11,6 +11,13 @@ export interface MeshEventMap {
   drained: [{ superseded: number; lagged: ReadonlyMap<string, number> }];
   /** A socket was closed with 4008: over the hard buffer limit, or backed up for too long. */
   slowConsumer: [{ why: 'buffer' | 'timeout' }];
+  /** The PostgreSQL bus pruned this many events past their retention. */
+  pruned: [{ rows: number }];
+  /**
+   * The PostgreSQL bus found committed events behind a transaction that is still running, and
+   * holds them back until it ends (it may yet add events before them). Long ones delay delivery.
+   */
+  heldBack: [];
 }
 
 export class MeshEvents extends EventEmitter<MeshEventMap> {}

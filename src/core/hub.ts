@@ -1,11 +1,14 @@
 /**
- * The broadcast channels host code publishes into, and the pipeline that settles each event's
- * owner and hands it, encoded once, to the subscription index — in publish order.
+ * The broadcast channels host code publishes into, and the pipeline that takes each logged event
+ * from the bus, settles its owner and hands it, encoded once, to the subscription index — in log
+ * order per task. Replays for `since` are built here too, with the same visibility rules.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
+import type { TransactionSql } from 'postgres';
 import type { WebSocket } from 'ws';
 import { authenticateRequest, reauthenticatePrincipal, samePrincipal, type AuthOutcome } from '../auth.js';
-import { CloseCode } from '../errors.js';
+import { matches, type BusEntry, type EventBus, type LoggedEvent, type ReplayStream, type ResyncReason } from '../bus/bus.js';
+import { CloseCode, MeshPublishError } from '../errors.js';
 import type { Principal, ResolvedOptions } from '../options.js';
 import {
   encodeTaskOutput,
@@ -17,21 +20,31 @@ import {
 } from '../protocol/codec.js';
 import type { TaskOutputNotification, TaskUpdateNotification } from '../protocol/schemas.js';
 import { ClientConnection, type ConnectionContext } from './connection.js';
-import { MeshEvents } from './events.js';
+import type { MeshEvents } from './events.js';
 import { FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
-import { SubscriptionIndex } from './registry.js';
+import { SubscriptionIndex, canSee } from './registry.js';
 
-/** An event as in-process listeners see it: validated, ids in lower case, owner settled. */
-export type Delivered<E extends { ownerId: unknown }> = Omit<E, 'ownerId'> & { ownerId: string | null };
+/** An event as in-process listeners see it: validated, ids in lower case, owner settled, logged. */
+export type Delivered<E extends { ownerId: unknown }> = Omit<E, 'ownerId'> & { ownerId: string | null; cursor: string };
+
+export interface PublishOptions {
+  /**
+   * A transaction of the host's (`sql.begin(tx => …)`), with the PostgreSQL bus: the event is
+   * written in it, and delivered only if and once it commits (an outbox).
+   */
+  sql?: TransactionSql<any>;
+}
 
 export interface BroadcastChannel<N, E> {
   /**
-   * Validates `notification` (throws MeshPublishError at once when it is malformed) and delivers
-   * it to every socket allowed to see it. The promise settles once it has been handed to them;
-   * it never rejects.
+   * Validates `notification` (throws MeshPublishError at once when it is malformed), logs it on
+   * the bus and resolves with its cursor. Memory bus: once it has been handed to this process's
+   * sockets. PostgreSQL bus: once it is in the log (committed, or written in `options.sql`);
+   * every instance delivers it from there. Rejects with MeshBusUnavailableError when the log
+   * cannot be written (the database is unreachable): the event was not published.
    */
-  publish(notification: N): Promise<void>;
+  publish(notification: N, options?: PublishOptions): Promise<string>;
   /** In-process consumers; returns the function that removes the listener. */
   subscribe(listener: (event: E) => void): () => void;
 }
@@ -39,9 +52,12 @@ export interface BroadcastChannel<N, E> {
 export type TaskUpdatesChannel = BroadcastChannel<TaskUpdateNotification, Delivered<TaskUpdateEvent>>;
 export type TaskOutputChannel = BroadcastChannel<TaskOutputNotification, Delivered<TaskOutputEvent>>;
 
-type Pending =
-  | { kind: 'update'; event: TaskUpdateEvent; owner: string | null | undefined; done: () => void }
-  | { kind: 'output'; event: TaskOutputEvent; owner: string | null | undefined; done: () => void };
+/** A logged event on its way to the sockets, once its owner is settled. */
+interface Pending {
+  logged: LoggedEvent;
+  owner: string | null | undefined;
+  done: () => void;
+}
 
 const SETTLED = Promise.resolve();
 const REAUTH_CONCURRENCY = 16;
@@ -52,7 +68,6 @@ export class MeshHub {
   readonly taskUpdates: TaskUpdatesChannel;
   readonly taskOutput: TaskOutputChannel;
 
-  readonly events = new MeshEvents();
   private readonly context: ConnectionContext;
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly updateListeners = new Set<(event: Delivered<TaskUpdateEvent>) => void>();
@@ -64,13 +79,19 @@ export class MeshHub {
    */
   private readonly pending = new Map<string, Pending[]>();
 
+  /** Logged events still waiting for their owner, by cursor: a replay may overtake them. */
+  private readonly waiting = new Map<string, LoggedEvent>();
+
   constructor(
     private readonly owners: OwnerDirectory,
+    private readonly bus: EventBus,
+    readonly events: MeshEvents,
     private readonly log: FastifyBaseLogger,
     private readonly options: ResolvedOptions,
   ) {
     this.context = {
       index: this.index,
+      history: this,
       owners,
       scheduler: new FlushScheduler(),
       limits: {
@@ -89,17 +110,21 @@ export class MeshHub {
       onClosed: (c) => this.connections.delete(c),
     };
     this.taskUpdates = {
-      publish: (n) => this.enqueue({ kind: 'update', event: toTaskUpdateEvent(n), owner: undefined, done: noop }),
+      publish: (n, o) => this.publish({ kind: 'update', event: toTaskUpdateEvent(n) }, o),
       subscribe: (listener) => listen(this.updateListeners, listener),
     };
     this.taskOutput = {
-      publish: (n) => this.enqueue({ kind: 'output', event: toTaskOutputEvent(n), owner: undefined, done: noop }),
+      publish: (n, o) => this.publish({ kind: 'output', event: toTaskOutputEvent(n) }, o),
       subscribe: (listener) => listen(this.outputListeners, listener),
     };
   }
 
-  /** Starts the heartbeat and the re-authentication sweep; their timers never keep the process up. */
-  start(): void {
+  /**
+   * Starts taking events from the bus, the heartbeat and the re-authentication sweep; the timers
+   * never keep the process up.
+   */
+  async start(): Promise<void> {
+    await this.bus.start((events) => this.take(events));
     this.timers.push(
       setInterval(() => {
         for (const connection of this.connections) connection.ping();
@@ -139,6 +164,60 @@ export class MeshHub {
     ]);
     clearTimeout(timer);
     for (const socket of sockets) if (socket.readyState !== socket.CLOSED) socket.terminate();
+  }
+
+  /** After the sockets: the bus's own connections and timers. */
+  async stopBus(): Promise<void> {
+    await this.bus.stop();
+  }
+
+  /** Where a stream that starts now begins: `lagged` falls back to it before any output was sent. */
+  head(): string {
+    return this.bus.head();
+  }
+
+  compare(a: string, b: string): number {
+    return this.bus.compare(a, b);
+  }
+
+  /**
+   * Of the events of `stream` that reached this hub but not yet the sockets, those a replay from
+   * `since` made redundant: replayed, or at or before `since` (the client has them already).
+   */
+  stillComing(stream: ReplayStream, since: string, replayed: ReadonlySet<string>): string[] {
+    const redundant: string[] = [];
+    for (const [cursor, logged] of this.waiting) {
+      if (matches(stream, logged) && (replayed.has(cursor) || this.bus.compare(cursor, since) <= 0)) redundant.push(cursor);
+    }
+    return redundant;
+  }
+
+  /**
+   * What a subscription with `since` missed, as frames for `principal`, in log order, owners
+   * settled as live delivery settles them.
+   */
+  async replay(principal: Principal, stream: ReplayStream, since: string): Promise<{ frames: Replayed[] } | { resync: ResyncReason }> {
+    if (stream.kind === 'all' && !principal.admin && principal.ownerId === null) return { frames: [] };
+    const result = await this.bus.replay(stream, since, this.options.maxReplay);
+    if ('resync' in result) return result;
+    const unknown = new Set<string>();
+    for (const e of result.events) if (e.event.ownerId === undefined && this.owners.known(e.event.taskId) === undefined) unknown.add(e.event.taskId);
+    // One batched lookup for all of them; a task whose owner cannot be settled is admins-only.
+    const looked = new Map<string, string | null>();
+    await Promise.all(
+      [...unknown].map(async (taskId) => {
+        const answer = await this.owners.lookup(taskId).catch(() => null);
+        looked.set(taskId, answer === NO_SUCH_TASK ? null : answer);
+      }),
+    );
+    const frames: Replayed[] = [];
+    for (const e of result.events) {
+      const { taskId, ownerId } = e.event;
+      const owner = ownerId !== undefined ? ownerId : (this.owners.known(taskId) ?? looked.get(taskId) ?? null);
+      if (!canSee(principal, owner)) continue;
+      frames.push({ kind: e.kind, taskId, cursor: e.cursor, frame: encodeLogged(e) });
+    }
+    return { frames };
   }
 
   /** Authenticates every open socket again, a few at a time; one sweep at a time. */
@@ -186,8 +265,21 @@ export class MeshHub {
     await Promise.all(Array.from({ length: REAUTH_CONCURRENCY }, worker));
   }
 
+  private publish(entry: BusEntry, options?: PublishOptions): Promise<string> {
+    if (options?.sql !== undefined && this.options.bus !== 'postgres') {
+      throw new MeshPublishError('publish(notification, { sql }) writes in a transaction: it needs the option bus: "postgres"');
+    }
+    return this.bus.publish(entry, options?.sql);
+  }
+
+  /** The bus's new events, in log order; resolves once all of them have reached the sockets. */
+  private take(events: readonly LoggedEvent[]): Promise<void> {
+    if (events.length === 1) return this.enqueue({ logged: events[0]!, owner: undefined, done: noop });
+    return Promise.all(events.map((logged) => this.enqueue({ logged, owner: undefined, done: noop }))).then(noop);
+  }
+
   private enqueue(item: Pending): Promise<void> {
-    const { taskId, ownerId } = item.event;
+    const { taskId, ownerId } = item.logged.event;
     if (ownerId !== undefined) this.owners.remember(taskId, ownerId);
     item.owner = ownerId !== undefined ? ownerId : this.owners.known(taskId);
     const queue = this.pending.get(taskId);
@@ -198,6 +290,7 @@ export class MeshHub {
     const settled = new Promise<void>((resolve) => {
       item.done = resolve;
     });
+    this.waiting.set(item.logged.cursor, item.logged);
     if (queue) queue.push(item);
     else this.pending.set(taskId, [item]);
     if (item.owner === undefined) {
@@ -225,22 +318,35 @@ export class MeshHub {
       const head = queue[0]!;
       if (head.owner === undefined) return;
       queue.shift();
+      this.waiting.delete(head.logged.cursor);
       this.deliver(head, head.owner);
       head.done();
     }
     this.pending.delete(taskId);
   }
 
-  private deliver(item: Pending, owner: string | null): void {
-    if (item.kind === 'update') {
-      this.index.deliverUpdate(item.event.taskId, owner, encodeTaskUpdated(item.event));
-      if (this.updateListeners.size > 0) notify(this.updateListeners, { ...item.event, ownerId: owner }, this.log);
+  private deliver({ logged }: Pending, owner: string | null): void {
+    const { cursor } = logged;
+    if (logged.kind === 'update') {
+      this.index.deliverUpdate(logged.event.taskId, owner, encodeTaskUpdated(logged.event, cursor), cursor);
+      if (this.updateListeners.size > 0) notify(this.updateListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
     } else {
-      this.index.deliverOutput(item.event.taskId, owner, encodeTaskOutput(item.event));
-      if (this.outputListeners.size > 0) notify(this.outputListeners, { ...item.event, ownerId: owner }, this.log);
+      this.index.deliverOutput(logged.event.taskId, owner, encodeTaskOutput(logged.event, cursor), cursor);
+      if (this.outputListeners.size > 0) notify(this.outputListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
     }
   }
 }
+
+/** A replayed event, as a connection sends it. */
+export interface Replayed {
+  kind: 'update' | 'output';
+  taskId: string;
+  cursor: string;
+  frame: Buffer;
+}
+
+const encodeLogged = (e: LoggedEvent): Buffer =>
+  e.kind === 'update' ? encodeTaskUpdated(e.event, e.cursor) : encodeTaskOutput(e.event, e.cursor);
 
 function noop(): void {}
 

@@ -94,6 +94,11 @@ export class Outbound {
   private conflated: Map<string, Buffer> | undefined;
   /** Output frames dropped per task while backed up; reported as `lagged` once it drains. */
   private skipped: Map<string, number> | undefined;
+  /**
+   * Per followed task, the cursor of the last output that was not dropped (or where its stream
+   * started): what `lagged` tells the client to resume from.
+   */
+  private lastOutput: Map<string, string> | undefined;
   private conflatedBytes = 0;
   private superseded = 0;
   private backedUpSince = 0;
@@ -141,7 +146,7 @@ export class Outbound {
     this.push(frame, backlog);
   }
 
-  output(taskId: string, frame: Buffer): void {
+  output(taskId: string, frame: Buffer, cursor: string): void {
     const backlog = this.backlog();
     // Once a task's output is being dropped, all of it is, until `lagged` has told the client.
     if (this.skipped?.has(taskId) || backlog >= this.limits.soft) {
@@ -150,7 +155,26 @@ export class Outbound {
       this.markBackedUp();
       return;
     }
+    (this.lastOutput ??= new Map()).set(taskId, cursor);
     this.push(frame, backlog);
+  }
+
+  /**
+   * A replayed event: the client asked for it, so the soft limit does not drop it (it would only
+   * be asked for again); the hard limit still applies.
+   */
+  replayed(kind: 'update' | 'output', taskId: string, frame: Buffer, cursor: string): void {
+    if (kind === 'output') (this.lastOutput ??= new Map()).set(taskId, cursor);
+    this.push(frame);
+  }
+
+  /** A task's output stream starts (or restarts) at `cursor`. */
+  startOutput(taskId: string, cursor: string): void {
+    (this.lastOutput ??= new Map()).set(taskId, cursor);
+  }
+
+  forgetOutput(taskId: string): void {
+    this.lastOutput?.delete(taskId);
   }
 
   flush(): void {
@@ -192,6 +216,7 @@ export class Outbound {
     this.conflated = undefined;
     this.conflatedBytes = 0;
     this.skipped = undefined;
+    this.lastOutput = undefined;
   }
 
   /** `backlog` is the backlog before this frame, when the caller has just read it. */
@@ -229,7 +254,11 @@ export class Outbound {
     this.conflatedBytes = 0;
     this.superseded = 0;
     for (const frame of conflated.values()) this.push(frame);
-    for (const [taskId, count] of skipped) this.push(encodeLagged(taskId, count));
+    for (const [taskId, count] of skipped) {
+      const cursor = this.lastOutput?.get(taskId);
+      // A task unsubscribed meanwhile has no cursor left, and no stream to resume.
+      if (cursor !== undefined) this.push(encodeLagged(taskId, count, cursor));
+    }
     this.observer.drained(superseded, skipped);
   }
 

@@ -14,8 +14,8 @@ export interface Subscriber {
   all: boolean;
   /** Last delivery round that reached it: how one event reaches a socket at most once. */
   round: number;
-  sendUpdate(taskId: string, frame: Buffer): void;
-  sendOutput(taskId: string, frame: Buffer): void;
+  sendUpdate(taskId: string, frame: Buffer, cursor: string): void;
+  sendOutput(taskId: string, frame: Buffer, cursor: string): void;
 }
 
 /** The visibility rule: admins see everything, owners their own tasks, ownerless tasks are admins'. */
@@ -24,10 +24,10 @@ export function canSee(principal: Principal, owner: string | null): boolean {
 }
 
 /** Sends an update to `s` unless this round already did: 1 if sent, 0 if not. */
-function reach(s: Subscriber, round: number, taskId: string, frame: Buffer): number {
+function reach(s: Subscriber, round: number, taskId: string, frame: Buffer, cursor: string): number {
   if (s.round === round) return 0;
   s.round = round;
-  s.sendUpdate(taskId, frame);
+  s.sendUpdate(taskId, frame, cursor);
   return 1;
 }
 
@@ -111,33 +111,33 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
   }
 
   /** Hands `frame` once to every subscriber allowed to see this task's updates. */
-  deliverUpdate(taskId: string, owner: string | null, frame: Buffer): number {
+  deliverUpdate(taskId: string, owner: string | null, frame: Buffer, cursor: string): number {
     const round = ++this.round;
     let count = 0;
     const followers = this.updates.get(taskId);
     // Checked again here: the owner may have changed since the subscribe was allowed.
     if (followers instanceof Set) {
-      for (const s of followers) if (canSee(s.principal, owner)) count += reach(s, round, taskId, frame);
-    } else if (followers && canSee(followers.principal, owner)) count += reach(followers, round, taskId, frame);
+      for (const s of followers) if (canSee(s.principal, owner)) count += reach(s, round, taskId, frame, cursor);
+    } else if (followers && canSee(followers.principal, owner)) count += reach(followers, round, taskId, frame, cursor);
     const owners = owner === null ? undefined : this.ownersAll.get(owner);
-    if (owners instanceof Set) for (const s of owners) count += reach(s, round, taskId, frame);
-    else if (owners) count += reach(owners, round, taskId, frame);
-    for (const s of this.adminsAll) count += reach(s, round, taskId, frame);
+    if (owners instanceof Set) for (const s of owners) count += reach(s, round, taskId, frame, cursor);
+    else if (owners) count += reach(owners, round, taskId, frame, cursor);
+    for (const s of this.adminsAll) count += reach(s, round, taskId, frame, cursor);
     return count;
   }
 
   /** Hands `frame` to every subscriber of this task's output that may see it. */
-  deliverOutput(taskId: string, owner: string | null, frame: Buffer): number {
+  deliverOutput(taskId: string, owner: string | null, frame: Buffer, cursor: string): number {
     const followers = this.outputs.get(taskId);
     if (!(followers instanceof Set)) {
       if (!followers || !canSee(followers.principal, owner)) return 0;
-      followers.sendOutput(taskId, frame);
+      followers.sendOutput(taskId, frame, cursor);
       return 1;
     }
     let count = 0;
     for (const s of followers) {
       if (canSee(s.principal, owner)) {
-        s.sendOutput(taskId, frame);
+        s.sendOutput(taskId, frame, cursor);
         count++;
       }
     }

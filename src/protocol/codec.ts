@@ -50,10 +50,14 @@ export function parseClientFrame(text: string): ParseResult {
   if (!check) return { ok: false, reason: `unknown message type ${quote(type)}` };
   if (!check.Check(value)) return { ok: false, reason: firstProblem(check, value) };
   // Rebuilt from the schema's fields only: extra fields (even one named taskId on subscribeAll) stay behind.
-  if (type === 'subscribeAll' || type === 'unsubscribeAll') return { ok: true, message: { type } };
+  const { since } = value as { since?: string };
+  if (type === 'unsubscribeAll') return { ok: true, message: { type } };
+  if (type === 'subscribeAll') return { ok: true, message: since === undefined ? { type } : { type, since } };
   const { taskId } = value as { taskId: string };
   // Canonical lower case: acks echo it, and the subscription index keys on it.
-  return { ok: true, message: { type, taskId: taskId.toLowerCase() } as ClientMessage };
+  const message = { type, taskId: taskId.toLowerCase() } as ClientMessage & { since?: string };
+  if (since !== undefined && (type === 'subscribe' || type === 'subscribeOutput')) message.since = since;
+  return { ok: true, message };
 }
 
 // Server frames. Each returns one complete WebSocket text frame (header and payload, unmasked as
@@ -93,7 +97,9 @@ export type AckType = 'subscribed' | 'unsubscribed' | 'outputSubscribed' | 'outp
 export const encodeAck = (type: AckType, taskId: string): Buffer => encode({ type, taskId });
 export const SUBSCRIBED_ALL = encode({ type: 'subscribedAll' });
 export const UNSUBSCRIBED_ALL = encode({ type: 'unsubscribedAll' });
-export const encodeLagged = (taskId: string, skipped: number): Buffer => encode({ type: 'lagged', taskId, skipped });
+export const encodeLagged = (taskId: string, skipped: number, cursor: string): Buffer => encode({ type: 'lagged', taskId, skipped, cursor });
+export const encodeResyncRequired = (subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput', taskId: string | undefined, reason: string): Buffer =>
+  encode({ type: 'resyncRequired', subscription, taskId, reason });
 export const encodeError = (code: ErrorCode, message: string): Buffer => encode({ type: 'error', code, message });
 
 /** A validated task update with its owner settled: `null` means admins only. */
@@ -120,7 +126,7 @@ export interface TaskOutputEvent {
   isPartial: boolean;
 }
 
-export function encodeTaskUpdated(e: TaskUpdateEvent): Buffer {
+export function encodeTaskUpdated(e: TaskUpdateEvent, cursor: string): Buffer {
   return encode({
     type: 'taskUpdated',
     taskId: e.taskId,
@@ -128,6 +134,7 @@ export function encodeTaskUpdated(e: TaskUpdateEvent): Buffer {
     status: e.status,
     updatedFields: e.updatedFields,
     updatedBy: e.updatedBy,
+    cursor,
   });
 }
 
@@ -141,7 +148,7 @@ const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
  */
 export const jsonString = (s: string): string => (NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`);
 
-export function encodeTaskOutput(e: TaskOutputEvent): Buffer {
+export function encodeTaskOutput(e: TaskOutputEvent, cursor: string): Buffer {
   // JSON.stringify leaves out `undefined` members, which is the seed's skip_serializing_if. The
   // content, the one large field, is spliced in between; the field order stays the seed's.
   const head = JSON.stringify({ type: 'taskOutput', taskId: e.taskId, messageType: e.messageType });
@@ -152,6 +159,7 @@ export function encodeTaskOutput(e: TaskOutputEvent): Buffer {
     costUsd: e.costUsd,
     durationMs: e.durationMs,
     isPartial: e.isPartial,
+    cursor,
   });
   return frameText(`${head.slice(0, -1)},"content":${jsonString(e.content)},${tail.slice(1)}`);
 }

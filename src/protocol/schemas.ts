@@ -19,12 +19,30 @@ const withTaskId = <T extends string>(type: T, description: string) =>
 const bare = <T extends string>(type: T, description: string) =>
   Type.Object({ type: Type.Literal(type) }, { $id: type, description });
 
+/** Where a stream resumes: the `cursor` of the last event the client has of it. */
+export const Since = Type.Optional(
+  Type.String({
+    minLength: 1,
+    maxLength: 128,
+    description: 'Resume after this cursor: replay what this subscription would have delivered since, then go on live',
+  }),
+);
+
 export const ClientMessages = {
-  subscribe: withTaskId('subscribe', "Receive `taskUpdated` for one task the caller may see."),
+  subscribe: Type.Object(
+    { type: Type.Literal('subscribe'), taskId: Uuid, since: Since },
+    { $id: 'subscribe', description: 'Receive `taskUpdated` for one task the caller may see.' },
+  ),
   unsubscribe: withTaskId('unsubscribe', 'Stop receiving `taskUpdated` for one task.'),
-  subscribeAll: bare('subscribeAll', "Receive `taskUpdated` for every task the caller may see (admins: all tasks)."),
+  subscribeAll: Type.Object(
+    { type: Type.Literal('subscribeAll'), since: Since },
+    { $id: 'subscribeAll', description: 'Receive `taskUpdated` for every task the caller may see (admins: all tasks).' },
+  ),
   unsubscribeAll: bare('unsubscribeAll', 'Stop the `subscribeAll` stream.'),
-  subscribeOutput: withTaskId('subscribeOutput', "Receive `taskOutput` (live transcript) of one task the caller may see."),
+  subscribeOutput: Type.Object(
+    { type: Type.Literal('subscribeOutput'), taskId: Uuid, since: Since },
+    { $id: 'subscribeOutput', description: 'Receive `taskOutput` (live transcript) of one task the caller may see.' },
+  ),
   unsubscribeOutput: withTaskId('unsubscribeOutput', 'Stop receiving `taskOutput` for one task.'),
 } as const;
 
@@ -60,6 +78,9 @@ export const TaskOutputFields = {
   isPartial: Type.Boolean({ description: 'A partial message, to be replaced by a later one' }),
 };
 
+/** Not in the seed's frames: old clients ignore it; new ones resume with it (`since`). */
+const Cursor = Type.String({ description: 'Opaque position of this event in its stream; pass it as `since` to resume after it' });
+
 export const ServerMessages = {
   subscribed: ack('subscribed', 'Answers `subscribe`.'),
   unsubscribed: ack('unsubscribed', 'Answers `unsubscribe`.'),
@@ -68,11 +89,11 @@ export const ServerMessages = {
   outputSubscribed: ack('outputSubscribed', 'Answers `subscribeOutput`.'),
   outputUnsubscribed: ack('outputUnsubscribed', 'Answers `unsubscribeOutput`.'),
   taskUpdated: Type.Object(
-    { type: Type.Literal('taskUpdated'), ...TaskUpdatedFields },
+    { type: Type.Literal('taskUpdated'), ...TaskUpdatedFields, cursor: Cursor },
     { $id: 'taskUpdated', description: 'A task the client follows changed.' },
   ),
   taskOutput: Type.Object(
-    { type: Type.Literal('taskOutput'), ...TaskOutputFields },
+    { type: Type.Literal('taskOutput'), ...TaskOutputFields, cursor: Cursor },
     {
       $id: 'taskOutput',
       description: 'A piece of a task’s live output. Absent optional fields are left out, never null.',
@@ -83,11 +104,32 @@ export const ServerMessages = {
       type: Type.Literal('lagged'),
       taskId: Uuid,
       skipped: Type.Integer({ minimum: 1, description: 'How many taskOutput frames of this task were dropped' }),
+      cursor: Type.String({
+        description: 'The cursor of the last output of this task the client got before the gap: `subscribeOutput` with it as `since` fills the gap',
+      }),
     },
     {
       $id: 'lagged',
       additionalProperties: false,
-      description: 'The client read too slowly and missed output of this task; refetch or resume.',
+      description: 'The client read too slowly and missed output of this task; resume from `cursor`, or refetch.',
+    },
+  ),
+  resyncRequired: Type.Object(
+    {
+      type: Type.Literal('resyncRequired'),
+      subscription: Type.Union([Type.Literal('subscribe'), Type.Literal('subscribeAll'), Type.Literal('subscribeOutput')], {
+        description: 'The subscription whose `since` could not be honoured; it is live from now on',
+      }),
+      taskId: Type.Optional(Type.String({ description: 'Its task, for `subscribe` and `subscribeOutput`' })),
+      reason: Type.Union([Type.Literal('unknownCursor'), Type.Literal('expired'), Type.Literal('tooFarBehind'), Type.Literal('unavailable')], {
+        description:
+          'unknownCursor: not a cursor of this log; expired: the log no longer reaches back that far; tooFarBehind: more to replay than the server replays at once; unavailable: the log could not be read just now',
+      }),
+    },
+    {
+      $id: 'resyncRequired',
+      additionalProperties: false,
+      description: 'Events after `since` cannot be replayed: refetch the state this subscription covers. Sent right after its ack.',
     },
   ),
   error: Type.Object(

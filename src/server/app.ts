@@ -62,7 +62,7 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {} 
 
   const authenticate = apiKeyAuthenticator(sql);
   const reauthenticate = apiKeyReauthenticator(sql);
-  await app.register(meshSubscriptions, { sql, authenticate, reauthenticate, ...mesh, prefix: API_PREFIX });
+  await app.register(meshSubscriptions, { sql, authenticate, reauthenticate, bus: 'postgres', ...mesh, prefix: API_PREFIX });
   await app.register(taskRoutes, { sql, authenticate, prefix: API_PREFIX });
 
   app.get(

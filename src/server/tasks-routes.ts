@@ -96,15 +96,19 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
   const who = (request: FastifyRequest) => principals.get(request)!;
 
   /** `taskUpdated` for a task as it now is, naming the fields that changed and who changed them. */
-  const announce = (task: Task, updatedFields: string[], by: Principal) =>
-    app.mesh.taskUpdates.publish({
-      taskId: task.id,
-      ownerId: task.ownerId,
-      version: task.version,
-      status: task.status,
-      updatedFields,
-      updatedBy: by.ownerId ?? 'admin',
-    });
+  /** Published in the transaction that changed the task (an outbox): both commit, or neither. */
+  const announce = (tx: TransactionSql<any>, task: Task, updatedFields: string[], by: Principal) =>
+    app.mesh.taskUpdates.publish(
+      {
+        taskId: task.id,
+        ownerId: task.ownerId,
+        version: task.version,
+        status: task.status,
+        updatedFields,
+        updatedBy: by.ownerId ?? 'admin',
+      },
+      { sql: tx },
+    );
 
   /** The task if the principal may see it, locked for update when inside a transaction. */
   async function visibleTask(q: Sql<any> | TransactionSql<any>, id: string, p: Principal, lock = false): Promise<TaskRow | undefined> {
@@ -129,11 +133,14 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
       if (ownerId === null && !p.admin) {
         return reply.code(403).send({ code: 'FORBIDDEN', message: 'this key owns no tasks' });
       }
-      const [row] = await sql<TaskRow[]>`
-        INSERT INTO tasks (owner_id, name, status) VALUES (${ownerId}, ${name}, ${status})
-        RETURNING ${sql.unsafe(COLUMNS)}`;
-      const task = toTask(row!);
-      await announce(task, ['name', 'status'], p);
+      const task = await sql.begin(async (tx) => {
+        const [row] = await tx<TaskRow[]>`
+          INSERT INTO tasks (owner_id, name, status) VALUES (${ownerId}, ${name}, ${status})
+          RETURNING ${tx.unsafe(COLUMNS)}`;
+        const created = toTask(row!);
+        await announce(tx, created, ['name', 'status'], p);
+        return created;
+      });
       return reply.code(201).send(task);
     },
   );
@@ -176,14 +183,12 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
             updated_at = now()
           WHERE id = ${current.id}
           RETURNING ${tx.unsafe(COLUMNS)}`;
+        // The row lock taken above orders concurrent changes of this task, and so their events.
+        await announce(tx, toTask(row!), [...changed], p);
         return { row: row!, changed };
       });
       if (!result) return notFound(reply);
-      const task = toTask(result.row);
-      if (result.changed.length > 0) {
-        await announce(task, [...result.changed], p);
-      }
-      return task;
+      return toTask(result.row);
     },
   );
 
@@ -196,19 +201,25 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
         description: 'Publishes `taskOutput` to the sockets following this task’s output.',
         params: TaskParams,
         body: OutputBody,
-        response: { 202: Type.Object({ taskId: Type.String({ format: 'uuid' }) }), ...errors },
+        response: {
+          202: Type.Object({
+            taskId: Type.String({ format: 'uuid' }),
+            cursor: Type.String({ description: 'The event’s cursor: where a `since` would resume after it' }),
+          }),
+          ...errors,
+        },
       },
     },
     async (request, reply) => {
       const row = await visibleTask(sql, request.params.id, who(request));
       if (!row) return notFound(reply);
-      await app.mesh.taskOutput.publish({
+      const cursor = await app.mesh.taskOutput.publish({
         ...request.body,
         taskId: row.id,
         ownerId: row.owner_id,
         isPartial: request.body.isPartial ?? false,
       });
-      return reply.code(202).send({ taskId: row.id });
+      return reply.code(202).send({ taskId: row.id, cursor });
     },
   );
 }

@@ -1,0 +1,55 @@
+/**
+ * The event bus: where published events are logged, in one order, before any socket gets them.
+ * The memory bus keeps one process's recent events; the PostgreSQL bus shares them between
+ * instances and keeps them for replay. Either hands the hub each new event once, in log order.
+ */
+import type { TransactionSql } from 'postgres';
+import type { TaskOutputEvent, TaskUpdateEvent } from '../protocol/codec.js';
+
+/** An event to log. `event.ownerId` undefined: the owner is looked up on delivery. */
+export type BusEntry = { kind: 'update'; event: TaskUpdateEvent } | { kind: 'output'; event: TaskOutputEvent };
+
+/** An event as the log holds it, with its cursor: opaque to clients, ordered by the bus. */
+export type LoggedEvent = BusEntry & { cursor: string };
+
+/** What a subscription with `since` asks the log for. */
+export type ReplayStream =
+  | { kind: 'update'; taskId: string }
+  | { kind: 'output'; taskId: string }
+  /** Every task update; owner-scoped by the caller (`ownerId`: only that owner's and owner-unknown events). */
+  | { kind: 'all'; ownerId: string | null };
+
+/** Why a replay cannot be made; the client gets `resyncRequired` with it. */
+export type ResyncReason = 'unknownCursor' | 'expired' | 'tooFarBehind' | 'unavailable';
+
+export type ReplayResult = { events: LoggedEvent[] } | { resync: ResyncReason };
+
+/** Receives new events in log order; resolves once they have been handed to the sockets. */
+export type BusSink = (events: readonly LoggedEvent[]) => Promise<void>;
+
+export interface EventBus {
+  /** Starts delivering new events to `sink`. */
+  start(sink: BusSink): Promise<void>;
+  /**
+   * Logs an event and resolves with its cursor; with `sql` (a transaction of the caller), inside
+   * that transaction: it is delivered only if and once it commits.
+   */
+  publish(entry: BusEntry, sql?: TransactionSql<any>): Promise<string>;
+  /**
+   * The events of `stream` after `since`, in log order: everything the stream would have
+   * delivered, at most `limit` (more answers `tooFarBehind`). Owner filtering is left to the caller.
+   */
+  replay(stream: ReplayStream, since: string, limit: number): Promise<ReplayResult>;
+  /** A cursor before everything the log will deliver from now on: where a new stream starts. */
+  head(): string;
+  /** Orders two cursors of this log (negative: `a` comes first); 0 for a cursor that is not one. */
+  compare(a: string, b: string): number;
+  stop(): Promise<void>;
+}
+
+export function matches(stream: ReplayStream, e: LoggedEvent): boolean {
+  if (stream.kind === 'all') {
+    return e.kind === 'update' && (stream.ownerId === null || e.event.ownerId === undefined || e.event.ownerId === stream.ownerId);
+  }
+  return e.kind === stream.kind && e.event.taskId === stream.taskId;
+}

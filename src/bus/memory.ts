@@ -1,0 +1,62 @@
+/**
+ * The one-process bus: events go straight to this process's sockets, and the last `historySize`
+ * stay in a ring for `since`. Cursors are `<epoch>.<sequence>`, the epoch drawn at start, so a
+ * cursor from another process or an earlier run is told apart rather than misread.
+ */
+import { randomBytes } from 'node:crypto';
+import { matches, type BusEntry, type BusSink, type EventBus, type LoggedEvent, type ReplayResult, type ReplayStream } from './bus.js';
+
+const CURSOR = /^([0-9a-f]{8})\.([1-9][0-9]{0,15}|0)$/;
+
+export class MemoryBus implements EventBus {
+  private readonly epoch = randomBytes(4).toString('hex');
+  private sequence = 0;
+  /** A ring: entry of sequence s is at (s - 1) % size, for the last `size` sequences. */
+  private readonly ring: LoggedEvent[] = [];
+  private sink: BusSink | undefined;
+
+  constructor(private readonly size: number) {}
+
+  async start(sink: BusSink): Promise<void> {
+    this.sink = sink;
+  }
+
+  async publish(entry: BusEntry): Promise<string> {
+    const sequence = ++this.sequence;
+    const logged = { ...entry, cursor: `${this.epoch}.${sequence}` } as LoggedEvent;
+    this.ring[(sequence - 1) % this.size] = logged;
+    await this.sink?.([logged]);
+    return logged.cursor;
+  }
+
+  async replay(stream: ReplayStream, since: string, limit: number): Promise<ReplayResult> {
+    const match = CURSOR.exec(since);
+    if (!match || match[1] !== this.epoch || Number(match[2]) > this.sequence) return { resync: 'unknownCursor' };
+    const from = Number(match[2]) + 1;
+    const oldest = Math.max(1, this.sequence - this.size + 1);
+    if (from < oldest) return { resync: 'expired' };
+    const events: LoggedEvent[] = [];
+    for (let s = from; s <= this.sequence; s++) {
+      const e = this.ring[(s - 1) % this.size]!;
+      if (!matches(stream, e)) continue;
+      if (events.length === limit) return { resync: 'tooFarBehind' };
+      events.push(e);
+    }
+    return { events };
+  }
+
+  head(): string {
+    return `${this.epoch}.${this.sequence}`;
+  }
+
+  compare(a: string, b: string): number {
+    const x = CURSOR.exec(a);
+    const y = CURSOR.exec(b);
+    if (!x || !y || x[1] !== this.epoch || y[1] !== this.epoch) return 0;
+    return Number(x[2]) - Number(y[2]);
+  }
+
+  async stop(): Promise<void> {
+    this.sink = undefined;
+  }
+}

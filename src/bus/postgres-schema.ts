@@ -1,0 +1,123 @@
+/**
+ * The PostgreSQL bus's own tables and functions, created (or brought up to date) at start under
+ * an advisory lock, so that instances starting together do not race. Names are part of the
+ * documented interface (README, "Publishing from SQL"): other services publish through the
+ * functions, operators look at the tables.
+ */
+import type { Sql } from 'postgres';
+
+/** NOTIFY channel: a wake-up only, the payload is never read. */
+export const CHANNEL = 'mesh_event_log';
+
+const MIGRATION_LOCK = 0x6d657368_6c6f67n; // "meshlog"
+
+const DDL = `
+CREATE TABLE IF NOT EXISTS mesh_event_log (
+  -- Order of the log: by (txid, id). Readers read only below the oldest running transaction,
+  -- so a transaction that commits late can never land behind a cursor already handed out.
+  txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  id bigint GENERATED ALWAYS AS IDENTITY,
+  kind text NOT NULL CHECK (kind IN ('update', 'output')),
+  task_id uuid NOT NULL,
+  owner_id uuid NULL,
+  -- false: the publisher did not say who owns the task; readers look it up.
+  owner_given boolean NOT NULL,
+  payload jsonb NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (txid, id)
+);
+CREATE INDEX IF NOT EXISTS mesh_event_log_task_idx ON mesh_event_log (task_id, kind, txid, id);
+CREATE INDEX IF NOT EXISTS mesh_event_log_owner_idx ON mesh_event_log (owner_id, txid, id) WHERE kind = 'update';
+CREATE INDEX IF NOT EXISTS mesh_event_log_created_idx ON mesh_event_log (created_at);
+
+CREATE TABLE IF NOT EXISTS mesh_event_log_meta (
+  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  -- Names this log in every cursor: a cursor of another database is told apart, not misread.
+  log_id text NOT NULL,
+  -- Everything at or below this position may have been pruned.
+  pruned_txid xid8 NOT NULL DEFAULT '0',
+  pruned_id bigint NOT NULL DEFAULT 0
+);
+INSERT INTO mesh_event_log_meta (log_id)
+  VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 8))
+  ON CONFLICT DO NOTHING;
+
+-- Per task, the position below which its events were pruned for the per-task limit.
+CREATE TABLE IF NOT EXISTS mesh_event_log_pruned_tasks (
+  task_id uuid PRIMARY KEY,
+  owner_id uuid NULL,
+  pruned_txid xid8 NOT NULL,
+  pruned_id bigint NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION mesh_log_cursor(logged_txid xid8, logged_id bigint) RETURNS text
+LANGUAGE sql STABLE AS $fn$
+  SELECT log_id || '.' || logged_txid::text || '.' || logged_id::text FROM mesh_event_log_meta
+$fn$;
+
+CREATE OR REPLACE FUNCTION mesh_publish_task_update(
+  task_id uuid, owner_id uuid, version integer, status text, updated_fields text[], updated_by text
+) RETURNS text LANGUAGE plpgsql AS $fn$
+#variable_conflict use_variable
+DECLARE
+  logged_txid xid8;
+  logged_id bigint;
+BEGIN
+  IF task_id IS NULL OR version IS NULL OR status IS NULL OR updated_by IS NULL THEN
+    RAISE EXCEPTION 'mesh_publish_task_update: task_id, version, status and updated_by are required'
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF array_position(updated_fields, NULL) IS NOT NULL THEN
+    RAISE EXCEPTION 'mesh_publish_task_update: updated_fields must not contain NULL'
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+  VALUES ('update', task_id, owner_id, owner_id IS NOT NULL, jsonb_build_object(
+    'version', version, 'status', status,
+    'updatedFields', to_jsonb(coalesce(updated_fields, '{}'::text[])), 'updatedBy', updated_by))
+  RETURNING mesh_event_log.txid, mesh_event_log.id INTO logged_txid, logged_id;
+  PERFORM pg_notify('${CHANNEL}', '');
+  RETURN mesh_log_cursor(logged_txid, logged_id);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION mesh_publish_task_output(
+  task_id uuid, owner_id uuid, message_type text, content text, tool_name text, tool_input jsonb,
+  is_error boolean, cost_usd double precision, duration_ms bigint, is_partial boolean
+) RETURNS text LANGUAGE plpgsql AS $fn$
+#variable_conflict use_variable
+DECLARE
+  logged_txid xid8;
+  logged_id bigint;
+  payload jsonb;
+BEGIN
+  IF task_id IS NULL OR message_type IS NULL OR content IS NULL THEN
+    RAISE EXCEPTION 'mesh_publish_task_output: task_id, message_type and content are required'
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF cost_usd IS NOT NULL AND cost_usd IN ('NaN', 'Infinity', '-Infinity') THEN
+    RAISE EXCEPTION 'mesh_publish_task_output: cost_usd must be a finite number'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- NULL means absent: absent fields are left out of the event, never null.
+  payload := jsonb_build_object('messageType', message_type, 'content', content, 'isPartial', coalesce(is_partial, false));
+  IF tool_name IS NOT NULL THEN payload := payload || jsonb_build_object('toolName', tool_name); END IF;
+  IF tool_input IS NOT NULL AND tool_input <> 'null'::jsonb THEN payload := payload || jsonb_build_object('toolInput', tool_input); END IF;
+  IF is_error IS NOT NULL THEN payload := payload || jsonb_build_object('isError', is_error); END IF;
+  IF cost_usd IS NOT NULL THEN payload := payload || jsonb_build_object('costUsd', cost_usd); END IF;
+  IF duration_ms IS NOT NULL THEN payload := payload || jsonb_build_object('durationMs', duration_ms); END IF;
+  INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+  VALUES ('output', task_id, owner_id, owner_id IS NOT NULL, payload)
+  RETURNING mesh_event_log.txid, mesh_event_log.id INTO logged_txid, logged_id;
+  PERFORM pg_notify('${CHANNEL}', '');
+  RETURN mesh_log_cursor(logged_txid, logged_id);
+END
+$fn$;
+`;
+
+export async function migrateEventLog(sql: Sql<any>): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK.toString()}::bigint)`;
+    await tx.unsafe(DDL);
+  });
+}

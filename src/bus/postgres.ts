@@ -1,0 +1,454 @@
+/**
+ * The PostgreSQL bus. Every event is a row of `mesh_event_log`; a NOTIFY only wakes the readers.
+ * Each instance reads the log in (txid, id) order on its own, below the oldest transaction still
+ * running (`pg_snapshot_xmin`), so a publisher that commits after a later one is never skipped,
+ * and after a lost LISTEN connection, a missed wake-up or a restart it reads on from where it was.
+ */
+import { randomBytes } from 'node:crypto';
+import type { FastifyBaseLogger } from 'fastify';
+import type { Sql, TransactionSql } from 'postgres';
+import { MeshBusUnavailableError } from '../errors.js';
+import type { ResolvedOptions } from '../options.js';
+import { toTaskOutputEvent, toTaskUpdateEvent } from '../protocol/codec.js';
+import type { BusEntry, BusSink, EventBus, LoggedEvent, ReplayResult, ReplayStream } from './bus.js';
+import { CHANNEL, migrateEventLog } from './postgres-schema.js';
+
+export interface PostgresBusOptions
+  extends Pick<ResolvedOptions, 'migrate' | 'retentionMs' | 'retentionPerTask' | 'pruneIntervalMs' | 'pollIntervalMs' | 'listenTimeoutMs'> {
+  /** Called after each pruning round that removed rows. */
+  onPruned?: (rows: number) => void;
+  /** Called when a read stops at events that wait behind a transaction still running. */
+  onHeldBack?: () => void;
+}
+
+/** A position in the log. */
+interface Position {
+  txid: bigint;
+  id: bigint;
+}
+
+interface Row {
+  txid: string;
+  id: string;
+  kind: 'update' | 'output';
+  task_id: string;
+  owner_id: string | null;
+  owner_given: boolean;
+  payload: Record<string, unknown>;
+}
+
+const READ_BATCH = 1000;
+const PRUNE_BATCH = 5000;
+const PRUNE_LOCK = 0x6d657368_7072756en; // "meshprun"
+/** Re-read soon when rows wait behind a running transaction: 10 ms, doubling up to the poll interval. */
+const HELD_BACK_FIRST_MS = 10;
+
+const CURSOR = /^([0-9a-f]{8})\.([0-9]{1,20})\.([0-9]{1,19})$/;
+
+const after = (a: Position, b: Position) => a.txid > b.txid || (a.txid === b.txid && a.id > b.id);
+
+export class PostgresBus implements EventBus {
+  private logId = '';
+  private position: Position = { txid: 0n, id: 0n };
+  private sink: BusSink | undefined;
+  private stopped = false;
+  private reading: Promise<void> | undefined;
+  private readAgain = false;
+  private timers: NodeJS.Timeout[] = [];
+  private heldBackTimer: NodeJS.Timeout | undefined;
+  private heldBackDelay = HELD_BACK_FIRST_MS;
+  private listener: { unlisten(): Promise<void> } | undefined;
+  private lastHeard = performance.now();
+  private readonly heartbeatChannel = `${CHANNEL}_hb_${randomBytes(6).toString('hex')}`;
+  /** Waiters for the reader to pass a position. */
+  private readonly reachWaiters: { target: Position; resolve: () => void }[] = [];
+  /** JS-API publishes of this loop turn, written together in one statement. */
+  private queue: { entry: BusEntry; resolve: (cursor: string) => void; reject: (error: Error) => void }[] = [];
+  private writing = false;
+
+  constructor(
+    private readonly sql: Sql<any>,
+    private readonly options: PostgresBusOptions,
+    private readonly log: FastifyBaseLogger,
+  ) {}
+
+  async start(sink: BusSink): Promise<void> {
+    if (this.options.migrate) await migrateEventLog(this.sql);
+    const [meta] = await this.sql<{ log_id: string }[]>`SELECT log_id FROM mesh_event_log_meta`;
+    if (!meta) throw new Error('mesh_event_log_meta is empty: run the migrations (option migrate)');
+    this.logId = meta.log_id;
+    // Start at the newest event every reader can already see: what comes after is new to us.
+    const [last] = await this.sql<{ txid: string; id: string }[]>`
+      SELECT txid::text, id::text FROM mesh_event_log
+      WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid DESC, id DESC LIMIT 1`;
+    if (last) this.position = { txid: BigInt(last.txid), id: BigInt(last.id) };
+    this.sink = sink;
+    await this.listen();
+    const { pollIntervalMs, listenTimeoutMs, pruneIntervalMs } = this.options;
+    this.timers.push(
+      // The floor under every wake-up: a lost NOTIFY or a dead LISTEN connection costs latency only.
+      setInterval(() => this.wake(), pollIntervalMs).unref(),
+      setInterval(() => void this.checkListener(), Math.max(1, Math.floor(listenTimeoutMs / 2))).unref(),
+      setInterval(() => void this.prune(), pruneIntervalMs).unref(),
+    );
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const timer of this.timers.splice(0)) clearInterval(timer);
+    clearTimeout(this.heldBackTimer);
+    for (const waiter of this.reachWaiters.splice(0)) waiter.resolve();
+    await this.reading;
+    await this.listener?.unlisten().catch(() => {});
+    this.listener = undefined;
+  }
+
+  head(): string {
+    return this.cursor(this.position);
+  }
+
+  publish(entry: BusEntry, tx?: TransactionSql<any>): Promise<string> {
+    if (tx) return this.writeIn(tx, entry);
+    return new Promise((resolve, reject) => {
+      this.queue.push({ entry, resolve, reject });
+      if (!this.writing) {
+        this.writing = true;
+        setImmediate(() => void this.write());
+      }
+    });
+  }
+
+  async replay(stream: ReplayStream, since: string, limit: number): Promise<ReplayResult> {
+    const from = this.parse(since);
+    if (!from) return { resync: 'unknownCursor' };
+    const [state] = await this.sql<{ pruned_txid: string; pruned_id: string; task_txid: string | null; task_id: string | null; head_txid: string | null; head_id: string | null }[]>`
+      SELECT m.pruned_txid::text, m.pruned_id::text, t.pruned_txid::text AS task_txid, t.pruned_id::text AS task_id,
+             h.txid::text AS head_txid, h.id::text AS head_id
+      FROM mesh_event_log_meta m
+      LEFT JOIN LATERAL (${this.prunedFor(stream)}) t ON true
+      LEFT JOIN LATERAL (SELECT txid, id FROM mesh_event_log ORDER BY txid DESC, id DESC LIMIT 1) h ON true`;
+    const pruned = { txid: BigInt(state!.pruned_txid), id: BigInt(state!.pruned_id) };
+    if (after(pruned, from)) return { resync: 'expired' };
+    if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from)) return { resync: 'expired' };
+    const head = state!.head_txid === null ? pruned : { txid: BigInt(state!.head_txid), id: BigInt(state!.head_id!) };
+    if (after(from, head) && after(from, pruned)) return { resync: 'unknownCursor' };
+    const rows = await this.sql<Row[]>`
+      SELECT txid::text, id::text, kind, task_id::text, owner_id::text, owner_given, payload
+      FROM mesh_event_log
+      WHERE (txid, id) > (${from.txid.toString()}::xid8, ${from.id.toString()}::bigint)
+        AND txid < pg_snapshot_xmin(pg_current_snapshot())
+        AND ${this.streamFilter(stream)}
+      ORDER BY txid, id
+      LIMIT ${limit + 1}`;
+    if (rows.length > limit) return { resync: 'tooFarBehind' };
+    const events = rows.map((row) => this.toLogged(row)).filter((e): e is LoggedEvent => e !== undefined);
+    // Until this instance's reader has passed them, their live copies could still arrive after the
+    // replay; once it has, anything live is newer.
+    const last = rows.at(-1);
+    const target = last && after({ txid: BigInt(last.txid), id: BigInt(last.id) }, from) ? { txid: BigInt(last.txid), id: BigInt(last.id) } : from;
+    await this.reached(target);
+    return { events };
+  }
+
+  compare(a: string, b: string): number {
+    const x = this.parse(a);
+    const y = this.parse(b);
+    if (!x || !y) return 0;
+    return after(x, y) ? 1 : after(y, x) ? -1 : 0;
+  }
+
+  private cursor(p: Position): string {
+    return `${this.logId}.${p.txid}.${p.id}`;
+  }
+
+  private parse(cursor: string): Position | undefined {
+    const match = CURSOR.exec(cursor);
+    if (!match || match[1] !== this.logId) return undefined;
+    const txid = BigInt(match[2]!);
+    const id = BigInt(match[3]!);
+    return txid < 2n ** 64n && id < 2n ** 63n ? { txid, id } : undefined;
+  }
+
+  private streamFilter(stream: ReplayStream) {
+    if (stream.kind === 'all') {
+      return stream.ownerId === null
+        ? this.sql`kind = 'update'`
+        : this.sql`kind = 'update' AND (owner_id = ${stream.ownerId}::uuid OR NOT owner_given)`;
+    }
+    return this.sql`task_id = ${stream.taskId}::uuid AND kind = ${stream.kind}`;
+  }
+
+  /** The newest per-task pruning that could have removed events of `stream`. */
+  private prunedFor(stream: ReplayStream) {
+    const where =
+      stream.kind !== 'all'
+        ? this.sql`task_id = ${stream.taskId}::uuid`
+        : stream.ownerId === null
+          ? this.sql`true`
+          : this.sql`(owner_id = ${stream.ownerId}::uuid OR owner_id IS NULL)`;
+    return this.sql`SELECT pruned_txid, pruned_id FROM mesh_event_log_pruned_tasks WHERE ${where} ORDER BY pruned_txid DESC, pruned_id DESC LIMIT 1`;
+  }
+
+  /** A row as an event, checked as `publish` checks one: the log is written by SQL callers too. */
+  private toLogged(row: Row): LoggedEvent | undefined {
+    const cursor = `${this.logId}.${row.txid}.${row.id}`;
+    const notification = { ...row.payload, taskId: row.task_id, ...(row.owner_given ? { ownerId: row.owner_id } : {}) };
+    try {
+      return row.kind === 'update'
+        ? { kind: 'update', event: toTaskUpdateEvent(notification), cursor }
+        : { kind: 'output', event: toTaskOutputEvent(notification), cursor };
+    } catch (error) {
+      this.log.error({ err: error, cursor }, 'skipping a malformed event in mesh_event_log');
+      return undefined;
+    }
+  }
+
+  // Writing.
+
+  private async writeIn(tx: TransactionSql<any>, entry: BusEntry): Promise<string> {
+    const [row] = await tx<{ cursor: string }[]>`
+      WITH logged AS (
+        INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+        VALUES (${entry.kind}, ${entry.event.taskId}::uuid, ${entry.event.ownerId ?? null}::uuid, ${entry.event.ownerId !== undefined}, ${tx.json(payloadOf(entry) as never)})
+        RETURNING txid, id)
+      SELECT mesh_log_cursor(txid, id) AS cursor, pg_notify(${CHANNEL}, '') FROM logged`;
+    return row!.cursor;
+  }
+
+  /** Writes the queued publishes in one statement, in publish order; one batch at a time. */
+  private async write(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue;
+      this.queue = [];
+      const rows = batch.map(({ entry }) => ({
+        kind: entry.kind,
+        task_id: entry.event.taskId,
+        owner_id: entry.event.ownerId ?? null,
+        owner_given: entry.event.ownerId !== undefined,
+        payload: payloadOf(entry),
+      }));
+      try {
+        const logged = await this.sql<{ cursor: string }[]>`
+          WITH logged AS (
+            INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+            SELECT r.value->>'kind', (r.value->>'task_id')::uuid, (r.value->>'owner_id')::uuid,
+                   (r.value->>'owner_given')::boolean, r.value->'payload'
+            FROM jsonb_array_elements(${this.sql.json(rows as never)}) WITH ORDINALITY AS r(value, n)
+            ORDER BY r.n
+            RETURNING txid, id)
+          SELECT mesh_log_cursor(txid, id) AS cursor, pg_notify(${CHANNEL}, '') FROM logged ORDER BY id`;
+        batch.forEach((item, i) => item.resolve(logged[i]!.cursor));
+      } catch (cause) {
+        const error = new MeshBusUnavailableError(cause);
+        for (const item of batch) item.reject(error);
+      }
+    }
+    this.writing = false;
+  }
+
+  // Reading.
+
+  private async listen(): Promise<void> {
+    const onNotify = () => {
+      this.lastHeard = performance.now();
+      this.wake();
+    };
+    // postgres.js keeps LISTEN on a connection of its own and listens again after it reconnects;
+    // onlisten runs each time, and a read then catches up whatever was missed while it was gone.
+    const main = await this.sql.listen(CHANNEL, onNotify, () => this.wake());
+    const beat = await this.sql.listen(this.heartbeatChannel, () => {
+      this.lastHeard = performance.now();
+    });
+    this.listener = {
+      unlisten: async () => {
+        await Promise.all([main.unlisten(), beat.unlisten()]);
+      },
+    };
+  }
+
+  /** A LISTEN connection that does not hear its own heartbeat is replaced; polling covers the gap. */
+  private async checkListener(): Promise<void> {
+    if (this.stopped) return;
+    if (performance.now() - this.lastHeard > this.options.listenTimeoutMs) {
+      this.log.warn('the LISTEN connection heard nothing, not even its own heartbeat; listening again');
+      this.lastHeard = performance.now();
+      const old = this.listener;
+      this.listener = undefined;
+      await old?.unlisten().catch(() => {});
+      await this.listen().catch((error: unknown) => this.log.warn({ err: error }, 'LISTEN failed; reading by polling until it works'));
+    }
+    await this.sql.notify(this.heartbeatChannel, '').catch(() => {});
+  }
+
+  private wake(): void {
+    if (this.stopped || !this.sink) return;
+    if (this.reading) {
+      this.readAgain = true;
+      return;
+    }
+    this.reading = this.read().finally(() => {
+      this.reading = undefined;
+      if (this.readAgain) {
+        this.readAgain = false;
+        this.wake();
+      }
+    });
+  }
+
+  /** Reads and hands on everything new, batch by batch, up to what every reader can see. */
+  private async read(): Promise<void> {
+    try {
+      for (;;) {
+        const rows = await this.sql<(Row & { horizon: string })[]>`
+          SELECT h.horizon::text AS horizon, e.txid::text, e.id::text, e.kind, e.task_id::text, e.owner_id::text, e.owner_given, e.payload
+          FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) h
+          LEFT JOIN LATERAL (
+            SELECT * FROM mesh_event_log
+            WHERE (txid, id) > (${this.position.txid.toString()}::xid8, ${this.position.id.toString()}::bigint)
+            ORDER BY txid, id LIMIT ${READ_BATCH}
+          ) e ON true`;
+        if (this.stopped) return;
+        const horizon = BigInt(rows[0]!.horizon);
+        const events: LoggedEvent[] = [];
+        let heldBack = false;
+        for (const row of rows) {
+          if (row.txid === null) break;
+          // A transaction older than this row is still running: it may yet add rows before it.
+          if (BigInt(row.txid) >= horizon) {
+            heldBack = true;
+            break;
+          }
+          this.position = { txid: BigInt(row.txid), id: BigInt(row.id) };
+          const logged = this.toLogged(row);
+          if (logged) events.push(logged);
+        }
+        if (events.length > 0) void this.sink!(events);
+        this.settleReached();
+        if (heldBack) {
+          this.options.onHeldBack?.();
+          this.scheduleHeldBack();
+        }
+        else this.heldBackDelay = HELD_BACK_FIRST_MS;
+        if (heldBack || rows.length < READ_BATCH) return;
+      }
+    } catch (error) {
+      // The next wake-up or poll tries again from the same position: nothing is skipped.
+      this.log.warn({ err: error }, 'reading mesh_event_log failed; retrying at the next poll');
+    }
+  }
+
+  private scheduleHeldBack(): void {
+    if (this.heldBackTimer) return;
+    this.heldBackTimer = setTimeout(() => {
+      this.heldBackTimer = undefined;
+      this.wake();
+    }, this.heldBackDelay).unref();
+    this.heldBackDelay = Math.min(this.heldBackDelay * 2, this.options.pollIntervalMs);
+  }
+
+  /**
+   * Resolves once the reader has passed `target` (at once if it has); rejects if it has not within
+   * a few polls (the database is out of reach), since a replay released early could repeat events.
+   */
+  private reached(target: Position): Promise<void> {
+    if (!after(target, this.position) || this.stopped) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const i = this.reachWaiters.indexOf(waiter);
+        if (i !== -1) this.reachWaiters.splice(i, 1);
+        reject(new Error('the log reader did not catch up with the replay'));
+      }, Math.max(5_000, 5 * this.options.pollIntervalMs)).unref();
+      const waiter = {
+        target,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      };
+      this.reachWaiters.push(waiter);
+      this.wake();
+    });
+  }
+
+  private settleReached(): void {
+    for (let i = this.reachWaiters.length - 1; i >= 0; i--) {
+      const waiter = this.reachWaiters[i]!;
+      if (!after(waiter.target, this.position)) {
+        this.reachWaiters.splice(i, 1);
+        waiter.resolve();
+      }
+    }
+  }
+
+  // Retention.
+
+  /**
+   * Removes events past their age or beyond the per-task count, a few thousand per statement so
+   * that no transaction stays open long (a long one would hold every reader back). One instance
+   * at a time, under a session advisory lock on a reserved connection.
+   */
+  async prune(): Promise<number> {
+    if (this.stopped) return 0;
+    let removed = 0;
+    let reserved: Awaited<ReturnType<Sql<any>['reserve']>> | undefined;
+    try {
+      reserved = await this.sql.reserve();
+      const [lock] = await reserved<{ locked: boolean }[]>`SELECT pg_try_advisory_lock(${PRUNE_LOCK.toString()}::bigint) AS locked`;
+      if (!lock?.locked) return 0;
+      try {
+        const cutoff = new Date(Date.now() - this.options.retentionMs);
+        for (let n = PRUNE_BATCH; n === PRUNE_BATCH && !this.stopped; ) {
+          const [r] = await reserved<{ n: number }[]>`
+            WITH gone AS (
+              DELETE FROM mesh_event_log WHERE (txid, id) IN (
+                SELECT txid, id FROM mesh_event_log WHERE created_at < ${cutoff} ORDER BY created_at LIMIT ${PRUNE_BATCH})
+              RETURNING txid, id),
+            newest AS (SELECT txid, id FROM gone ORDER BY txid DESC, id DESC LIMIT 1),
+            moved AS (
+              UPDATE mesh_event_log_meta m SET pruned_txid = newest.txid, pruned_id = newest.id FROM newest
+              WHERE (newest.txid, newest.id) > (m.pruned_txid, m.pruned_id) RETURNING 1)
+            SELECT count(*)::int AS n FROM gone`;
+          n = r!.n;
+          removed += n;
+        }
+        const [r] = await reserved<{ n: number }[]>`
+          WITH excess AS (
+            SELECT task_id FROM mesh_event_log GROUP BY task_id HAVING count(*) > ${this.options.retentionPerTask} LIMIT 100),
+          doomed AS (
+            SELECT e.txid, e.id FROM excess x CROSS JOIN LATERAL (
+              SELECT txid, id FROM mesh_event_log WHERE task_id = x.task_id
+              ORDER BY txid DESC, id DESC OFFSET ${this.options.retentionPerTask}) e),
+          gone AS (
+            DELETE FROM mesh_event_log l USING doomed d WHERE l.txid = d.txid AND l.id = d.id
+            RETURNING l.task_id, l.owner_id, l.txid, l.id),
+          marked AS (
+            INSERT INTO mesh_event_log_pruned_tasks (task_id, owner_id, pruned_txid, pruned_id)
+            SELECT DISTINCT ON (task_id) task_id, owner_id, txid, id FROM gone ORDER BY task_id, txid DESC, id DESC
+            ON CONFLICT (task_id) DO UPDATE SET owner_id = excluded.owner_id, pruned_txid = excluded.pruned_txid, pruned_id = excluded.pruned_id
+              WHERE (excluded.pruned_txid, excluded.pruned_id) > (mesh_event_log_pruned_tasks.pruned_txid, mesh_event_log_pruned_tasks.pruned_id)
+            RETURNING 1)
+          SELECT count(*)::int AS n FROM gone`;
+        removed += r!.n;
+      } finally {
+        await reserved`SELECT pg_advisory_unlock(${PRUNE_LOCK.toString()}::bigint)`;
+      }
+    } catch (error) {
+      this.log.warn({ err: error }, 'pruning mesh_event_log failed; retrying at the next round');
+    } finally {
+      reserved?.release();
+    }
+    if (removed > 0) this.options.onPruned?.(removed);
+    return removed;
+  }
+}
+
+/** The event's fields other than its task and owner, which have columns of their own. */
+function payloadOf({ kind, event }: BusEntry): object {
+  if (kind === 'update') {
+    const { version, status, updatedFields, updatedBy } = event;
+    return { version, status, updatedFields, updatedBy };
+  }
+  const { messageType, content, toolName, toolInput, isError, costUsd, durationMs, isPartial } = event;
+  return { messageType, content, toolName, toolInput, isError, costUsd, durationMs, isPartial };
+}
+

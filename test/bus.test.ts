@@ -1,0 +1,291 @@
+/**
+ * The PostgreSQL bus with several instances on one database (each a full app in this process,
+ * with its own LISTEN connection and reader): delivery across instances, the outbox, the
+ * late-commit gap, a killed LISTEN backend, publishing from SQL, resume and retention.
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { after, before, describe, test } from 'node:test';
+import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { startTestServer, type TestServer } from './helpers/server.js';
+import type { Frame, TestClient } from './helpers/ws-client.js';
+
+let db: TestDatabase;
+let a: TestServer;
+let b: TestServer;
+before(async () => {
+  db = await createTestDatabase();
+  a = await startTestServer({ db, mesh: { bus: 'postgres' } });
+  b = await startTestServer({ db, mesh: { bus: 'postgres' } });
+});
+after(async () => {
+  await a.close();
+  await b.close();
+  await db.drop();
+});
+
+const update = (taskId: string, ownerId: string | null, version: number) => ({
+  taskId,
+  ownerId,
+  version,
+  status: 'running',
+  updatedFields: ['status'],
+  updatedBy: 'test',
+});
+
+/** The next `count` frames of a client. */
+async function take(client: TestClient, count: number): Promise<Frame[]> {
+  const frames: Frame[] = [];
+  for (let i = 0; i < count; i++) frames.push(await client.next());
+  return frames;
+}
+
+const versions = (frames: Frame[]) => frames.map((f) => f.version);
+
+describe('across instances', () => {
+  test('an event published on A reaches the subscribers of B, with its cursor', async () => {
+    const { ownerId, key } = await b.owner();
+    const taskId = await a.task(ownerId);
+    const client = await b.connect(key);
+    await client.request({ type: 'subscribe', taskId });
+    const cursor = await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 1));
+    assert.deepEqual(await client.next(), {
+      type: 'taskUpdated',
+      taskId,
+      version: 1,
+      status: 'running',
+      updatedFields: ['status'],
+      updatedBy: 'test',
+      cursor,
+    });
+    await client.close();
+  });
+
+  test('a 1 MiB output chunk arrives intact (NOTIFY carries no payload)', async () => {
+    const { ownerId, key } = await b.owner();
+    const taskId = await a.task(ownerId);
+    const client = await b.connect(key);
+    await client.request({ type: 'subscribeOutput', taskId });
+    const content = 'é'.repeat(256 * 1024) + 'x'.repeat(512 * 1024);
+    await a.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'assistant', content, isPartial: false });
+    const frame = await client.next();
+    assert.equal(frame.content, content);
+    assert.equal(Buffer.byteLength(String(frame.content)), 1024 * 1024);
+    await client.close();
+  });
+});
+
+describe('transactions', () => {
+  test('publish in a rolled-back transaction delivers nothing; in a committed one, once it commits', async () => {
+    const { ownerId, key } = await a.owner();
+    const taskId = await a.task(ownerId);
+    const client = await b.connect(key);
+    await client.request({ type: 'subscribe', taskId });
+    await assert.rejects(
+      db.sql.begin(async (tx) => {
+        await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 1), { sql: tx });
+        throw new Error('roll back');
+      }),
+      /roll back/,
+    );
+    await db.sql.begin(async (tx) => {
+      await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 2), { sql: tx });
+    });
+    await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 3));
+    assert.deepEqual(versions(await take(client, 2)), [2, 3]);
+    await client.close();
+  });
+
+  test('a transaction that commits after a later publish is not skipped, and comes first', { timeout: 20_000 }, async () => {
+    const { ownerId, key } = await a.owner();
+    const taskId = await a.task(ownerId);
+    const client = await b.connect(key);
+    await client.request({ type: 'subscribe', taskId });
+    let commit!: () => void;
+    const gate = new Promise<void>((resolve) => (commit = resolve));
+    let written!: () => void;
+    const inTransaction = new Promise<void>((resolve) => (written = resolve));
+    // Version 1 is written first (its row gets the lower id) but commits last.
+    const slow = db.sql.begin(async (tx) => {
+      await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 1), { sql: tx });
+      written();
+      await gate;
+    });
+    await inTransaction;
+    const heldBack = once(b.app.mesh.events, 'heldBack');
+    await db.sql`SELECT mesh_publish_task_update(${taskId}::uuid, ${ownerId}::uuid, 2, 'running', ARRAY['status'], 'sql')`;
+    // Version 2 is committed and NOTIFY'd; B's reader has seen it and must hold it back while
+    // version 1 may still come (a reader that took it would move past version 1 for good).
+    await heldBack;
+    await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 3));
+    commit();
+    await slow;
+    assert.deepEqual(versions(await take(client, 3)), [1, 2, 3]);
+    await client.close();
+  });
+
+  test('publish with { sql } on the memory bus is refused at once', async () => {
+    const memory = await startTestServer({ db, mesh: { bus: 'memory' } });
+    const taskId = await memory.task(null);
+    await db.sql.begin(async (tx) => {
+      assert.throws(() => memory.app.mesh.taskUpdates.publish(update(taskId, null, 1), { sql: tx }), /bus: "postgres"/);
+    });
+    await memory.close();
+  });
+});
+
+describe('publishing from SQL', () => {
+  test('the SQL functions publish with no Node code in the path; NULL owner is looked up, NULL fields are absent', async () => {
+    const { ownerId, key } = await a.owner();
+    const taskId = await a.task(ownerId);
+    const client = await b.connect(key);
+    await client.request({ type: 'subscribe', taskId });
+    await client.request({ type: 'subscribeOutput', taskId });
+    const [u] = await db.sql<{ cursor: string }[]>`
+      SELECT mesh_publish_task_update(${taskId}::uuid, NULL, 7, 'done', ARRAY['status', 'name'], 'worker') AS cursor`;
+    const [o] = await db.sql<{ cursor: string }[]>`
+      SELECT mesh_publish_task_output(${taskId}::uuid, ${ownerId}::uuid, 'tool_use', 'ls', 'bash', '{"cmd":"ls -la"}'::jsonb, NULL, NULL, NULL, NULL) AS cursor`;
+    assert.deepEqual(await client.next(), {
+      type: 'taskUpdated',
+      taskId,
+      version: 7,
+      status: 'done',
+      updatedFields: ['status', 'name'],
+      updatedBy: 'worker',
+      cursor: u!.cursor,
+    });
+    assert.deepEqual(await client.next(), {
+      type: 'taskOutput',
+      taskId,
+      messageType: 'tool_use',
+      content: 'ls',
+      toolName: 'bash',
+      toolInput: { cmd: 'ls -la' },
+      isPartial: false,
+      cursor: o!.cursor,
+    });
+    await client.close();
+  });
+
+  test('a NULL where a value is required, or a cost that is not finite, is refused with a clear error', async () => {
+    const taskId = await a.task(null);
+    await assert.rejects(db.sql`SELECT mesh_publish_task_update(${taskId}::uuid, NULL, NULL, 'x', NULL, 'y')`, /version, status and updated_by are required/);
+    await assert.rejects(db.sql`SELECT mesh_publish_task_output(NULL, NULL, 'assistant', 'x', NULL, NULL, NULL, NULL, NULL, NULL)`, /are required/);
+    await assert.rejects(
+      db.sql`SELECT mesh_publish_task_output(${taskId}::uuid, NULL, 'result', 'x', NULL, NULL, NULL, 'NaN'::float8, NULL, NULL)`,
+      /cost_usd must be a finite number/,
+    );
+  });
+});
+
+test('the LISTEN backend killed mid-stream: no gap, no duplicate', async () => {
+  const admin = await b.admin();
+  const taskId = await a.task(null);
+  const client = await b.connect(admin.key);
+  await client.request({ type: 'subscribe', taskId });
+  const total = 300;
+  const publishing = (async () => {
+    for (let v = 1; v <= total; v++) {
+      await a.app.mesh.taskUpdates.publish(update(taskId, null, v));
+      if (v % 50 === 0) {
+        // Every instance's LISTEN connection, mid-stream.
+        await db.sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`;
+      }
+    }
+  })();
+  const got = versions(await take(client, total));
+  await publishing;
+  assert.deepEqual(got, Array.from({ length: total }, (_, i) => i + 1));
+  assert.equal(client.pending.length, 0);
+  await client.close();
+});
+
+describe('resume', () => {
+  for (const [subscription, follow] of [
+    ['subscribe', (taskId: string) => ({ type: 'subscribe', taskId })],
+    ['subscribeOutput', (taskId: string) => ({ type: 'subscribeOutput', taskId })],
+    ['subscribeAll', () => ({ type: 'subscribeAll' })],
+  ] as const) {
+    test(`${subscription} with since, after a disconnect, on another instance, while publishing goes on: no gap, no duplicate`, async () => {
+      const { ownerId, key } = await a.owner();
+      const taskId = await a.task(ownerId);
+      const publish = (n: number) =>
+        subscription === 'subscribeOutput'
+          ? a.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'assistant', content: String(n), isPartial: false })
+          : a.app.mesh.taskUpdates.publish(update(taskId, ownerId, n));
+      const seq = (f: Frame) => Number(subscription === 'subscribeOutput' ? f.content : f.version);
+      const first = await a.connect(key);
+      await first.request(follow(taskId));
+      for (let n = 1; n <= 10; n++) await publish(n);
+      const before = await take(first, 10);
+      await first.close();
+      const total = 200;
+      // Publishing goes on while the client is away and while it comes back.
+      const publishing = (async () => {
+        for (let n = 11; n <= total; n++) await publish(n);
+      })();
+      const again = await b.connect(key);
+      const ack = await again.request({ ...follow(taskId), since: before.at(-1)!.cursor });
+      assert.equal(ack.type, subscription === 'subscribeAll' ? 'subscribedAll' : subscription === 'subscribe' ? 'subscribed' : 'outputSubscribed');
+      const after = await take(again, total - 10);
+      await publishing;
+      assert.deepEqual([...before, ...after].map(seq), Array.from({ length: total }, (_, i) => i + 1));
+      assert.equal(new Set(after.map((f) => f.cursor)).size, after.length);
+      assert.equal(again.pending.length, 0);
+      await again.close();
+    });
+  }
+
+  test('a cursor that is not one of ours, another log’s or one ahead of the log gets resyncRequired; the stream goes on live', async () => {
+    const { ownerId, key } = await a.owner();
+    const taskId = await a.task(ownerId);
+    const logId = (await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 1))).split('.')[0];
+    const client = await b.connect(key);
+    for (const since of ['nonsense', 'ffffffff.1.1', `${logId}.18446744073709551615.1`, `${logId}.18446744073709551616.1`]) {
+      assert.equal((await client.request({ type: 'subscribe', taskId, since })).type, 'subscribed');
+      assert.deepEqual(await client.next(), { type: 'resyncRequired', subscription: 'subscribe', taskId, reason: 'unknownCursor' });
+      await client.request({ type: 'unsubscribe', taskId });
+    }
+    await client.request({ type: 'subscribe', taskId });
+    const cursor = await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 2));
+    assert.equal((await client.next()).cursor, cursor);
+    await client.close();
+  });
+
+  test('resume from before what retention kept: resyncRequired expired', async () => {
+    const pruning = await startTestServer({ db, mesh: { bus: 'postgres', retentionPerTask: 3, pruneIntervalMs: 50 } });
+    const { ownerId, key } = await a.owner();
+    const taskId = await a.task(ownerId);
+    const cursors: string[] = [];
+    for (let v = 1; v <= 10; v++) cursors.push(await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, v)));
+    const kept = async () => (await db.sql`SELECT count(*)::int AS n FROM mesh_event_log WHERE task_id = ${taskId}`)[0]!.n as number;
+    while ((await kept()) > 3) await once(pruning.app.mesh.events, 'pruned');
+    const client = await b.connect(key);
+    await client.request({ type: 'subscribe', taskId, since: cursors[0] });
+    assert.deepEqual(await client.next(), { type: 'resyncRequired', subscription: 'subscribe', taskId, reason: 'expired' });
+    // From a cursor still in the log, the replay is exact.
+    await client.request({ type: 'unsubscribe', taskId });
+    await client.request({ type: 'subscribe', taskId, since: cursors[7] });
+    assert.deepEqual(versions(await take(client, 2)), [9, 10]);
+    await client.close();
+    await pruning.close();
+  });
+});
+
+test('the memory bus: since replays from its ring with the same frames, and a cursor it no longer holds is expired', async () => {
+  const memory = await startTestServer({ db, mesh: { bus: 'memory', historySize: 5 } });
+  const { ownerId, key } = await memory.owner();
+  const taskId = await memory.task(ownerId);
+  const cursors: string[] = [];
+  for (let v = 1; v <= 8; v++) cursors.push(await memory.app.mesh.taskUpdates.publish(update(taskId, ownerId, v)));
+  const client = await memory.connect(key);
+  await client.request({ type: 'subscribe', taskId, since: cursors[5] });
+  assert.deepEqual(versions(await take(client, 2)), [7, 8]);
+  await client.request({ type: 'subscribeOutput', taskId, since: cursors[0] });
+  assert.deepEqual(await client.next(), { type: 'resyncRequired', subscription: 'subscribeOutput', taskId, reason: 'expired' });
+  const pgCursor = await a.app.mesh.taskUpdates.publish(update(await a.task(null), null, 1));
+  await client.request({ type: 'subscribeAll', since: pgCursor });
+  assert.deepEqual(await client.next(), { type: 'resyncRequired', subscription: 'subscribeAll', reason: 'unknownCursor' });
+  await client.close();
+  await memory.close();
+});
