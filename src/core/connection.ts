@@ -351,6 +351,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     };
     // Without a replay the client refetches: everything held goes out.
     const resync = (reason: ResyncReason) => {
+      // `since` was no usable start: a later `lagged` points at where the live stream began.
+      if (subscription === 'subscribeOutput') this.outbound.startOutput(taskId!, history.head());
       this.outbound.control(encodeResyncRequired(subscription, taskId, reason));
       releaseHeld(() => true);
     };
