@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import type { MeshSubscriptionsOptions } from '../src/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { deliveries } from './helpers/delivered.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import type { Frame, TestClient } from './helpers/ws-client.js';
 
@@ -39,14 +40,7 @@ async function setup(mesh: Partial<MeshSubscriptionsOptions>, subscribe: object[
   const slow = await server.connect(key);
   const fast = await server.connect(key);
   for (const client of [slow, fast]) for (const frame of subscribe) await client.request({ ...frame, taskId });
-  // publish() resolves once the event is in the log; these tests reason about what the sockets got.
-  const delivered = new Set<string>();
-  const waiting = new Map<string, () => void>();
-  server.app.mesh.taskOutput.subscribe(({ cursor }) => {
-    const resolve = waiting.get(cursor);
-    if (resolve) resolve();
-    else delivered.add(cursor);
-  });
+  const delivered = deliveries(server.app);
   const s: Setup = {
     server,
     taskId,
@@ -56,7 +50,7 @@ async function setup(mesh: Partial<MeshSubscriptionsOptions>, subscribe: object[
     published: 0,
     async output(content) {
       const cursor = await server.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'raw', content: `${s.published++}:${content}`, isPartial: false });
-      if (!delivered.delete(cursor)) await new Promise<void>((resolve) => waiting.set(cursor, resolve));
+      await delivered(cursor);
     },
   };
   return s;

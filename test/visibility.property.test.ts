@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
+import { deliveries } from './helpers/delivered.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 
 type Subscriber = 'admin' | 'owner' | 'otherOwner';
@@ -36,22 +37,8 @@ function expected(who: Subscriber, notified: NotificationOwner, sub: Subscriptio
   return subscribed && matches && sees;
 }
 
-/** Resolves once the event with this cursor has been handed to the sockets (listeners run right after). */
-const seen = new Map<string, () => void>();
-const done = new Set<string>();
-function handed(cursor: string): Promise<void> {
-  if (done.delete(cursor)) return Promise.resolve();
-  return new Promise((resolve) => seen.set(cursor, resolve));
-}
-const onEvent = ({ cursor }: { cursor: string }) => {
-  const resolve = seen.get(cursor);
-  if (resolve) resolve();
-  else done.add(cursor);
-};
-
 test('a frame is delivered exactly when the rules allow it', async () => {
-  server.app.mesh.taskUpdates.subscribe(onEvent);
-  server.app.mesh.taskOutput.subscribe(onEvent);
+  const handed = deliveries(server.app);
   const keys = { admin: admin.key, owner: owner.key, otherOwner: other.key };
   await fc.assert(
     fc.asyncProperty(

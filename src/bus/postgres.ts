@@ -145,8 +145,7 @@ export class PostgresBus implements EventBus {
     // Until this instance's reader has passed them, their live copies could still arrive after the
     // replay; once it has, anything live is newer.
     const last = rows.at(-1);
-    const target = last && after({ txid: BigInt(last.txid), id: BigInt(last.id) }, from) ? { txid: BigInt(last.txid), id: BigInt(last.id) } : from;
-    await this.reached(target);
+    await this.reached(last ? { txid: BigInt(last.txid), id: BigInt(last.id) } : from);
     return { events };
   }
 

@@ -261,7 +261,6 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       case 'subscribe':
         return this.withOwner(message.taskId, () => {
           if (!this.updates?.has(message.taskId) && !this.roomForOneMore()) return;
-          if (message.since !== undefined) this.held ??= [];
           index.subscribeUpdates(this, message.taskId);
           this.outbound.control(encodeAck('subscribed', message.taskId));
           if (message.since !== undefined) return this.resume('subscribe', { kind: 'update', taskId: message.taskId }, message.since);
@@ -269,7 +268,6 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       case 'subscribeOutput':
         return this.withOwner(message.taskId, () => {
           if (!this.outputs?.has(message.taskId) && !this.roomForOneMore()) return;
-          if (message.since !== undefined) this.held ??= [];
           index.subscribeOutput(this, message.taskId);
           this.outbound.startOutput(message.taskId, message.since ?? this.context.history.head());
           this.outbound.control(encodeAck('outputSubscribed', message.taskId));
@@ -282,7 +280,6 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       case 'subscribeAll':
         return this.inOrder(() => {
           if (!this.all && !this.roomForOneMore()) return;
-          if (message.since !== undefined) this.held ??= [];
           index.subscribeAll(this);
           this.outbound.control(SUBSCRIBED_ALL);
           if (message.since === undefined) return;
@@ -341,6 +338,9 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
    * the index before the replay is read, so nothing published meanwhile falls between the two.
    */
   private resume(subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput', stream: ReplayStream, since: string): Promise<void> {
+    // From here on live frames wait: nothing was delivered since the subscription went in, as
+    // this runs in the same turn.
+    this.held ??= [];
     const taskId = stream.kind === 'all' ? undefined : stream.taskId;
     const { history } = this.context;
     const releaseHeld = (keep: (frame: Held) => boolean) => {

@@ -327,11 +327,12 @@ export class MeshHub {
 
   private deliver({ logged }: Pending, owner: string | null): void {
     const { cursor } = logged;
+    const frame = encodeLogged(logged);
     if (logged.kind === 'update') {
-      this.index.deliverUpdate(logged.event.taskId, owner, encodeTaskUpdated(logged.event, cursor), cursor);
+      this.index.deliverUpdate(logged.event.taskId, owner, frame, cursor);
       if (this.updateListeners.size > 0) notify(this.updateListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
     } else {
-      this.index.deliverOutput(logged.event.taskId, owner, encodeTaskOutput(logged.event, cursor), cursor);
+      this.index.deliverOutput(logged.event.taskId, owner, frame, cursor);
       if (this.outputListeners.size > 0) notify(this.outputListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
     }
   }
