@@ -1,17 +1,19 @@
 /**
- * The load generator, one process per run: `bench/load.ts <peer> <workload> <port> <tasks.json>`.
- * Opens bare WebSocket clients (bench/wire.ts), subscribes them, asks the server to publish, and
- * prints one JSON line of results.
+ * The load generator, one process per run:
+ * `bench/load.ts <peer> <workload> <port> <tasks.json> <scale> [<publish port>]`.
+ * Opens bare WebSocket clients (bench/wire.ts) on `port`, subscribes them, asks the server on
+ * `publish port` (by default the same one) to publish, and prints one JSON line of results.
  */
 import { readFileSync } from 'node:fs';
 import type { BenchTask, PeerName } from './peers.js';
 import type { PublishPlan } from './server.js';
 import { connect, type WireClient } from './wire.js';
 
-export type Workload = 'W1' | 'W2' | 'W3' | 'W5';
+export type Workload = 'W1' | 'W2' | 'W3' | 'W5' | 'W6';
 
-const [peer, workload, portText, tasksFile, scaleText] = process.argv.slice(2) as [PeerName, Workload, string, string, string?];
+const [peer, workload, portText, tasksFile, scaleText, publishPortText] = process.argv.slice(2) as [PeerName, Workload, string, string, string?, string?];
 const port = Number(portText);
+const publishPort = Number(publishPortText ?? portText);
 const scale = Number(scaleText ?? 1);
 const tasks = JSON.parse(readFileSync(tasksFile, 'utf8')) as BenchTask[];
 const SUBSCRIBE_PATH = '/api/v1/mesh/tasks/subscribe';
@@ -73,7 +75,7 @@ async function until(done: () => boolean, timeoutMs: number): Promise<boolean> {
 }
 
 async function publish(plan: PublishPlan): Promise<void> {
-  const res = await fetch(`http://127.0.0.1:${port}/bench/publish`, { method: 'POST', body: JSON.stringify(plan) });
+  const res = await fetch(`http://127.0.0.1:${publishPort}/bench/publish`, { method: 'POST', body: JSON.stringify(plan) });
   if (res.status !== 202) throw new Error(`publish refused: ${res.status}`);
 }
 
@@ -108,6 +110,38 @@ async function deliver(clients: WireClient[], plan: PublishPlan, expected: numbe
   const complete = await until(() => count() >= expected, 120_000);
   const elapsed = performance.now() - started;
   return { elapsed, frames: count(), bytes: clients.reduce((s, c) => s + c.bytes, 0) - baseBytes, complete };
+}
+
+/**
+ * Publish-to-receive latency of updates published at `plan.rate`: each event carries the time it
+ * was due in `updatedBy`. As in `measure`: a warm-up, then ROUNDS rounds; the round with the
+ * median p99 is returned.
+ */
+async function latency(clients: WireClient[], plan: PublishPlan) {
+  const latencies: number[] = [];
+  const marker = Buffer.from('"updatedBy":"');
+  for (const c of clients) {
+    c.onText = (payload) => {
+      const at = payload.indexOf(marker);
+      if (at === -1) {
+        if (isIo && payload.length === 1 && payload[0] === 0x32) c.send('3');
+        return;
+      }
+      const start = at + marker.length;
+      latencies.push(wallClock() - Number(payload.subarray(start, payload.indexOf(0x22, start)).toString()));
+    };
+  }
+  const rounds = [];
+  for (let i = 0; i <= ROUNDS; i++) {
+    latencies.length = 0;
+    const count = i === 0 ? Math.ceil(plan.count / 5) : plan.count;
+    const r = await deliver(clients, { ...plan, count, measured: i > 0 }, clients.length * count);
+    latencies.sort((a, b) => a - b);
+    const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN;
+    if (i > 0) rounds.push({ complete: r.complete, frames: r.frames, p50: at(0.5), p99: at(0.99), max: at(1) });
+  }
+  rounds.sort((a, b) => a.p99 - b.p99);
+  return { ...rounds[Math.floor(ROUNDS / 2)]!, complete: rounds.every((x) => x.complete) };
 }
 
 const result: Record<string, unknown> = { peer, workload };
@@ -149,34 +183,27 @@ if (workload === 'W1') {
 } else if (workload === 'W5') {
   const clients = await openAll(n(1000), () => 'admin');
   await subscribeAll(clients, () => subscribeFrame('subscribeAll'));
-  const latencies: number[] = [];
-  const marker = Buffer.from('"updatedBy":"');
-  for (const c of clients) {
-    c.onText = (payload) => {
-      const at = payload.indexOf(marker);
-      if (at === -1) {
-        if (isIo && payload.length === 1 && payload[0] === 0x32) c.send('3');
-        return;
-      }
-      const start = at + marker.length;
-      latencies.push(wallClock() - Number(payload.subarray(start, payload.indexOf(0x22, start)).toString()));
-    };
-  }
   const events = 500;
-  const plan: PublishPlan = { kind: 'update', tasks: tasks.slice(0, 10), count: events, perTick: 1, rate: 100 };
-  // As in `measure`: a warm-up, then ROUNDS rounds; the round with the median p99 is reported.
-  const rounds = [];
-  for (let i = 0; i <= ROUNDS; i++) {
-    latencies.length = 0;
-    const count = i === 0 ? events / 5 : events;
-    const r = await deliver(clients, { ...plan, count, measured: i > 0 }, clients.length * count);
-    latencies.sort((a, b) => a - b);
-    const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN;
-    if (i > 0) rounds.push({ complete: r.complete, frames: r.frames, p50: at(0.5), p99: at(0.99), max: at(1) });
-  }
-  rounds.sort((a, b) => a.p99 - b.p99);
-  const r = { ...rounds[Math.floor(ROUNDS / 2)]!, complete: rounds.every((x) => x.complete) };
+  const r = await latency(clients, { kind: 'update', tasks: tasks.slice(0, 10), count: events, perTick: 1, rate: 100 });
   Object.assign(result, { clients: clients.length, events, ...r });
+} else if (workload === 'W6') {
+  // Through PostgreSQL: published on A (publishPort), delivered to clients on B (port). Few
+  // clients, so that B's fan-out stays small next to the bus.
+  const clients = await openAll(n(10), () => 'admin');
+  await subscribeAll(clients, () => subscribeFrame('subscribeAll'));
+  const events = n(10_000);
+  const plan: PublishPlan = { kind: 'update', tasks: tasks.slice(0, 1000), count: events, perTick: 100 };
+  const throughput = await measure(clients, plan, clients.length);
+  const lat = await latency(clients, { ...plan, count: 1000, perTick: 1, rate: 200 });
+  Object.assign(result, {
+    clients: clients.length,
+    events,
+    elapsed: throughput.elapsed,
+    perSecond: (throughput.frames / clients.length / throughput.elapsed) * 1000,
+    rate: 200,
+    ...lat,
+    complete: throughput.complete && lat.complete,
+  });
 }
 
 process.stdout.write(`${JSON.stringify(result)}\n`);

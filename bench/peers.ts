@@ -7,11 +7,15 @@
  * - socketio: Socket.IO 4, WebSocket transport only, a room per task (one owner query per subscribe);
  * - ceiling: raw ws, no routing: each event framed once, each tick's frames written to every socket
  *   in one write; for W2's task subscriptions, a Map from task to socket and one write per event.
+ * With `bus: 'postgres'` (W6, two processes on one database) mesh uses its PostgreSQL bus and
+ * Socket.IO its PostgreSQL adapter; the seed and the ceiling have no way to span processes.
  */
 import { EventEmitter } from 'node:events';
 import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify from 'fastify';
+import { createAdapter } from '@socket.io/postgres-adapter';
+import pg from 'pg';
 import type { Sql } from 'postgres';
 import { Server as SocketIoServer } from 'socket.io';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -33,6 +37,9 @@ export interface Peer {
 
 /** The generator's control calls: method and URL in, status and body out. */
 export type Control = (method: string, url: string, body: string) => { status: number; body: string };
+
+/** How events travel between server processes: not at all, or through PostgreSQL. */
+export type BenchBus = 'memory' | 'postgres';
 
 /** Control over a plain Node HTTP server. */
 function controlListener(control: Control) {
@@ -60,7 +67,7 @@ const output = (task: BenchTask, content: string) => ({ taskId: task.taskId, mes
 /** Bench-only authentication: the generator names the principal in a header. */
 const BENCH_PRINCIPAL = 'x-bench-owner';
 
-export async function meshPeer(sql: Sql<any>, control: Control): Promise<Peer> {
+export async function meshPeer(sql: Sql<any>, control: Control, bus: BenchBus): Promise<Peer> {
   const app = Fastify({ logger: false });
   await app.register(meshSubscriptions, {
     sql,
@@ -71,8 +78,8 @@ export async function meshPeer(sql: Sql<any>, control: Control): Promise<Peer> {
     // As the example host does: re-checks need no kept upgrade request.
     reauthenticate: async (principal) => principal,
     maxConnectionsPerPrincipal: Number.POSITIVE_INFINITY,
-    // The fan-out workloads measure one process; the PostgreSQL bus has its own workload.
-    bus: 'memory',
+    // The fan-out workloads measure one process; W6 measures the PostgreSQL bus between two.
+    bus,
   });
   app.all('/bench/*', async (request, reply) => {
     const answer = control(request.method, request.url, typeof request.body === 'string' ? request.body : '');
@@ -148,9 +155,16 @@ export async function seedPeer(sql: Sql<any>, control: Control): Promise<Peer> {
   };
 }
 
-export async function socketIoPeer(sql: Sql<any>, control: Control): Promise<Peer> {
+export async function socketIoPeer(sql: Sql<any>, control: Control, bus: BenchBus): Promise<Peer> {
   const server = createServer(controlListener(control));
   const io = new SocketIoServer(server, { transports: ['websocket'], serveClient: false });
+  let pool: pg.Pool | undefined;
+  if (bus === 'postgres') {
+    // The adapter's own set-up: a pg pool, and its table for payloads over NOTIFY's 8000 bytes.
+    pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
+    await pool.query('CREATE TABLE IF NOT EXISTS socket_io_attachments (id bigserial UNIQUE, created_at timestamptz DEFAULT now(), payload bytea)');
+    io.adapter(createAdapter(pool));
+  }
   const lookup = async (taskId: string) => (await sql`SELECT owner_id::text AS owner_id FROM tasks WHERE id = ${taskId}`)[0]?.owner_id ?? null;
   io.on('connection', (socket) => {
     socket.on('subscribe', async ({ taskId }: { taskId: string }) => {
@@ -172,7 +186,10 @@ export async function socketIoPeer(sql: Sql<any>, control: Control): Promise<Pee
     listen: (port) => listenOn(server, port),
     publishUpdate: (task, version, stamp) => void io.to(task.taskId).to('all').emit('taskUpdated', update(task, version, stamp)),
     publishOutput: (task, content) => void io.to(`output:${task.taskId}`).emit('taskOutput', output(task, content)),
-    close: () => new Promise((resolve) => void io.close(() => resolve())),
+    close: async () => {
+      await new Promise<void>((resolve) => void io.close(() => resolve()));
+      await pool?.end();
+    },
   };
 }
 
@@ -217,5 +234,12 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
   };
 }
 
-export const PEERS = { mesh: meshPeer, seed: seedPeer, socketio: socketIoPeer, ceiling: ceilingPeer } as const;
-export type PeerName = keyof typeof PEERS;
+export type PeerName = 'mesh' | 'seed' | 'socketio' | 'ceiling';
+export const PEERS: Record<PeerName, (sql: Sql<any>, control: Control, bus: BenchBus) => Promise<Peer>> = {
+  mesh: meshPeer,
+  seed: seedPeer,
+  socketio: socketIoPeer,
+  ceiling: ceilingPeer,
+};
+/** The peers that can carry events from one process to another (W6). */
+export const BUS_PEERS: readonly PeerName[] = ['mesh', 'socketio'];

@@ -1,8 +1,9 @@
 /**
- * `npm run bench -- [--scale 1] [--peers mesh,seed,socketio,ceiling] [--workloads W1,W2,W3,W5]`:
+ * `npm run bench -- [--scale 1] [--peers mesh,seed,socketio,ceiling] [--workloads W1,W2,W3,W5,W6]`:
  * every workload against every peer, each pair with a fresh server process and a fresh load
- * generator process on loopback, then one table with the ratios. `--scale` shrinks the client and
- * event counts (the CI smoke uses a small one); the recorded runs use 1.
+ * generator process on loopback, then one table with the ratios. W6 runs two server processes of
+ * a peer on the one database (publisher A, subscribers' B), for the peers that can span processes.
+ * `--scale` shrinks the client and event counts; the recorded runs use 1.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -14,13 +15,13 @@ import pino from 'pino';
 import postgres from 'postgres';
 import { freePort, scratchDirectory, startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
 import { migrate } from '../src/server/migrations.js';
-import type { PeerName } from './peers.js';
+import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
 
 const { values } = parseArgs({
   options: {
     scale: { type: 'string', default: '1' },
     peers: { type: 'string', default: 'mesh,seed,socketio,ceiling' },
-    workloads: { type: 'string', default: 'W1,W2,W3,W5' },
+    workloads: { type: 'string', default: 'W1,W2,W3,W5,W6' },
   },
 });
 const peers = values.peers.split(',') as PeerName[];
@@ -40,33 +41,45 @@ const tasksFile = path.join(scratch, 'tasks.json');
 writeFileSync(tasksFile, JSON.stringify([...tasks]));
 await sql.end();
 
-async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
+/** One server process of `peer`, resolved once it listens; `stop` ends it. */
+async function startServer(peer: PeerName, bus: BenchBus) {
   const port = await freePort();
   const flags = process.env.BENCH_SERVER_FLAGS?.split(' ').filter(Boolean) ?? [];
   const server = spawn(process.execPath, [...flags, '--expose-gc', '--import', 'tsx', 'bench/server.ts', peer], {
-    env: { ...process.env, DATABASE_URL: url, PORT: String(port) },
+    env: { ...process.env, DATABASE_URL: url, PORT: String(port), BENCH_BUS: bus },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   await new Promise<void>((resolve, reject) => {
     server.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('ready') && resolve());
     server.once('exit', (code) => reject(new Error(`${peer} server exited (${code})`)));
   });
+  const stop = async () => {
+    server.kill('SIGTERM');
+    await new Promise((r) => server.once('exit', r));
+  };
+  return { port, stop };
+}
+
+async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
+  // W6: the clients on B, the publisher on A, events between them only through PostgreSQL.
+  const servers = workload === 'W6' ? [await startServer(peer, 'postgres'), await startServer(peer, 'postgres')] : [await startServer(peer, 'memory')];
   try {
-    const out = execFileSync(process.execPath, ['--import', 'tsx', 'bench/load.ts', peer, workload, String(port), tasksFile, values.scale], {
+    const ports = servers.map((s) => String(s.port));
+    const out = execFileSync(process.execPath, ['--import', 'tsx', 'bench/load.ts', peer, workload, ports[0]!, tasksFile, values.scale, ports.at(-1)!], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 20,
     });
     return JSON.parse(out.trim().split('\n').pop()!);
   } finally {
-    server.kill('SIGTERM');
-    await new Promise((r) => server.once('exit', r));
+    await Promise.all(servers.map((s) => s.stop()));
   }
 }
 
 const results = new Map<string, Record<string, number | string | boolean>>();
 for (const workload of workloads) {
   for (const peer of peers) {
+    if (workload === 'W6' && !BUS_PEERS.includes(peer)) continue;
     const r = await runOne(peer, workload);
     results.set(`${workload}/${peer}`, r);
     process.stderr.write(`${workload} ${peer}: ${JSON.stringify(r)}\n`);
@@ -85,6 +98,9 @@ const rows: Row[] = [
   { label: 'W4 memory, heap KiB/conn', workload: 'W2', key: 'heapPerConnection', better: 'lower', format: (v) => fmt(1)(v / 1024) },
   { label: 'W5 latency p50 ms', workload: 'W5', key: 'p50', better: 'lower', format: fmt(2) },
   { label: 'W5 latency p99 ms', workload: 'W5', key: 'p99', better: 'lower', format: fmt(2) },
+  { label: 'W6 PostgreSQL A→B, events/s', workload: 'W6', key: 'perSecond', better: 'higher', format: fmt(0) },
+  { label: 'W6 PostgreSQL A→B, p50 ms', workload: 'W6', key: 'p50', better: 'lower', format: fmt(2) },
+  { label: 'W6 PostgreSQL A→B, p99 ms', workload: 'W6', key: 'p99', better: 'lower', format: fmt(2) },
 ];
 const others = peers.filter((p) => p !== 'mesh');
 const header = ['measure', ...peers, ...others.map((p) => `mesh vs ${p}`)];

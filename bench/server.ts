@@ -1,11 +1,12 @@
 /**
  * One benchmark server process: `node --expose-gc --import tsx bench/server.ts <peer>` with
- * DATABASE_URL and PORT. The load generator drives it over HTTP:
+ * DATABASE_URL, PORT and BENCH_BUS (`memory`, the default, or `postgres`). The load generator
+ * drives it over HTTP:
  * - POST /bench/publish  a plan (below): answered at once, then published;
  * - GET  /bench/memory   process.memoryUsage() after a full GC.
  */
 import postgres from 'postgres';
-import { PEERS, type BenchTask, type Control, type Peer, type PeerName } from './peers.js';
+import { PEERS, type BenchBus, type BenchTask, type Control, type Peer, type PeerName } from './peers.js';
 
 export interface PublishPlan {
   kind: 'update' | 'output';
@@ -94,7 +95,7 @@ const control: Control = (method, url, body) => {
 // A host's pool is connected long before a reconnect storm: open every connection now, so that
 // the storm does not measure connection set-up (SCRAM's key derivation blocks the loop).
 await Promise.all(Array.from({ length: 10 }, () => sql`SELECT pg_sleep(0.05)`));
-peer = await PEERS[name](sql, control);
+peer = await PEERS[name](sql, control, (process.env.BENCH_BUS ?? 'memory') as BenchBus);
 await peer.listen(Number(process.env.PORT));
 process.stdout.write('ready\n');
 process.on('SIGTERM', () => {
