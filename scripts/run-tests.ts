@@ -24,7 +24,8 @@ if (!url) {
   url = embedded.url;
 }
 
-const child = spawn(process.execPath, ['--import', 'tsx', '--test', ...files], {
+// A test that hangs fails after two minutes with its name, instead of holding up the run.
+const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-timeout=120000', ...files], {
   stdio: 'inherit',
   env: { ...process.env, MESH_TEST_DATABASE_URL: url },
 });

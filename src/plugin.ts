@@ -129,7 +129,12 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     options.bus === 'postgres'
       ? new PostgresBus(
           options.sql!,
-          { ...options, onPruned: (rows) => events.emit('pruned', { rows }), onHeldBack: () => events.emit('heldBack') },
+          {
+            ...options,
+            onPruned: (rows) => events.emit('pruned', { rows }),
+            onHeldBack: () => events.emit('heldBack'),
+            onListenerRestarted: () => events.emit('listenerRestarted'),
+          },
           app.log,
         )
       : new MemoryBus(options.historySize);

@@ -42,6 +42,15 @@ async function take(client: TestClient, count: number): Promise<Frame[]> {
 
 const versions = (frames: Frame[]) => frames.map((f) => f.version);
 
+/** Resolves once `done()` holds, re-checking after each pruning round of `server` (no round is missed). */
+async function prunedUntil(server: TestServer, done: () => Promise<boolean>): Promise<void> {
+  for (;;) {
+    const next = once(server.app.mesh.events, 'pruned');
+    if (await done()) return;
+    await next;
+  }
+}
+
 describe('across instances', () => {
   test('an event published on A reaches the subscribers of B, with its cursor', async () => {
     const { ownerId, key } = await b.owner();
@@ -200,6 +209,22 @@ test('the LISTEN backend killed mid-stream: no gap, no duplicate', async () => {
   await client.close();
 });
 
+test('a lost wake-up costs latency, not the event: the periodic read delivers a row that came with no NOTIFY', { timeout: 20_000 }, async () => {
+  const polling = await startTestServer({ db, mesh: { bus: 'postgres', pollIntervalMs: 100 } });
+  const admin = await polling.admin();
+  const taskId = await a.task(null);
+  const client = await polling.connect(admin.key);
+  await client.request({ type: 'subscribe', taskId });
+  // Written as the SQL functions write, minus their pg_notify: no instance is woken.
+  await db.sql`
+    INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+    VALUES ('update', ${taskId}::uuid, NULL, true, ${db.sql.json({ version: 7, status: 'running', updatedFields: ['status'], updatedBy: 'sql' })})`;
+  const frame = await client.next();
+  assert.deepEqual([frame.type, frame.taskId, frame.version], ['taskUpdated', taskId, 7]);
+  await client.close();
+  await polling.close();
+});
+
 describe('resume', () => {
   for (const [subscription, follow] of [
     ['subscribe', (taskId: string) => ({ type: 'subscribe', taskId })],
@@ -259,7 +284,7 @@ describe('resume', () => {
     const cursors: string[] = [];
     for (let v = 1; v <= 10; v++) cursors.push(await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, v)));
     const kept = async () => (await db.sql`SELECT count(*)::int AS n FROM mesh_event_log WHERE task_id = ${taskId}`)[0]!.n as number;
-    while ((await kept()) > 3) await once(pruning.app.mesh.events, 'pruned');
+    await prunedUntil(pruning, async () => (await kept()) <= 3);
     const client = await b.connect(key);
     await client.request({ type: 'subscribe', taskId, since: cursors[0] });
     assert.deepEqual(await client.next(), { type: 'resyncRequired', subscription: 'subscribe', taskId, reason: 'expired' });
@@ -270,6 +295,28 @@ describe('resume', () => {
     await client.close();
     await pruning.close();
   });
+});
+
+test('retention by age: events older than retentionMs are pruned, younger ones kept and replayed', async () => {
+  const { ownerId, key } = await a.owner();
+  const taskId = await a.task(ownerId);
+  const cursors: string[] = [];
+  for (let v = 1; v <= 6; v++) cursors.push(await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, v)));
+  await db.sql`UPDATE mesh_event_log SET created_at = now() - interval '2 hours' WHERE task_id = ${taskId} AND (payload->>'version')::int <= 3`;
+  const pruning = await startTestServer({ db, mesh: { bus: 'postgres', retentionMs: 60 * 60 * 1000, pruneIntervalMs: 50 } });
+  const left = async () =>
+    (await db.sql<{ v: number }[]>`SELECT (payload->>'version')::int AS v FROM mesh_event_log WHERE task_id = ${taskId} ORDER BY v`).map((r) => r.v);
+  await prunedUntil(pruning, async () => (await left()).length <= 3);
+  assert.deepEqual(await left(), [4, 5, 6]);
+  const client = await b.connect(key);
+  await client.request({ type: 'subscribe', taskId, since: cursors[0] });
+  assert.deepEqual(await client.next(), { type: 'resyncRequired', subscription: 'subscribe', taskId, reason: 'expired' });
+  await client.request({ type: 'unsubscribe', taskId });
+  // From the newest pruned event on, nothing is missing: the replay is exact.
+  await client.request({ type: 'subscribe', taskId, since: cursors[2] });
+  assert.deepEqual(versions(await take(client, 3)), [4, 5, 6]);
+  await client.close();
+  await pruning.close();
 });
 
 test('the memory bus: since replays from its ring with the same frames, and a cursor it no longer holds is expired', async () => {

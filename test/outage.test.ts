@@ -2,10 +2,11 @@
  * The database goes away and comes back: subscribes that need a lookup answer UNAVAILABLE within
  * the lookup timeout (never a crash, never fail-open), and everything works again once it is
  * back, without a restart. The lookup tests use the memory bus, so that events still flow while
- * the database is gone; with the PostgreSQL bus events go through the database, and the last test
- * shows a restart of it costs no event.
+ * the database is gone; with the PostgreSQL bus events go through the database, and the last
+ * tests show that a restart of it, or a LISTEN connection gone mute, costs no event.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
@@ -22,11 +23,14 @@ import { TestClient } from './helpers/ws-client.js';
 const log = pino({ level: 'silent' });
 let scratch: string;
 let database: EmbeddedDatabase | undefined;
+/** A backend a test stopped: continued at the end even if that test timed out, or the server could not stop. */
+let stoppedBackend: number | undefined;
 
 before(async () => {
   scratch = await scratchDirectory('outage-test');
 });
 after(async () => {
+  if (stoppedBackend) process.kill(stoppedBackend, 'SIGCONT');
   await database?.stop();
   await rm(scratch, { recursive: true, force: true });
 });
@@ -123,6 +127,47 @@ test('the PostgreSQL bus through a database restart: publishing fails while it i
   const versions = [];
   for (let i = 0; i < 4; i++) versions.push((await client.next()).version);
   assert.deepEqual(versions, [3, 4, 5, 6]);
+  await client.close();
+  await app.close();
+  await sql.end({ timeout: 1 });
+});
+
+test('a LISTEN connection gone silent (its backend stopped, the socket still open) is replaced; what came meanwhile is delivered', { timeout: 60_000 }, async () => {
+  await database?.stop();
+  database = await startEmbeddedPostgres({ dir: scratch, log });
+  const sql = postgres(database.url, { max: 4, onnotice: () => {} });
+  await migrate(sql);
+  // Polling too rare to matter here: only a working LISTEN connection delivers within the test.
+  const app = await buildApp({ sql, logger: false, mesh: { bus: 'postgres', pollIntervalMs: 600_000, listenTimeoutMs: 500 } });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const wsUrl = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`;
+  const key = await createApiKey(sql, { ownerId: null, admin: true });
+  const [task] = await sql<{ id: string }[]>`INSERT INTO tasks (owner_id) VALUES (NULL) RETURNING id::text AS id`;
+  const client = await TestClient.connect(wsUrl, { 'x-makima-api-key': key });
+  await client.request({ type: 'subscribe', taskId: task!.id });
+  const publish = (version: number) =>
+    app.mesh.taskUpdates.publish({ taskId: task!.id, ownerId: null, version, status: 's', updatedFields: [], updatedBy: 't' });
+  await publish(1);
+  assert.equal((await client.next()).version, 1);
+
+  // The embedded server is ours: stopping its backend leaves the TCP connection open and mute,
+  // as a half-dead network path would.
+  const [listener] = await sql<{ pid: number }[]>`SELECT pid FROM pg_stat_activity WHERE query ILIKE 'listen%'`;
+  process.kill(listener!.pid, 'SIGSTOP');
+  stoppedBackend = listener!.pid;
+  try {
+    const restarted = once(app.mesh.events, 'listenerRestarted');
+    await publish(2);
+    await restarted;
+    assert.equal((await client.next()).version, 2);
+    await publish(3);
+    assert.equal((await client.next()).version, 3);
+    const [replacement] = await sql<{ pid: number }[]>`SELECT pid FROM pg_stat_activity WHERE query ILIKE 'listen%' AND pid <> ${listener!.pid}`;
+    assert.ok(replacement, 'a new LISTEN connection');
+  } finally {
+    process.kill(listener!.pid, 'SIGCONT');
+    stoppedBackend = undefined;
+  }
   await client.close();
   await app.close();
   await sql.end({ timeout: 1 });

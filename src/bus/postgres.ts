@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
-import type { Sql, TransactionSql } from 'postgres';
+import postgres, { type Options, type Sql, type TransactionSql } from 'postgres';
 import { MeshBusUnavailableError } from '../errors.js';
 import type { ResolvedOptions } from '../options.js';
 import { toTaskOutputEvent, toTaskUpdateEvent } from '../protocol/codec.js';
@@ -19,6 +19,8 @@ export interface PostgresBusOptions
   onPruned?: (rows: number) => void;
   /** Called when a read stops at events that wait behind a transaction still running. */
   onHeldBack?: () => void;
+  /** Called when the LISTEN connection is back after it dropped or went silent. */
+  onListenerRestarted?: () => void;
 }
 
 /** A position in the log. */
@@ -57,7 +59,8 @@ export class PostgresBus implements EventBus {
   private timers: NodeJS.Timeout[] = [];
   private heldBackTimer: NodeJS.Timeout | undefined;
   private heldBackDelay = HELD_BACK_FIRST_MS;
-  private listener: { unlisten(): Promise<void> } | undefined;
+  /** The client that holds this instance's LISTEN connection. */
+  private listener: Sql<any> | undefined;
   private lastHeard = performance.now();
   private readonly heartbeatChannel = `${CHANNEL}_hb_${randomBytes(6).toString('hex')}`;
   /** Waiters for the reader to pass a position. */
@@ -99,7 +102,7 @@ export class PostgresBus implements EventBus {
     clearTimeout(this.heldBackTimer);
     for (const waiter of this.reachWaiters.splice(0)) waiter.resolve();
     await this.reading;
-    await this.listener?.unlisten().catch(() => {});
+    await this.listener?.end({ timeout: 1 }).catch(() => {});
     this.listener = undefined;
   }
 
@@ -248,33 +251,58 @@ export class PostgresBus implements EventBus {
   // Reading.
 
   private async listen(): Promise<void> {
+    // A client of our own rather than the host's `sql.listen`: postgres.js keeps one LISTEN
+    // connection per client and listens again on that same one, so a connection that went silent
+    // could never be replaced. It still re-listens by itself after a connection drops.
+    // The host's parsed options, as postgres.js itself reuses them for its LISTEN client; a
+    // connection that never idles out or retires, since its LISTEN would end with it.
+    const listener = postgres({
+      ...this.sql.options,
+      max: 1,
+      idle_timeout: null,
+      max_lifetime: null,
+      fetch_types: false,
+      onnotice: () => {},
+    } as unknown as Options<any>);
+    let listening = false;
     const onNotify = () => {
       this.lastHeard = performance.now();
       this.wake();
     };
-    // postgres.js keeps LISTEN on a connection of its own and listens again after it reconnects;
-    // onlisten runs each time, and a read then catches up whatever was missed while it was gone.
-    const main = await this.sql.listen(CHANNEL, onNotify, () => this.wake());
-    const beat = await this.sql.listen(this.heartbeatChannel, () => {
-      this.lastHeard = performance.now();
-    });
-    this.listener = {
-      unlisten: async () => {
-        await Promise.all([main.unlisten(), beat.unlisten()]);
-      },
+    // onlisten runs after each (re)connection; the read it starts catches up whatever was missed.
+    const onListen = () => {
+      if (listening) this.options.onListenerRestarted?.();
+      listening = true;
+      this.wake();
     };
+    try {
+      await listener.listen(CHANNEL, onNotify, onListen);
+      await listener.listen(this.heartbeatChannel, () => {
+        this.lastHeard = performance.now();
+      });
+    } catch (error) {
+      await listener.end({ timeout: 0 }).catch(() => {});
+      throw error;
+    }
+    this.listener = listener;
   }
 
   /** A LISTEN connection that does not hear its own heartbeat is replaced; polling covers the gap. */
   private async checkListener(): Promise<void> {
     if (this.stopped) return;
     if (performance.now() - this.lastHeard > this.options.listenTimeoutMs) {
-      this.log.warn('the LISTEN connection heard nothing, not even its own heartbeat; listening again');
+      this.log.warn('the LISTEN connection heard nothing, not even its own heartbeat; listening again on a new one');
       this.lastHeard = performance.now();
       const old = this.listener;
       this.listener = undefined;
-      await old?.unlisten().catch(() => {});
-      await this.listen().catch((error: unknown) => this.log.warn({ err: error }, 'LISTEN failed; reading by polling until it works'));
+      // No goodbye on a connection that may never answer: its socket is destroyed at once.
+      await old?.end({ timeout: 0 }).catch(() => {});
+      try {
+        await this.listen();
+        this.options.onListenerRestarted?.();
+      } catch (error) {
+        this.log.warn({ err: error }, 'LISTEN failed; reading by polling until it works');
+      }
     }
     await this.sql.notify(this.heartbeatChannel, '').catch(() => {});
   }

@@ -1,6 +1,6 @@
 /**
  * What the plugin tells the host about its sockets and its log (`app.mesh.events`): slow
- * consumers, pruning; metrics tomorrow. Emitted on state changes only, never per frame.
+ * consumers, pruning, the LISTEN connection. Emitted on state changes only, never per frame.
  */
 import { EventEmitter } from 'node:events';
 
@@ -18,6 +18,8 @@ export interface MeshEventMap {
    * holds them back until it ends (it may yet add events before them). Long ones delay delivery.
    */
   heldBack: [];
+  /** The PostgreSQL bus's LISTEN connection is back after it dropped or went silent (and it caught up). */
+  listenerRestarted: [];
 }
 
 export class MeshEvents extends EventEmitter<MeshEventMap> {}
