@@ -13,7 +13,7 @@ import { after, before, test } from 'node:test';
 import Fastify from 'fastify';
 import pino from 'pino';
 import postgres from 'postgres';
-import meshSubscriptions from '../src/index.js';
+import meshSubscriptions, { type MeshSubscriptionsOptions } from '../src/index.js';
 import { buildApp } from '../src/server/app.js';
 import { createApiKey } from '../src/server/api-keys.js';
 import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
@@ -96,13 +96,16 @@ test('a database that accepts connections but never answers: UNAVAILABLE after t
   await sql.end({ timeout: 0 });
 });
 
-test('the PostgreSQL bus through a database restart: publishing fails while it is down, nothing published is lost', { timeout: 60_000 }, async () => {
+/**
+ * A fresh embedded database, the example app on it with the PostgreSQL bus, and an admin client
+ * following one task; `publish(version)` publishes an update of it, and version 1 has arrived.
+ */
+async function followOneTaskOnFreshDatabase(mesh: Partial<MeshSubscriptionsOptions>) {
   await database?.stop();
   database = await startEmbeddedPostgres({ dir: scratch, log });
-  const port = Number(new URL(database.url).port);
   const sql = postgres(database.url, { max: 4, connect_timeout: 2, onnotice: () => {} });
   await migrate(sql);
-  const app = await buildApp({ sql, logger: false, mesh: { bus: 'postgres', pollIntervalMs: 200 } });
+  const app = await buildApp({ sql, logger: false, mesh: { bus: 'postgres', ...mesh } });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const wsUrl = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`;
   const key = await createApiKey(sql, { ownerId: null, admin: true });
@@ -113,15 +116,21 @@ test('the PostgreSQL bus through a database restart: publishing fails while it i
     app.mesh.taskUpdates.publish({ taskId: task!.id, ownerId: null, version, status: 's', updatedFields: [], updatedBy: 't' });
   await publish(1);
   assert.equal((await client.next()).version, 1);
+  return { sql, app, client, task: task!.id, publish };
+}
 
-  await database.stop();
+test('the PostgreSQL bus through a database restart: publishing fails while it is down, nothing published is lost', { timeout: 60_000 }, async () => {
+  const { sql, app, client, task, publish } = await followOneTaskOnFreshDatabase({ pollIntervalMs: 200 });
+  const port = Number(new URL(database!.url).port);
+
+  await database!.stop();
   await assert.rejects(publish(2), { name: 'MeshBusUnavailableError' });
   database = await startEmbeddedPostgres({ dir: scratch, log, port });
 
   // Published from another connection while this instance's LISTEN connection is still away:
   // its catch-up read after re-listening (or its poll) delivers them, in order.
   const other = postgres(database.url, { max: 1, onnotice: () => {} });
-  for (let v = 3; v <= 5; v++) await other`SELECT mesh_publish_task_update(${task!.id}::uuid, NULL, ${v}, 's', '{}', 't')`;
+  for (let v = 3; v <= 5; v++) await other`SELECT mesh_publish_task_update(${task}::uuid, NULL, ${v}, 's', '{}', 't')`;
   await other.end();
   await publish(6);
   const versions = [];
@@ -133,22 +142,8 @@ test('the PostgreSQL bus through a database restart: publishing fails while it i
 });
 
 test('a LISTEN connection gone silent (its backend stopped, the socket still open) is replaced; what came meanwhile is delivered', { timeout: 60_000 }, async () => {
-  await database?.stop();
-  database = await startEmbeddedPostgres({ dir: scratch, log });
-  const sql = postgres(database.url, { max: 4, onnotice: () => {} });
-  await migrate(sql);
   // Polling too rare to matter here: only a working LISTEN connection delivers within the test.
-  const app = await buildApp({ sql, logger: false, mesh: { bus: 'postgres', pollIntervalMs: 600_000, listenTimeoutMs: 500 } });
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  const wsUrl = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`;
-  const key = await createApiKey(sql, { ownerId: null, admin: true });
-  const [task] = await sql<{ id: string }[]>`INSERT INTO tasks (owner_id) VALUES (NULL) RETURNING id::text AS id`;
-  const client = await TestClient.connect(wsUrl, { 'x-makima-api-key': key });
-  await client.request({ type: 'subscribe', taskId: task!.id });
-  const publish = (version: number) =>
-    app.mesh.taskUpdates.publish({ taskId: task!.id, ownerId: null, version, status: 's', updatedFields: [], updatedBy: 't' });
-  await publish(1);
-  assert.equal((await client.next()).version, 1);
+  const { sql, app, client, publish } = await followOneTaskOnFreshDatabase({ pollIntervalMs: 600_000, listenTimeoutMs: 500 });
 
   // The embedded server is ours: stopping its backend leaves the TCP connection open and mute,
   // as a half-dead network path would.
