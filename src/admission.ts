@@ -4,9 +4,10 @@
  */
 import type { Socket } from 'node:net';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { authenticateRequest, principalKey } from './auth.js';
+import { authenticateRequest, principalKey, redeemTicket } from './auth.js';
 import { RETRY_AFTER_SECONDS, UpgradeError } from './errors.js';
 import type { Principal, ResolvedOptions } from './options.js';
+import { offeredTicket, type TicketStore } from './tickets.js';
 
 type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
 
@@ -26,7 +27,11 @@ export class Admission {
   /** The principal of each admitted upgrade request, from the hook to the socket handler. */
   private readonly admitted = new WeakMap<FastifyRequest, Principal>();
 
-  constructor(private readonly options: ResolvedOptions) {}
+  constructor(
+    private readonly options: ResolvedOptions,
+    /** Where browser tickets are redeemed; undefined when tickets are off. */
+    private readonly tickets?: TicketStore,
+  ) {}
 
   principalOf(request: FastifyRequest): Principal | undefined {
     return this.admitted.get(request);
@@ -43,9 +48,12 @@ export class Admission {
     }
     if (this.total >= options.maxConnections) return refuse(reply, UpgradeError.SERVER_BUSY, true);
 
-    const outcome = await authenticateRequest(options.authenticate, request);
+    // A ticket is spent only by an upgrade, never by a plain GET that would be answered 426.
+    const ticket = this.tickets && request.ws ? offeredTicket(request.headers['sec-websocket-protocol']) : undefined;
+    const outcome =
+      ticket !== undefined ? await redeemTicket(this.tickets!, ticket, request.log) : await authenticateRequest(options.authenticate, request);
     if (!('principal' in outcome)) {
-      if ('failed' in outcome) request.log.warn({ err: outcome.failed }, 'authenticate threw; refusing the upgrade');
+      if ('failed' in outcome) request.log.warn({ err: outcome.failed }, 'authentication threw; refusing the upgrade');
       return refuse(reply, UpgradeError.UNAUTHORIZED);
     }
     const key = principalKey(outcome.principal);

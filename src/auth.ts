@@ -4,6 +4,7 @@
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { Principal, ResolvedOptions } from './options.js';
+import type { TicketStore } from './tickets.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -36,6 +37,11 @@ async function outcomeOf(check: () => Promise<unknown>, name: string, log: Fasti
 
 export function authenticateRequest(authenticate: ResolvedOptions['authenticate'], request: FastifyRequest): Promise<AuthOutcome> {
   return outcomeOf(() => authenticate(request), 'authenticate', request.log);
+}
+
+/** A ticket offered on the upgrade: the principal it was minted for, once. */
+export function redeemTicket(store: TicketStore, ticket: string, log: FastifyBaseLogger): Promise<AuthOutcome> {
+  return outcomeOf(() => store.redeem(ticket), 'the ticket store', log);
 }
 
 export function reauthenticatePrincipal(

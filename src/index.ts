@@ -6,7 +6,7 @@ import meshSubscriptions from './plugin.js';
 
 export default meshSubscriptions;
 export { meshSubscriptions };
-export { SUBSCRIBE_PATH, type Mesh, type MeshStats } from './plugin.js';
+export { SUBSCRIBE_PATH, TICKETS_PATH, type Mesh, type MeshStats } from './plugin.js';
 export type { MeshSubscriptionsOptions, Principal, OwnerResolver } from './options.js';
 export { DEFAULTS } from './options.js';
 export type { BroadcastChannel, Delivered, TaskOutputChannel, TaskUpdatesChannel } from './core/hub.js';
@@ -15,3 +15,4 @@ export * from './protocol/schemas.js';
 export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError, MeshBusUnavailableError } from './errors.js';
 export { redactUrl, requestSerializer, safeLoggerOptions, REDACT_PATHS } from './logging.js';
 export type { MeshEventMap, MeshEvents } from './core/events.js';
+export { selectProtocol, MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './tickets.js';

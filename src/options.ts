@@ -103,6 +103,16 @@ export interface MeshSubscriptionsOptions {
   pollIntervalMs?: number;
   /** PostgreSQL bus: a LISTEN connection that has not heard its own heartbeat for this long is replaced. Default 10,000 ms. */
   listenTimeoutMs?: number;
+  /**
+   * Browser sign-in: `POST {prefix}/mesh/tickets` (authenticated by `authenticate`) mints a
+   * single-use ticket that a browser presents as the WebSocket subprotocol `mesh.ticket.<ticket>`
+   * (browsers cannot set headers on an upgrade; this keeps credentials out of URLs). Needs
+   * `reauthenticate`, since a ticket cannot be presented again. Default: on when `reauthenticate`
+   * is given.
+   */
+  tickets?: boolean;
+  /** How long a ticket may wait for its upgrade. Default 30,000 ms. */
+  ticketTtlMs?: number;
 }
 
 export interface ResolvedOptions {
@@ -138,6 +148,8 @@ export interface ResolvedOptions {
   pruneIntervalMs: number;
   pollIntervalMs: number;
   listenTimeoutMs: number;
+  tickets: boolean;
+  ticketTtlMs: number;
 }
 
 export const DEFAULTS = {
@@ -168,6 +180,7 @@ export const DEFAULTS = {
   pruneIntervalMs: 60_000,
   pollIntervalMs: 1_000,
   listenTimeoutMs: 10_000,
+  ticketTtlMs: 30_000,
 } as const;
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/;
@@ -220,6 +233,11 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   if (bus !== 'memory' && bus !== 'postgres') throw new MeshOptionsError('option "bus" must be "memory" or "postgres"');
   if (bus === 'postgres' && o.sql === undefined) throw new MeshOptionsError('option bus: "postgres" needs "sql"');
   if (o.migrate !== undefined && typeof o.migrate !== 'boolean') throw new MeshOptionsError('option "migrate" must be a boolean');
+  if (o.tickets !== undefined && typeof o.tickets !== 'boolean') throw new MeshOptionsError('option "tickets" must be a boolean');
+  const tickets = o.tickets ?? o.reauthenticate !== undefined;
+  if (tickets && o.reauthenticate === undefined) {
+    throw new MeshOptionsError('option "tickets" needs "reauthenticate": a socket opened with a single-use ticket cannot present it again');
+  }
   const softBufferLimit = positiveInteger('softBufferLimit', o.softBufferLimit, DEFAULTS.softBufferLimit);
   const hardBufferLimit = positiveInteger('hardBufferLimit', o.hardBufferLimit, DEFAULTS.hardBufferLimit);
   if (hardBufferLimit <= softBufferLimit) {
@@ -267,5 +285,7 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     pruneIntervalMs: positiveInteger('pruneIntervalMs', o.pruneIntervalMs, DEFAULTS.pruneIntervalMs),
     pollIntervalMs: positiveInteger('pollIntervalMs', o.pollIntervalMs, DEFAULTS.pollIntervalMs),
     listenTimeoutMs: positiveInteger('listenTimeoutMs', o.listenTimeoutMs, DEFAULTS.listenTimeoutMs),
+    tickets,
+    ticketTtlMs: positiveInteger('ticketTtlMs', o.ticketTtlMs, DEFAULTS.ticketTtlMs),
   };
 }

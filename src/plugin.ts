@@ -18,6 +18,8 @@ import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core
 import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
 import { resolveOptions, type MeshSubscriptionsOptions, type ResolvedOptions } from './options.js';
+import { authenticateRequest } from './auth.js';
+import { MemoryTicketStore, PostgresTicketStore, selectProtocol, TICKET_PROTOCOL_PREFIX, MESH_PROTOCOL, type TicketStore } from './tickets.js';
 
 export interface Mesh {
   /** `state.task_updates` of the seed: every change of a task. */
@@ -49,6 +51,7 @@ export interface MeshStats {
 }
 
 export const SUBSCRIBE_PATH = '/mesh/tasks/subscribe';
+export const TICKETS_PATH = '/mesh/tickets';
 
 const ErrorBody = Type.Object({ code: Type.String(), message: Type.String() });
 
@@ -61,16 +64,23 @@ const ROUTE_DESCRIPTION = [
   'and reports refused frames as `error` with a stable `code`. See PROTOCOL.md.',
 ].join(' ');
 
+const Ticket = Type.Object({
+  ticket: Type.String({ description: 'Single-use; offer it as the subprotocol `mesh.ticket.<ticket>`, next to `mesh.v1`.' }),
+  expiresAt: Type.String({ format: 'date-time', description: 'Unused after this, it is refused.' }),
+  protocols: Type.Array(Type.String(), { description: 'The subprotocols to pass to `new WebSocket(url, protocols)`.' }),
+});
+
 interface RouteOptions {
   settings: ResolvedOptions;
   hub: MeshHub;
   admission: Admission;
+  tickets: TicketStore | undefined;
 }
 
-async function routes(child: FastifyInstance, { settings: options, hub, admission }: RouteOptions): Promise<void> {
+async function routes(child: FastifyInstance, { settings: options, hub, admission, tickets }: RouteOptions): Promise<void> {
   if (!child.hasDecorator('websocketServer')) {
     await child.register(fastifyWebsocket, {
-      options: { maxPayload: options.maxPayload, perMessageDeflate: false },
+      options: { maxPayload: options.maxPayload, perMessageDeflate: false, handleProtocols: selectProtocol },
       // Our own preClose (below, on the host) closes our sockets with 1001 and waits for them.
       preClose(done) {
         this.websocketServer.close(() => done());
@@ -114,6 +124,36 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
       hub.attach(socket, principal, request);
     },
   });
+
+  if (tickets) {
+    child.route({
+      method: 'POST',
+      url: `${options.prefix}${TICKETS_PATH}`,
+      schema: {
+        summary: 'Mint a single-use ticket that opens the WebSocket from a browser',
+        description:
+          'Browsers cannot set headers on a WebSocket upgrade. Call this with your usual credentials, then open the socket with `new WebSocket(url, protocols)`: the ticket rides in the `Sec-WebSocket-Protocol` header, never in a URL. See PROTOCOL.md, "Browsers: tickets".',
+        tags: ['Mesh'],
+        response: {
+          201: { description: 'A ticket, valid once until `expiresAt`.', ...Ticket },
+          401: { description: 'Missing or invalid credentials.', ...ErrorBody },
+        },
+      },
+      handler: async (request, reply) => {
+        const outcome = await authenticateRequest(options.authenticate, request);
+        if (!('principal' in outcome)) {
+          if ('failed' in outcome) request.log.warn({ err: outcome.failed }, 'authenticate threw; no ticket');
+          const { status, code, message } = UpgradeError.UNAUTHORIZED;
+          return reply.code(status).send({ code, message });
+        }
+        const { ticket, expiresAt } = await tickets.mint(outcome.principal);
+        return reply
+          .code(201)
+          .header('cache-control', 'no-store')
+          .send({ ticket, expiresAt: expiresAt.toISOString(), protocols: [MESH_PROTOCOL, `${TICKET_PROTOCOL_PREFIX}${ticket}`] });
+      },
+    });
+  }
 }
 
 const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (app, rawOptions) => {
@@ -139,7 +179,12 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
         )
       : new MemoryBus(options.historySize);
   const hub = new MeshHub(owners, bus, events, app.log, options);
-  const admission = new Admission(options);
+  const tickets: TicketStore | undefined = !options.tickets
+    ? undefined
+    : options.bus === 'postgres'
+      ? new PostgresTicketStore(options.sql!, options.ticketTtlMs)
+      : new MemoryTicketStore(options.ticketTtlMs);
+  const admission = new Admission(options, tickets);
 
   app.decorate('mesh', {
     taskUpdates: hub.taskUpdates,
@@ -157,7 +202,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   app.addHook('onReady', async () => hub.start());
 
   // Not spread: `prefix` is a reserved register option and would prefix the route twice.
-  await app.register(routes, { settings: options, hub, admission });
+  await app.register(routes, { settings: options, hub, admission, tickets });
 };
 
 export default fp(meshSubscriptions, { name: 'mesh-subscriptions', fastify: '5.x' });

@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS mesh_event_log_pruned_tasks (
   pruned_id bigint NOT NULL
 );
 
+-- Browser sign-in tickets (src/tickets.ts): single-use, short-lived, only their SHA-256 kept.
+CREATE TABLE IF NOT EXISTS mesh_ws_tickets (
+  digest bytea PRIMARY KEY,
+  principal jsonb NOT NULL,
+  expires_at timestamptz NOT NULL
+);
+
 CREATE OR REPLACE FUNCTION mesh_log_cursor(logged_txid xid8, logged_id bigint) RETURNS text
 LANGUAGE sql STABLE AS $fn$
   SELECT log_id || '.' || logged_txid::text || '.' || logged_id::text FROM mesh_event_log_meta
