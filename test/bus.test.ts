@@ -261,6 +261,64 @@ describe('resume', () => {
     });
   }
 
+  test('a replay is in log order where positions gain a digit (not sorted as text)', async () => {
+    const { ownerId, key } = await a.owner();
+    const taskId = await a.task(ownerId);
+    // One loop turn of publishes is one INSERT: one txid, consecutive ids. Enough of them that
+    // the ids cross the next power of ten, where '10' sorts before '9' as text.
+    const [{ max }] = (await db.sql`SELECT coalesce(max(id), 0)::int AS max FROM mesh_event_log`) as unknown as [{ max: number }];
+    const count = 10 ** String(max + 1).length - max + 5;
+    const cursors = await Promise.all(Array.from({ length: count }, (_, i) => a.app.mesh.taskUpdates.publish(update(taskId, ownerId, i + 1))));
+    assert.equal(new Set(cursors.map((c) => c.split('.')[1])).size, 1, 'one transaction');
+    const client = await b.connect(key);
+    await client.request({ type: 'subscribe', taskId, since: cursors[0] });
+    assert.deepEqual(versions(await take(client, count - 1)), Array.from({ length: count - 1 }, (_, i) => i + 2));
+    await client.close();
+  });
+
+  test('three subscriptions resumed at once: every event arrives, in order, before anything newer', async () => {
+    const { ownerId, key } = await a.owner();
+    const taskId = await a.task(ownerId);
+    const publishBoth = async (n: number) => {
+      await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, n));
+      await a.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'assistant', content: String(n), isPartial: false });
+    };
+    const first = await a.connect(key);
+    await first.request({ type: 'subscribe', taskId });
+    await first.request({ type: 'subscribeAll' });
+    await first.request({ type: 'subscribeOutput', taskId });
+    await publishBoth(1);
+    const had = await take(first, 2);
+    await first.close();
+    for (let n = 2; n <= 30; n++) await publishBoth(n);
+    const again = await b.connect(key);
+    const since = (type: string) => had.find((f) => f.type === type)!.cursor;
+    again.send({ type: 'subscribe', taskId, since: since('taskUpdated') });
+    again.send({ type: 'subscribeAll', since: since('taskUpdated') });
+    again.send({ type: 'subscribeOutput', taskId, since: since('taskOutput') });
+    const live = (async () => {
+      for (let n = 31; n <= 40; n++) await publishBoth(n);
+    })();
+    await live;
+    // subscribe and subscribeAll both cover the task's updates: the second replay repeats what
+    // the first sent (PROTOCOL.md: a client drops a cursor it has seen). Read until the last
+    // replay is through: 3 acks, 39 outputs, and updates until version 40 came after both replays.
+    const frames: Frame[] = [];
+    const seen = new Set<unknown>();
+    let updates40 = 0;
+    while (frames.filter((f) => f.type === 'taskOutput').length < 39 || updates40 < 1 || frames.length < 3) {
+      const f = await again.next();
+      frames.push(f);
+      if (f.type === 'taskUpdated' && f.version === 40) updates40++;
+    }
+    const firstSeen = frames.filter((f) => f.type === 'taskUpdated' && !seen.has(f.cursor) && seen.add(f.cursor)).map((f) => f.version);
+    const outputs = frames.filter((f) => f.type === 'taskOutput').map((f) => Number(f.content));
+    const expected = Array.from({ length: 39 }, (_, i) => i + 2);
+    assert.deepEqual(firstSeen, expected);
+    assert.deepEqual(outputs, expected);
+    await again.close();
+  });
+
   test('a cursor that is not one of ours, another log’s or one ahead of the log gets resyncRequired; the stream goes on live', async () => {
     const { ownerId, key } = await a.owner();
     const taskId = await a.task(ownerId);

@@ -83,7 +83,9 @@ export class PostgresBus implements EventBus {
     // Start at the newest event every reader can already see: what comes after is new to us.
     const [last] = await this.sql<{ txid: string; id: string }[]>`
       SELECT txid::text, id::text FROM mesh_event_log
-      WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid DESC, id DESC LIMIT 1`;
+      -- Qualified below: a bare name would sort by the text column of the same name in the output.
+      WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+      ORDER BY mesh_event_log.txid DESC, mesh_event_log.id DESC LIMIT 1`;
     if (last) this.position = { txid: BigInt(last.txid), id: BigInt(last.id) };
     this.sink = sink;
     await this.listen();
@@ -141,7 +143,8 @@ export class PostgresBus implements EventBus {
       WHERE (txid, id) > (${from.txid.toString()}::xid8, ${from.id.toString()}::bigint)
         AND txid < pg_snapshot_xmin(pg_current_snapshot())
         AND ${this.streamFilter(stream)}
-      ORDER BY txid, id
+      -- Qualified: a bare name would sort by the text column of the same name in the output.
+      ORDER BY mesh_event_log.txid, mesh_event_log.id
       LIMIT ${limit + 1}`;
     if (rows.length > limit) return { resync: 'tooFarBehind' };
     const events = rows.map((row) => this.toLogged(row)).filter((e): e is LoggedEvent => e !== undefined);

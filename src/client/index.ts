@@ -1,0 +1,324 @@
+/**
+ * `mesh-subscriptions/client`: the protocol's client for browsers and Node, with no runtime
+ * dependency. It signs in with a key through a single-use ticket (PROTOCOL.md, "Browsers:
+ * tickets"), reconnects with exponential back-off and jitter, and on each reconnect restores every
+ * subscription with `since` set to the last cursor it saw on it, dropping the events it already
+ * delivered, so that the app sees each event once across a dropped connection.
+ */
+import type { Static } from '@sinclair/typebox';
+import type { ServerMessages } from '../protocol/schemas.js';
+
+export type TaskUpdated = Static<(typeof ServerMessages)['taskUpdated']>;
+export type TaskOutput = Static<(typeof ServerMessages)['taskOutput']>;
+export type Lagged = Static<(typeof ServerMessages)['lagged']>;
+export type ResyncRequired = Static<(typeof ServerMessages)['resyncRequired']>;
+export type ServerError = Static<(typeof ServerMessages)['error']>;
+
+/** What the connection is doing; `closed` is final (see `reason`). */
+export type ConnectionStatus =
+  | { state: 'connecting'; attempt: number }
+  | { state: 'open' }
+  | { state: 'reconnecting'; attempt: number; inMs: number; code?: number }
+  | { state: 'closed'; reason: 'closedByClient' | 'unauthorized'; code?: number };
+
+export interface MeshClientEvents {
+  taskUpdated: TaskUpdated;
+  taskOutput: TaskOutput;
+  /** Output of a task was dropped because this client read too slowly: refetch, or resubscribe from `cursor`. */
+  lagged: Lagged;
+  /** The server cannot replay what a subscription missed: refetch what it covers. */
+  resyncRequired: ResyncRequired;
+  /** A frame was refused (`code` as in PROTOCOL.md); a refused subscription is dropped. */
+  error: ServerError;
+  status: ConnectionStatus;
+}
+
+/** The part of the WebSocket API this client uses: the browser's, or `ws`'s in Node. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  // `any`: each implementation has its own event classes; this client reads `code` and `data` only.
+  onopen: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface MeshClientOptions {
+  /** The API's base URL, e.g. `https://api.example.com` (`http:` becomes `ws:`). */
+  url: string;
+  /** An API key: exchanged for a single-use ticket before each connection, so it never goes into a URL. */
+  apiKey?: string;
+  /** Instead of `apiKey`: how to get the subprotocols to offer (e.g. a ticket your own backend mints). */
+  protocols?: () => Promise<string[]>;
+  /** Default `/api/v1`. */
+  prefix?: string;
+  /** Header the key travels in when a ticket is minted. Default `x-makima-api-key`. */
+  keyHeader?: string;
+  /** Default `globalThis.WebSocket`; in Node 20, pass `ws`'s. */
+  WebSocket?: WebSocketConstructor;
+  /** Default `globalThis.fetch`. */
+  fetch?: typeof fetch;
+  /** Back-off: attempt n waits min(maxDelayMs, initialDelayMs · 2ⁿ), times a random 50–100 %. Defaults 1,000 and 30,000 ms. */
+  initialDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+/** One subscription: `ready` settles with the server's ack (or its refusal); `unsubscribe` ends it. */
+export interface Subscription {
+  readonly ready: Promise<void>;
+  unsubscribe(): void;
+}
+
+/** Thrown by `ready` when the server refused a subscription. */
+export class MeshSubscriptionError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+    this.name = 'MeshSubscriptionError';
+  }
+}
+
+type Kind = 'subscribe' | 'subscribeAll' | 'subscribeOutput';
+interface Followed {
+  kind: Kind;
+  taskId?: string;
+  /** The last cursor seen on this subscription: where a reconnect resumes. */
+  cursor?: string;
+  handlers: Set<(event: any) => void>;
+  ready?: { resolve: () => void; reject: (error: Error) => void };
+}
+
+const ACKS = new Set(['subscribed', 'unsubscribed', 'subscribedAll', 'unsubscribedAll', 'outputSubscribed', 'outputUnsubscribed']);
+const UNAUTHORIZED_CLOSE = 4401;
+const OPEN = 1;
+/** Cursors remembered to drop what two overlapping replays both send. */
+const SEEN_LIMIT = 10_000;
+
+class UnauthorizedError extends Error {}
+
+export class MeshClient {
+  private socket: WebSocketLike | undefined;
+  private readonly followed = new Map<string, Followed>();
+  /** Replies owed by the server, in the order the frames were sent (it answers in order). */
+  private awaiting: (Followed | undefined)[] = [];
+  private readonly listeners = new Map<keyof MeshClientEvents, Set<(event: any) => void>>();
+  private readonly seen = new Set<string>();
+  private attempt = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private stopped = false;
+  private current: ConnectionStatus = { state: 'connecting', attempt: 0 };
+  private readonly options: Required<Omit<MeshClientOptions, 'apiKey' | 'protocols'>> & Pick<MeshClientOptions, 'apiKey' | 'protocols'>;
+
+  constructor(options: MeshClientOptions) {
+    const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WebSocketImpl) throw new TypeError('no WebSocket here: pass the `ws` package as the WebSocket option');
+    if (!options.apiKey && !options.protocols) throw new TypeError('give apiKey or protocols');
+    this.options = {
+      prefix: '/api/v1',
+      keyHeader: 'x-makima-api-key',
+      fetch: globalThis.fetch.bind(globalThis),
+      initialDelayMs: 1_000,
+      maxDelayMs: 30_000,
+      ...options,
+      WebSocket: WebSocketImpl,
+    };
+    void this.connect();
+  }
+
+  /** What the connection is doing now (`status` events tell each change). */
+  get status(): ConnectionStatus {
+    return this.current;
+  }
+
+  /** Listens to one kind of event; returns the function that stops listening. */
+  on<E extends keyof MeshClientEvents>(event: E, handler: (payload: MeshClientEvents[E]) => void): () => void {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  /** Updates of one task. */
+  subscribe(taskId: string, handler?: (event: TaskUpdated) => void): Subscription {
+    return this.follow('subscribe', taskId, handler);
+  }
+
+  /** Updates of every task this principal may see. */
+  subscribeAll(handler?: (event: TaskUpdated) => void): Subscription {
+    return this.follow('subscribeAll', undefined, handler);
+  }
+
+  /** Live output of one task. */
+  subscribeOutput(taskId: string, handler?: (event: TaskOutput) => void): Subscription {
+    return this.follow('subscribeOutput', taskId, handler);
+  }
+
+  /** Closes for good: no reconnect. */
+  close(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.socket?.close(1000, 'client closed');
+    this.setStatus({ state: 'closed', reason: 'closedByClient' });
+  }
+
+  private follow(kind: Kind, taskId: string | undefined, handler?: (event: any) => void): Subscription {
+    const key = keyOf({ kind, taskId });
+    let entry = this.followed.get(key);
+    const fresh = !entry;
+    if (!entry) {
+      entry = { kind, taskId: taskId?.toLowerCase(), handlers: new Set() };
+      this.followed.set(key, entry);
+    }
+    if (handler) entry.handlers.add(handler);
+    const followed = entry;
+    const ready = new Promise<void>((resolve, reject) => {
+      if (!fresh) return resolve();
+      followed.ready = { resolve, reject };
+    });
+    ready.catch(() => {}); // a refusal also arrives as an `error` event; `ready` need not be awaited
+    if (fresh) this.request(followed);
+    return {
+      ready,
+      unsubscribe: () => {
+        if (handler) followed.handlers.delete(handler);
+        if (followed.handlers.size > 0 || this.followed.get(key) !== followed) return;
+        this.followed.delete(key);
+        const type = { subscribe: 'unsubscribe', subscribeAll: 'unsubscribeAll', subscribeOutput: 'unsubscribeOutput' }[kind];
+        this.send(taskId === undefined ? { type } : { type, taskId }, undefined);
+      },
+    };
+  }
+
+  /** Sends (or, while disconnected, leaves to the next connection) the subscribe frame of `entry`. */
+  private request(entry: Followed): void {
+    const frame: Record<string, string> = { type: entry.kind };
+    if (entry.taskId !== undefined) frame.taskId = entry.taskId;
+    if (entry.cursor !== undefined) frame.since = entry.cursor;
+    this.send(frame, entry);
+  }
+
+  private send(frame: object, entry: Followed | undefined): void {
+    if (this.socket?.readyState !== OPEN) return;
+    this.awaiting.push(entry);
+    this.socket.send(JSON.stringify(frame));
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    this.setStatus({ state: 'connecting', attempt: this.attempt });
+    let protocols: string[];
+    try {
+      protocols = await this.ticket();
+    } catch (error) {
+      if (error instanceof UnauthorizedError) return this.stop('unauthorized');
+      return this.retry();
+    }
+    if (this.stopped) return;
+    const base = this.options.url.replace(/^http/, 'ws').replace(/\/$/, '');
+    const socket = new this.options.WebSocket(`${base}${this.options.prefix}/mesh/tasks/subscribe`, protocols);
+    this.socket = socket;
+    socket.onopen = () => {
+      this.attempt = 0;
+      this.awaiting = [];
+      this.setStatus({ state: 'open' });
+      for (const entry of this.followed.values()) this.request(entry);
+    };
+    socket.onmessage = (event: { data: unknown }) => this.receive(String(event.data));
+    socket.onerror = () => {}; // followed by onclose, which decides what to do
+    socket.onclose = (event: { code: number }) => {
+      if (this.socket !== socket) return;
+      this.socket = undefined;
+      if (this.stopped) return;
+      if (event.code === UNAUTHORIZED_CLOSE) return this.stop('unauthorized', event.code);
+      this.retry(event.code);
+    };
+  }
+
+  private async ticket(): Promise<string[]> {
+    if (this.options.protocols) return this.options.protocols();
+    const res = await this.options.fetch(`${this.options.url.replace(/\/$/, '')}${this.options.prefix}/mesh/tickets`, {
+      method: 'POST',
+      headers: { [this.options.keyHeader]: this.options.apiKey! },
+    });
+    if (res.status === 401) throw new UnauthorizedError();
+    if (res.status !== 201) throw new Error(`ticket: HTTP ${res.status}`);
+    return ((await res.json()) as { protocols: string[] }).protocols;
+  }
+
+  private retry(code?: number): void {
+    const { initialDelayMs, maxDelayMs } = this.options;
+    const inMs = Math.round(Math.min(maxDelayMs, initialDelayMs * 2 ** this.attempt) * (0.5 + Math.random() / 2));
+    this.attempt++;
+    this.setStatus({ state: 'reconnecting', attempt: this.attempt, inMs, ...(code !== undefined ? { code } : {}) });
+    this.timer = setTimeout(() => void this.connect(), inMs);
+  }
+
+  private stop(reason: 'unauthorized', code?: number): void {
+    this.stopped = true;
+    this.setStatus({ state: 'closed', reason, ...(code !== undefined ? { code } : {}) });
+  }
+
+  private receive(text: string): void {
+    let message: { type: string } & Record<string, any>;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (ACKS.has(message.type) || message.type === 'error') {
+      const entry = this.awaiting.shift();
+      if (message.type === 'error') {
+        if (entry && this.followed.get(keyOf(entry)) === entry && entry.cursor === undefined) {
+          // Refused before it ever delivered: not followed, not restored on reconnect.
+          this.followed.delete(keyOf(entry));
+        }
+        entry?.ready?.reject(new MeshSubscriptionError(message.code, message.message));
+        this.emit('error', message as ServerError);
+      } else entry?.ready?.resolve();
+      if (entry) entry.ready = undefined;
+      return;
+    }
+    if (message.type === 'taskUpdated' || message.type === 'taskOutput') {
+      if (this.seen.has(message.cursor)) return;
+      this.remember(message.cursor);
+      const streams =
+        message.type === 'taskOutput'
+          ? [this.followed.get(`subscribeOutput:${message.taskId}`)]
+          : [this.followed.get(`subscribe:${message.taskId}`), this.followed.get('subscribeAll')];
+      for (const entry of streams) {
+        if (!entry) continue;
+        entry.cursor = message.cursor;
+        for (const handler of entry.handlers) handler(message);
+      }
+      this.emit(message.type, message as TaskUpdated & TaskOutput);
+      return;
+    }
+    if (message.type === 'lagged') this.emit('lagged', message as Lagged);
+    else if (message.type === 'resyncRequired') this.emit('resyncRequired', message as ResyncRequired);
+  }
+
+  private remember(cursor: string): void {
+    this.seen.add(cursor);
+    if (this.seen.size > SEEN_LIMIT) this.seen.delete(this.seen.values().next().value!);
+  }
+
+  private setStatus(status: ConnectionStatus): void {
+    this.current = status;
+    this.emit('status', status);
+  }
+
+  private emit<E extends keyof MeshClientEvents>(event: E, payload: MeshClientEvents[E]): void {
+    for (const handler of this.listeners.get(event) ?? []) handler(payload);
+  }
+}
+
+function keyOf(entry: Pick<Followed, 'kind' | 'taskId'>): string {
+  return entry.taskId === undefined ? entry.kind : `${entry.kind}:${entry.taskId.toLowerCase()}`;
+}
+
+/** Opens a client; events start flowing once you subscribe. */
+export function createMeshClient(options: MeshClientOptions): MeshClient {
+  return new MeshClient(options);
+}

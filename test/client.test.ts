@@ -1,0 +1,143 @@
+/**
+ * The TypeScript client (`mesh-subscriptions/client`) against the real server: typed events and
+ * per-task handlers, resume without gap or duplicate across a server restart, and a revoked key
+ * that stops it for good.
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { after, before, test } from 'node:test';
+import WebSocket from 'ws';
+import { createMeshClient, MeshSubscriptionError, type ConnectionStatus, type MeshClient, type MeshClientOptions } from '../src/client/index.js';
+import { createApiKey, revokeApiKey } from '../src/server/api-keys.js';
+import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { startServerProcess } from './helpers/process.js';
+import { startTestServer, type TestServer } from './helpers/server.js';
+
+let db: TestDatabase;
+let server: TestServer;
+before(async () => {
+  db = await createTestDatabase();
+  server = await startTestServer({ db, mesh: { reauthIntervalMs: 100 } });
+});
+after(async () => {
+  await server.close();
+  await db.drop();
+});
+
+const fast: Partial<MeshClientOptions> = { WebSocket, initialDelayMs: 20, maxDelayMs: 200 };
+const clients: MeshClient[] = [];
+function client(url: string, apiKey: string): MeshClient {
+  const c = createMeshClient({ url, apiKey, ...fast });
+  clients.push(c);
+  return c;
+}
+after(() => clients.forEach((c) => c.close()));
+
+/** Resolves with the first status that `accept` takes. */
+function statusWhere(c: MeshClient, accept: (s: ConnectionStatus) => boolean): Promise<ConnectionStatus> {
+  if (accept(c.status)) return Promise.resolve(c.status);
+  return new Promise((resolve) => {
+    const stop = c.on('status', (s) => {
+      if (!accept(s)) return;
+      stop();
+      resolve(s);
+    });
+  });
+}
+
+/** Collects values until `count` have arrived. */
+function collector<T>(count: number) {
+  const values: T[] = [];
+  let done!: () => void;
+  const complete = new Promise<void>((resolve) => (done = resolve));
+  return {
+    values,
+    complete,
+    push(value: T) {
+      values.push(value);
+      if (values.length === count) done();
+    },
+  };
+}
+
+test('typed events and per-task handlers; a refused subscription rejects its ready with the code', async () => {
+  const { ownerId, key } = await server.owner();
+  const [one, two] = [await server.task(ownerId), await server.task(ownerId)];
+  const c = client(server.baseUrl, key);
+  const perTask = collector<number>(1);
+  const all = collector<string>(2);
+  const output = collector<string>(1);
+  await c.subscribe(one, (e) => perTask.push(e.version)).ready;
+  await c.subscribeAll((e) => all.push(e.taskId)).ready;
+  await c.subscribeOutput(two, (e) => output.push(e.content)).ready;
+  const refused = c.subscribe(await server.task(null)).ready;
+  await assert.rejects(refused, (e: MeshSubscriptionError) => e instanceof MeshSubscriptionError && e.code === 'NOT_FOUND');
+  await server.app.mesh.taskUpdates.publish({ taskId: one, ownerId, version: 3, status: 'running', updatedFields: ['status'], updatedBy: 't' });
+  await server.app.mesh.taskUpdates.publish({ taskId: two, ownerId, version: 1, status: 'done', updatedFields: ['status'], updatedBy: 't' });
+  await server.app.mesh.taskOutput.publish({ taskId: two, ownerId, messageType: 'assistant', content: 'hello', isPartial: false });
+  await Promise.all([perTask.complete, all.complete, output.complete]);
+  assert.deepEqual(perTask.values, [3]);
+  assert.deepEqual(all.values, [one, two]);
+  assert.deepEqual(output.values, ['hello']);
+  c.close();
+});
+
+test('a server restart mid-stream: the client reconnects and resumes each subscription, no gap, no duplicate', { timeout: 90_000 }, async () => {
+  let process1 = await startServerProcess(db.url);
+  const port = new URL(process1.url).port;
+  const key = await createApiKey(db.sql, { ownerId: null, admin: true });
+  const [task] = await db.sql<{ id: string }[]>`INSERT INTO tasks (owner_id, name) VALUES (NULL, 'restart') RETURNING id::text AS id`;
+  const total = 300;
+  const c = client(process1.url, key);
+  const versions = collector<number>(total);
+  const everything = collector<number>(total);
+  const outputs = collector<string>(total);
+  let halfway!: () => void;
+  const fiftyIn = new Promise<void>((resolve) => (halfway = resolve));
+  await c.subscribe(task!.id, (e) => {
+    versions.push(e.version);
+    if (versions.values.length === 50) halfway();
+  }).ready;
+  await c.subscribeAll((e) => everything.push(e.version)).ready;
+  await c.subscribeOutput(task!.id, (e) => outputs.push(e.content)).ready;
+  const statuses: string[] = [];
+  c.on('status', (s) => statuses.push(s.state));
+
+  // Published through the SQL functions, so publishing goes on while no server runs.
+  const publishing = (async () => {
+    for (let v = 1; v <= total; v++) {
+      await db.sql`SELECT mesh_publish_task_update(${task!.id}::uuid, NULL, ${v}, 'running', '{status}', 'test')`;
+      await db.sql`SELECT mesh_publish_task_output(${task!.id}::uuid, NULL, 'assistant', ${String(v)}, NULL, NULL, NULL, NULL, NULL, NULL)`;
+    }
+  })();
+  await fiftyIn;
+  process1.child.kill('SIGTERM');
+  await once(process1.child, 'exit');
+  process1 = await startServerProcess(db.url, { PORT: port });
+  await publishing;
+  await Promise.all([versions.complete, everything.complete, outputs.complete]);
+  const expected = Array.from({ length: total }, (_, i) => i + 1);
+  assert.deepEqual(versions.values, expected);
+  assert.deepEqual(everything.values, expected);
+  assert.deepEqual(outputs.values.map(Number), expected);
+  assert.ok(statuses.includes('reconnecting') && statuses.at(-1) === 'open', statuses.join(' → '));
+  c.close();
+  process1.child.kill('SIGTERM');
+  await once(process1.child, 'exit');
+});
+
+test('a revoked key: the open socket is closed with 4401 and the client stops retrying, saying why', async () => {
+  const { key } = await server.owner();
+  const c = client(server.baseUrl, key);
+  await c.subscribeAll().ready;
+  await revokeApiKey(db.sql, key);
+  const closed = await statusWhere(c, (s) => s.state === 'closed');
+  assert.deepEqual(closed, { state: 'closed', reason: 'unauthorized', code: 4401 });
+
+  // A key refused from the start: the ticket is refused, the client never opens a socket.
+  const late = client(server.baseUrl, key);
+  const seen: string[] = [];
+  late.on('status', (s) => seen.push(s.state));
+  assert.deepEqual(await statusWhere(late, (s) => s.state === 'closed'), { state: 'closed', reason: 'unauthorized' });
+  assert.ok(!seen.includes('open') && !seen.includes('reconnecting'), seen.join(' → '));
+});
