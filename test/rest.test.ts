@@ -184,3 +184,33 @@ describe('GET /api/v1/mesh/tasks/:id and /healthz', () => {
     assert.deepEqual(res, { status: 200, body: { status: 'ok' } });
   });
 });
+
+describe('GET /api/v1/mesh/tasks', () => {
+  test('the caller’s tasks, newest first, page by page with no task twice or missed; bad paging is a 400', async () => {
+    const { ownerId, key } = await server.owner();
+    const mine: string[] = [];
+    for (let i = 0; i < 7; i++) mine.unshift(await server.task(ownerId, `t${i}`));
+    await server.task(null, 'not mine');
+    const seen: string[] = [];
+    let after: string | null = null;
+    do {
+      const page: { status: number; body: { tasks: { id: string; ownerId: string }[]; next: string | null } } = await server.http(
+        'GET',
+        `/api/v1/mesh/tasks?limit=3${after ? `&after=${after}` : ''}`,
+        key,
+      );
+      assert.equal(page.status, 200);
+      assert.ok(page.body.tasks.length <= 3);
+      assert.ok(page.body.tasks.every((t) => t.ownerId === ownerId));
+      seen.push(...page.body.tasks.map((t) => t.id));
+      after = page.body.next;
+    } while (after);
+    assert.deepEqual(seen, mine);
+    for (const query of ['limit=0', 'limit=101', 'limit=x', 'after=%2F%2F', `after=${Buffer.from('nope|nope').toString('base64url')}`, 'other=1']) {
+      const res = await server.http('GET', `/api/v1/mesh/tasks?${query}`, key);
+      assert.equal(res.status, 400, query);
+      assert.equal(res.body.code, 'VALIDATION_ERROR');
+    }
+    assert.equal((await server.http('GET', '/api/v1/mesh/tasks', undefined)).status, 401);
+  });
+});

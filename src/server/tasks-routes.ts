@@ -29,6 +29,17 @@ export const ApiError = Type.Object(
 const Name = Type.String({ minLength: 1, maxLength: 200 });
 const Status = Type.String({ minLength: 1, maxLength: 64 });
 const TaskParams = Type.Object({ id: Uuid });
+const ListQuery = Type.Object(
+  {
+    limit: Type.Optional(Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1–100, default 50' })),
+    after: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,200}$', description: 'The `next` of the previous page' })),
+  },
+  { additionalProperties: false },
+);
+const TaskPage = Type.Object({
+  tasks: Type.Array(Task),
+  next: Type.Union([Type.String(), Type.Null()], { description: 'Pass as `after` for the next page; null on the last one' }),
+});
 
 const CreateTaskBody = Type.Object(
   {
@@ -72,6 +83,7 @@ const toTask = (row: TaskRow): Task => ({
   updatedAt: row.updated_at.toISOString(),
 });
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const COLUMNS = 'id::text AS id, owner_id::text AS owner_id, name, status, version, created_at, updated_at';
 
 const secured = { security: [{ apiKey: [] }, { bearer: [] }] as Array<Record<string, string[]>>, tags: ['Tasks'] };
@@ -142,6 +154,44 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
         return created;
       });
       return reply.code(201).send(task);
+    },
+  );
+
+  app.get<{ Querystring: Static<typeof ListQuery> }>(
+    '/mesh/tasks',
+    {
+      schema: {
+        ...secured,
+        summary: "The caller's tasks, newest first, a page at a time",
+        description: 'Admins see every task. Pages are keyset-paginated: a task created meanwhile never shifts a page.',
+        querystring: ListQuery,
+        response: { 200: TaskPage, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const p = who(request);
+      const limit = Number(request.query.limit ?? 50);
+      let after: { createdAt: string; id: string } | undefined;
+      if (request.query.after !== undefined) {
+        const [createdAt, id] = Buffer.from(request.query.after, 'base64url').toString().split('|');
+        if (!createdAt || !id || Number.isNaN(Date.parse(createdAt)) || !UUID.test(id)) {
+          return reply.code(400).send({ code: 'VALIDATION_ERROR', message: 'querystring/after is not a page cursor' });
+        }
+        after = { createdAt, id };
+      }
+      // The page cursor keeps created_at to the microsecond: a JS Date, or a parameter typed
+      // timestamptz (postgres.js passes those through Date), would round it to the millisecond.
+      const rows = await sql<(TaskRow & { created_key: string })[]>`
+        SELECT ${sql.unsafe(COLUMNS)}, created_at::text AS created_key FROM tasks
+        WHERE (${p.admin} OR owner_id = ${p.ownerId})
+          ${after ? sql`AND (created_at, id) < (${after.createdAt}::text::timestamptz, ${after.id}::uuid)` : sql``}
+        ORDER BY created_at DESC, id DESC
+        LIMIT ${limit + 1}`;
+      const page = rows.slice(0, limit);
+      const last = page.at(-1);
+      const next =
+        rows.length > limit && last ? Buffer.from(`${last.created_key}|${last.id}`).toString('base64url') : null;
+      return { tasks: page.map(toTask), next };
     },
   );
 
