@@ -3,6 +3,7 @@
  * database client, authentication and the task routes; the plugin streams what they publish.
  */
 import swagger from '@fastify/swagger';
+import fastifyStatic from '@fastify/static';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Sql } from 'postgres';
@@ -19,11 +20,13 @@ export interface AppOptions {
   loggerInstance?: FastifyBaseLogger;
   /** Plugin options (limits, timeouts); they override the example's own, except `prefix`. */
   mesh?: Partial<MeshSubscriptionsOptions>;
+  /** A built dashboard (scripts/build-web.ts) to serve at `/`; none when unset. */
+  webRoot?: string;
 }
 
 export const PACKAGE_VERSION = '0.1.0';
 
-export async function buildApp({ sql, logger = false, loggerInstance, mesh = {} }: AppOptions): Promise<FastifyInstance> {
+export async function buildApp({ sql, logger = false, loggerInstance, mesh = {}, webRoot }: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     ...(loggerInstance ? { loggerInstance } : { logger }),
     // Bodies are validated as written: no silent dropping of unknown fields, no type coercion.
@@ -64,6 +67,9 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {} 
   const reauthenticate = apiKeyReauthenticator(sql);
   await app.register(meshSubscriptions, { sql, authenticate, reauthenticate, bus: 'postgres', ...mesh, prefix: API_PREFIX });
   await app.register(taskRoutes, { sql, authenticate, prefix: API_PREFIX });
+
+  // One route per built file (no wildcard): an unknown path still gets the API's JSON 404.
+  if (webRoot) await app.register(fastifyStatic, { root: webRoot, wildcard: false, schemaHide: true });
 
   app.get(
     '/healthz',

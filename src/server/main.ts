@@ -1,6 +1,9 @@
 /**
  * `npm start`: the example host API with mesh-subscriptions mounted, on HOST:PORT.
  */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import closeWithGrace from 'close-with-grace';
 import pino from 'pino';
 import { safeLoggerOptions } from '../logging.js';
@@ -16,7 +19,10 @@ const log = pino(safeLoggerOptions(config.logLevel));
 
 const db = await openDatabase(config, log);
 await migrate(db.sql);
-const app = await buildApp({ sql: db.sql, loggerInstance: log });
+// The dashboard that `npm run build` bundles next to this file (dist/web); absent under `npm run dev`.
+const web = fileURLToPath(new URL('../web', import.meta.url));
+if (!existsSync(path.join(web, 'index.html'))) log.warn({ web }, 'no dashboard built here: `npm run build` makes one');
+const app = await buildApp({ sql: db.sql, loggerInstance: log, webRoot: existsSync(web) ? web : undefined });
 
 closeWithGrace({ delay: SHUTDOWN_GRACE_MS, logger: log }, async ({ signal, err }) => {
   if (err) log.error({ err }, 'shutting down after an error');

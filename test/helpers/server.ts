@@ -25,13 +25,14 @@ export interface TestServer {
 }
 
 export async function startTestServer(
-  options: { db?: TestDatabase; mesh?: Partial<MeshSubscriptionsOptions>; loggerInstance?: FastifyBaseLogger } = {},
+  options: { db?: TestDatabase; mesh?: Partial<MeshSubscriptionsOptions>; loggerInstance?: FastifyBaseLogger; webRoot?: string } = {},
 ): Promise<TestServer> {
   const db = options.db ?? (await createTestDatabase());
   const app = await buildApp({
     sql: db.sql,
     ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: false }),
     mesh: options.mesh,
+    webRoot: options.webRoot,
   });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as { port: number };
