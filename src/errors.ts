@@ -37,6 +37,26 @@ export const CloseCode = {
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 
+/** One line per close code, for generated documents (the AsyncAPI file). */
+export const CLOSE_CODE_MEANING: Record<keyof typeof CloseCode, string> = {
+  GOING_AWAY: 'The server is shutting down; reconnect (to another instance).',
+  POLICY_VIOLATION: 'Kept sending over the rate limit.',
+  MESSAGE_TOO_BIG: 'A client frame larger than the server allows.',
+  INTERNAL_ERROR: 'An unexpected condition on the server.',
+  SLOW_CONSUMER: 'The client read too slowly. Reconnect, with `since`.',
+  UNAUTHORIZED: 'The credentials of this socket were revoked or expired. Do not retry with them.',
+};
+
+/** One line per error code, for generated documents. */
+export const ERROR_CODE_MEANING: Record<ErrorCode, string> = {
+  PARSE_ERROR: 'Not JSON, not an object, unknown `type`, malformed `taskId` or `since`, or a binary frame.',
+  NOT_FOUND: 'The task does not exist or is not the caller’s (deliberately indistinguishable).',
+  UNAVAILABLE: 'Ownership could not be checked in time; nothing was subscribed. Retry later.',
+  INTERNAL_ERROR: 'Something failed on the server while handling this frame.',
+  RATE_LIMITED: 'Over the per-connection frame rate; this frame was ignored.',
+  TOO_MANY_SUBSCRIPTIONS: 'The connection holds the most subscriptions it may; nothing was added.',
+};
+
 /** HTTP answers to the upgrade request, before any 101. Bodies are `{code, message}`. */
 export const UpgradeError = {
   UNAUTHORIZED: { status: 401, code: 'UNAUTHORIZED', message: 'missing or invalid credentials' },

@@ -3,6 +3,7 @@
  * database client, authentication and the task routes; the plugin streams what they publish.
  */
 import swagger from '@fastify/swagger';
+import { readFile } from 'node:fs/promises';
 import fastifyStatic from '@fastify/static';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
@@ -49,7 +50,8 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {},
       openapi: '3.0.3',
       info: {
         title: 'mesh-subscriptions example host',
-        description: 'Task API and the WebSocket subscription endpoint. The WebSocket protocol is in PROTOCOL.md.',
+        description:
+          'Task API and the WebSocket subscription endpoint. The WebSocket protocol: [AsyncAPI document](/asyncapi.yaml) (every frame, close and error codes, auth) and PROTOCOL.md.',
         version: PACKAGE_VERSION,
       },
       components: {
@@ -67,6 +69,12 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {},
   const reauthenticate = apiKeyReauthenticator(sql);
   await app.register(meshSubscriptions, { sql, authenticate, reauthenticate, bus: 'postgres', ...mesh, prefix: API_PREFIX });
   await app.register(taskRoutes, { sql, authenticate, prefix: API_PREFIX });
+
+  // The AsyncAPI document of the WebSocket protocol, as committed (a test keeps it current).
+  const asyncapi = await readFile(new URL('../../openapi/asyncapi.yaml', import.meta.url), 'utf8').catch(() => undefined);
+  if (asyncapi) {
+    app.get('/asyncapi.yaml', { schema: { hide: true } }, async (_request, reply) => reply.type('application/yaml').send(asyncapi));
+  }
 
   // One route per built file (no wildcard): an unknown path still gets the API's JSON 404.
   if (webRoot) await app.register(fastifyStatic, { root: webRoot, wildcard: false, schemaHide: true });
