@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
@@ -41,7 +42,7 @@ after(async () => {
 
 const badge = (page: Page, taskId: string) => page.locator(`li[data-task="${taskId}"] .badge`);
 
-test('sign in, live status from another client, create and change a task, follow its output', { skip: missing, timeout: 60_000 }, async () => {
+test('sign in, live status from another client, create and change a task, follow its output', { skip: missing, timeout: 90_000 }, async () => {
   const { ownerId, key } = await server.owner();
   const taskId = await server.task(ownerId, 'Refactor the parser');
   await server.task(null, 'Somebody else’s task');
@@ -49,6 +50,8 @@ test('sign in, live status from another client, create and change a task, follow
   const problems: string[] = [];
   page.on('pageerror', (error) => problems.push(error.message));
   page.on('console', (message) => message.type() === 'error' && problems.push(message.text()));
+  const upgraded = new Set<Socket>();
+  server.app.server.on('upgrade', (_request, socket: Socket) => upgraded.add(socket));
   await page.goto(`${server.baseUrl}/`);
 
   // Keyboard only: the key field, typed, Enter.
@@ -96,6 +99,15 @@ test('sign in, live status from another client, create and change a task, follow
   await page.locator('#transcript details summary').getByText('read_file').click();
   await page.locator('#transcript details pre').getByText('"path": "src/parser.ts"').waitFor();
   await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-transcript.png'), fullPage: true });
+
+  // The connection drops (its TCP socket destroyed under it): the indicator shows the reconnect,
+  // then it is live again and the transcript still follows the task.
+  const reconnecting = page.locator('#connection[data-state="reconnecting"]').waitFor();
+  for (const socket of upgraded) socket.destroy();
+  await reconnecting;
+  await page.locator('#connection[data-state="open"]').waitFor();
+  await post({ messageType: 'assistant', content: 'Back after the reconnect.', isPartial: false });
+  await page.locator('#transcript li.assistant').getByText('Back after the reconnect.').waitFor();
 
   // Phone width: one column, nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
