@@ -7,6 +7,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { authenticateRequest, principalKey, redeemTicket } from './auth.js';
 import { RETRY_AFTER_SECONDS, UpgradeError } from './errors.js';
 import type { Principal, ResolvedOptions } from './options.js';
+import type { MeshMetrics } from './metrics.js';
 import { offeredTicket, type TicketStore } from './tickets.js';
 
 type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
@@ -29,6 +30,7 @@ export class Admission {
 
   constructor(
     private readonly options: ResolvedOptions,
+    private readonly metrics: MeshMetrics,
     /** Where browser tickets are redeemed; undefined when tickets are off. */
     private readonly tickets?: TicketStore,
   ) {}
@@ -53,6 +55,7 @@ export class Admission {
     const outcome =
       ticket !== undefined ? await redeemTicket(this.tickets!, ticket, request.log) : await authenticateRequest(options.authenticate, request);
     if (!('principal' in outcome)) {
+      this.metrics.authFailed(ticket !== undefined ? 'ticket' : 'upgrade');
       if ('failed' in outcome) request.log.warn({ err: outcome.failed }, 'authentication threw; refusing the upgrade');
       return refuse(reply, UpgradeError.UNAUTHORIZED);
     }

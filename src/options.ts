@@ -4,6 +4,7 @@
  */
 import type { FastifyRequest } from 'fastify';
 import type { Sql } from 'postgres';
+import { Registry } from 'prom-client';
 import { MeshOptionsError } from './errors.js';
 
 /** Who is on the other end of a socket, as the host's `authenticate` says. */
@@ -113,6 +114,11 @@ export interface MeshSubscriptionsOptions {
   tickets?: boolean;
   /** How long a ticket may wait for its upgrade. Default 30,000 ms. */
   ticketTtlMs?: number;
+  /**
+   * A prom-client Registry to put the plugin's metrics (`mesh_*`) in, e.g. the host's own.
+   * Default: a registry of the plugin's own, at `app.mesh.metrics`.
+   */
+  metricsRegistry?: Registry;
 }
 
 export interface ResolvedOptions {
@@ -150,6 +156,7 @@ export interface ResolvedOptions {
   listenTimeoutMs: number;
   tickets: boolean;
   ticketTtlMs: number;
+  metricsRegistry: Registry;
 }
 
 export const DEFAULTS = {
@@ -233,6 +240,11 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   if (bus !== 'memory' && bus !== 'postgres') throw new MeshOptionsError('option "bus" must be "memory" or "postgres"');
   if (bus === 'postgres' && o.sql === undefined) throw new MeshOptionsError('option bus: "postgres" needs "sql"');
   if (o.migrate !== undefined && typeof o.migrate !== 'boolean') throw new MeshOptionsError('option "migrate" must be a boolean');
+  // Not instanceof: a host may load another copy of prom-client.
+  const registry = o.metricsRegistry as Partial<Registry> | undefined;
+  if (registry !== undefined && (typeof registry.registerMetric !== 'function' || typeof registry.metrics !== 'function')) {
+    throw new MeshOptionsError('option "metricsRegistry" must be a prom-client Registry');
+  }
   if (o.tickets !== undefined && typeof o.tickets !== 'boolean') throw new MeshOptionsError('option "tickets" must be a boolean');
   const tickets = o.tickets ?? o.reauthenticate !== undefined;
   if (tickets && o.reauthenticate === undefined) {
@@ -287,5 +299,6 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     listenTimeoutMs: positiveInteger('listenTimeoutMs', o.listenTimeoutMs, DEFAULTS.listenTimeoutMs),
     tickets,
     ticketTtlMs: positiveInteger('ticketTtlMs', o.ticketTtlMs, DEFAULTS.ticketTtlMs),
+    metricsRegistry: o.metricsRegistry ?? new Registry(),
   };
 }

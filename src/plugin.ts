@@ -14,6 +14,8 @@ import type { EventBus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import { PostgresBus } from './bus/postgres.js';
 import { MeshEvents } from './core/events.js';
+import { MeshMetrics } from './metrics.js';
+import type { Registry } from 'prom-client';
 import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core/hub.js';
 import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
@@ -30,6 +32,15 @@ export interface Mesh {
   stats(): MeshStats;
   /** Slow-consumer and log-pruning events (see MeshEventMap). */
   events: MeshEvents;
+  /** The prom-client registry holding the `mesh_*` metrics (the host's, when it gave `metricsRegistry`). */
+  metrics: Registry;
+  /**
+   * What a readiness check needs from the plugin: `shuttingDown` once `app.close()` began or
+   * `drain()` was called; `listening` while the bus hears new events.
+   */
+  readiness(): { shuttingDown: boolean; listening: boolean };
+  /** Refuse new sockets (503) and report not ready, ahead of `app.close()`, so a load balancer drains this instance. */
+  drain(): void;
 }
 
 declare module 'fastify' {
@@ -75,9 +86,10 @@ interface RouteOptions {
   hub: MeshHub;
   admission: Admission;
   tickets: TicketStore | undefined;
+  metrics: MeshMetrics;
 }
 
-async function routes(child: FastifyInstance, { settings: options, hub, admission, tickets }: RouteOptions): Promise<void> {
+async function routes(child: FastifyInstance, { settings: options, hub, admission, tickets, metrics }: RouteOptions): Promise<void> {
   if (!child.hasDecorator('websocketServer')) {
     await child.register(fastifyWebsocket, {
       options: { maxPayload: options.maxPayload, perMessageDeflate: false, handleProtocols: selectProtocol },
@@ -142,6 +154,7 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
       handler: async (request, reply) => {
         const outcome = await authenticateRequest(options.authenticate, request);
         if (!('principal' in outcome)) {
+          metrics.authFailed('ticket');
           if ('failed' in outcome) request.log.warn({ err: outcome.failed }, 'authenticate threw; no ticket');
           const { status, code, message } = UpgradeError.UNAUTHORIZED;
           return reply.code(status).send({ code, message });
@@ -165,6 +178,13 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     timeoutMs: options.lookupTimeoutMs,
   });
   const events = new MeshEvents();
+  // The gauges read the hub at scrape time; it exists by the time anyone scrapes.
+  let hubRef: MeshHub | undefined;
+  const metrics = new MeshMetrics(
+    options.metricsRegistry,
+    { connections: () => hubRef?.connections.size ?? 0, subscriptions: () => hubRef?.subscriptionCounts() ?? { task: 0, all: 0, output: 0 } },
+    events,
+  );
   const bus: EventBus =
     options.bus === 'postgres'
       ? new PostgresBus(
@@ -174,23 +194,30 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
             onPruned: (rows) => events.emit('pruned', { rows }),
             onHeldBack: () => events.emit('heldBack'),
             onListenerRestarted: () => events.emit('listenerRestarted'),
+            onRead: (lag, caughtUp) => metrics.busRead(lag, caughtUp),
           },
           app.log,
         )
       : new MemoryBus(options.historySize);
-  const hub = new MeshHub(owners, bus, events, app.log, options);
+  const hub = new MeshHub(owners, bus, events, app.log, options, metrics);
+  hubRef = hub;
   const tickets: TicketStore | undefined = !options.tickets
     ? undefined
     : options.bus === 'postgres'
       ? new PostgresTicketStore(options.sql!, options.ticketTtlMs)
       : new MemoryTicketStore(options.ticketTtlMs);
-  const admission = new Admission(options, tickets);
+  const admission = new Admission(options, metrics, tickets);
 
   app.decorate('mesh', {
     taskUpdates: hub.taskUpdates,
     taskOutput: hub.taskOutput,
     stats: () => ({ connections: hub.connections.size, ...hub.index.stats() }),
     events: hub.events,
+    metrics: options.metricsRegistry,
+    readiness: () => ({ shuttingDown: admission.closing, listening: hub.listening() }),
+    drain: () => {
+      admission.closing = true;
+    },
   } satisfies Mesh);
 
   // On the host, so that it also runs when the host registered @fastify/websocket itself.
@@ -202,7 +229,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   app.addHook('onReady', async () => hub.start());
 
   // Not spread: `prefix` is a reserved register option and would prefix the route twice.
-  await app.register(routes, { settings: options, hub, admission, tickets });
+  await app.register(routes, { settings: options, hub, admission, tickets, metrics });
 };
 
 export default fp(meshSubscriptions, { name: 'mesh-subscriptions', fastify: '5.x' });

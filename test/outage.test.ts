@@ -60,8 +60,9 @@ test('a database stopped mid-test: UNAVAILABLE, no crash, admins-only delivery; 
   await app.mesh.taskUpdates.publish({ taskId: unknown!, version: 1, status: 's', updatedFields: [], updatedBy: 't' });
   await app.mesh.taskUpdates.publish({ taskId: known!, ownerId, version: 2, status: 's', updatedFields: [], updatedBy: 't' });
   assert.equal((await client.next()).version, 2);
-  const health = await fetch(`${wsUrl.replace('ws', 'http').replace('/api/v1/mesh/tasks/subscribe', '/healthz')}`);
-  assert.equal(health.status, 503);
+  const base = wsUrl.replace('ws', 'http').replace('/api/v1/mesh/tasks/subscribe', '');
+  assert.equal((await fetch(`${base}/readyz`)).status, 503, 'not ready without its database');
+  assert.equal((await fetch(`${base}/healthz`)).status, 200, 'but alive');
 
   database = await startEmbeddedPostgres({ dir: scratch, log, port });
 

@@ -10,7 +10,8 @@ import type { TaskOutputEvent, TaskUpdateEvent } from '../protocol/codec.js';
 export type BusEntry = { kind: 'update'; event: TaskUpdateEvent } | { kind: 'output'; event: TaskOutputEvent };
 
 /** An event as the log holds it, with its cursor: opaque to clients, ordered by the bus. */
-export type LoggedEvent = BusEntry & { cursor: string };
+/** `publishedAt`: ms since the epoch when it was published (for the latency metric), when known. */
+export type LoggedEvent = BusEntry & { cursor: string; publishedAt?: number };
 
 /** What a subscription with `since` asks the log for. */
 export type ReplayStream =
@@ -45,6 +46,8 @@ export interface EventBus {
   /** Orders two cursors of this log (negative: `a` comes first); 0 for a cursor that is not one. */
   compare(a: string, b: string): number;
   stop(): Promise<void>;
+  /** Whether it hears new events as they come (the PostgreSQL bus: its LISTEN connection hears its heartbeat). */
+  listening(): boolean;
 }
 
 export function matches(stream: ReplayStream, e: LoggedEvent): boolean {

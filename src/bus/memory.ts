@@ -21,9 +21,13 @@ export class MemoryBus implements EventBus {
     this.sink = sink;
   }
 
+  listening(): boolean {
+    return true;
+  }
+
   async publish(entry: BusEntry): Promise<string> {
     const sequence = ++this.sequence;
-    const logged = { ...entry, cursor: `${this.epoch}.${sequence}` } as LoggedEvent;
+    const logged = { ...entry, cursor: `${this.epoch}.${sequence}`, publishedAt: Date.now() } as LoggedEvent;
     this.ring[(sequence - 1) % this.size] = logged;
     await this.sink?.([logged]);
     return logged.cursor;

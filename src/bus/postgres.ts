@@ -21,6 +21,8 @@ export interface PostgresBusOptions
   onHeldBack?: () => void;
   /** Called when the LISTEN connection is back after it dropped or went silent. */
   onListenerRestarted?: () => void;
+  /** Called after each read: the age of the newest event read (0: none), and whether no wake-up had announced them. */
+  onRead?: (lagSeconds: number, caughtUp: boolean) => void;
 }
 
 /** A position in the log. */
@@ -30,6 +32,7 @@ interface Position {
 }
 
 interface Row {
+  published_ms?: number;
   txid: string;
   id: string;
   kind: 'update' | 'output';
@@ -110,6 +113,10 @@ export class PostgresBus implements EventBus {
 
   head(): string {
     return this.cursor(this.position);
+  }
+
+  listening(): boolean {
+    return !this.stopped && this.listener !== undefined && performance.now() - this.lastHeard <= this.options.listenTimeoutMs;
   }
 
   publish(entry: BusEntry, tx?: TransactionSql<any>): Promise<string> {
@@ -200,8 +207,8 @@ export class PostgresBus implements EventBus {
     const notification = { ...row.payload, taskId: row.task_id, ...(row.owner_given ? { ownerId: row.owner_id } : {}) };
     try {
       return row.kind === 'update'
-        ? { kind: 'update', event: toTaskUpdateEvent(notification), cursor }
-        : { kind: 'output', event: toTaskOutputEvent(notification), cursor };
+        ? { kind: 'update', event: toTaskUpdateEvent(notification), cursor, publishedAt: row.published_ms }
+        : { kind: 'output', event: toTaskOutputEvent(notification), cursor, publishedAt: row.published_ms };
     } catch (error) {
       this.log.error({ err: error, cursor }, 'skipping a malformed event in mesh_event_log');
       return undefined;
@@ -270,6 +277,7 @@ export class PostgresBus implements EventBus {
     let listening = false;
     const onNotify = () => {
       this.lastHeard = performance.now();
+      this.announced = true;
       this.wake();
     };
     // onlisten runs after each (re)connection; the read it starts catches up whatever was missed.
@@ -310,6 +318,9 @@ export class PostgresBus implements EventBus {
     await this.sql.notify(this.heartbeatChannel, '').catch(() => {});
   }
 
+  /** A NOTIFY came since the last read began: what it finds was announced, not caught up. */
+  private announced = false;
+
   private wake(): void {
     if (this.stopped || !this.sink) return;
     if (this.reading) {
@@ -327,10 +338,15 @@ export class PostgresBus implements EventBus {
 
   /** Reads and hands on everything new, batch by batch, up to what every reader can see. */
   private async read(): Promise<void> {
+    const announced = this.announced;
+    this.announced = false;
+    let found = 0;
+    let newest: number | undefined;
     try {
       for (;;) {
         const rows = await this.sql<(Row & { horizon: string })[]>`
-          SELECT h.horizon::text AS horizon, e.txid::text, e.id::text, e.kind, e.task_id::text, e.owner_id::text, e.owner_given, e.payload
+          SELECT h.horizon::text AS horizon, e.txid::text, e.id::text, e.kind, e.task_id::text, e.owner_id::text, e.owner_given, e.payload,
+                 (extract(epoch FROM e.created_at) * 1000)::float8 AS published_ms
           FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) h
           LEFT JOIN LATERAL (
             SELECT * FROM mesh_event_log
@@ -352,14 +368,21 @@ export class PostgresBus implements EventBus {
           const logged = this.toLogged(row);
           if (logged) events.push(logged);
         }
-        if (events.length > 0) void this.sink!(events);
+        if (events.length > 0) {
+          found += events.length;
+          newest = events.at(-1)!.publishedAt;
+          void this.sink!(events);
+        }
         this.settleReached();
         if (heldBack) {
           this.options.onHeldBack?.();
           this.scheduleHeldBack();
         }
         else this.heldBackDelay = HELD_BACK_FIRST_MS;
-        if (heldBack || rows.length < READ_BATCH) return;
+        if (heldBack || rows.length < READ_BATCH) {
+          this.options.onRead?.(newest === undefined ? 0 : Math.max(0, Date.now() - newest) / 1000, found > 0 && !announced);
+          return;
+        }
       }
     } catch (error) {
       // The next wake-up or poll tries again from the same position: nothing is skipped.

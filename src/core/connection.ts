@@ -9,6 +9,8 @@ import type { Principal } from '../options.js';
 import type { ReplayStream, ResyncReason } from '../bus/bus.js';
 import { SUBSCRIBED_ALL, UNSUBSCRIBED_ALL, encodeAck, encodeError, encodeResyncRequired, parseClientFrame } from '../protocol/codec.js';
 import type { ClientMessage } from '../protocol/schemas.js';
+import { principalKey } from '../auth.js';
+import type { MeshMetrics } from '../metrics.js';
 import type { MeshEvents } from './events.js';
 import { Outbound, type BackpressureLimits, type BackpressureObserver, type FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerAnswer, type OwnerDirectory } from './owners.js';
@@ -37,6 +39,7 @@ export interface ConnectionContext {
     backpressure: BackpressureLimits;
   };
   events: MeshEvents;
+  metrics: MeshMetrics;
   onClosed(connection: ClientConnection): void;
 }
 
@@ -66,8 +69,8 @@ function onMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
 function onPong(this: WebSocket): void {
   connectionOf(this).alive = true;
 }
-function onClose(this: WebSocket): void {
-  connectionOf(this).release();
+function onClose(this: WebSocket, code: number): void {
+  connectionOf(this).release(code);
 }
 function onError(this: WebSocket, error: Error): void {
   connectionOf(this).log.debug({ err: error }, 'websocket error');
@@ -95,6 +98,12 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   private heldBytes = 0;
   /** Replayed events that had not reached the sockets yet: their live copy is not sent again. */
   private expected: Set<string> | undefined;
+  // For the close log line.
+  private readonly openedAt = performance.now();
+  private framesIn = 0;
+  private framesOut = 0;
+  /** The close code this server sent, if it closed the socket. */
+  private closeCode: number | undefined;
 
   constructor(
     readonly socket: WebSocket,
@@ -115,6 +124,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     socket.on('pong', onPong);
     socket.on('close', onClose);
     socket.on('error', onError);
+    this.log.info({ principal: principalKey(principal) }, 'websocket open');
   }
 
   // BackpressureObserver: methods rather than closures, since there is one per socket.
@@ -124,7 +134,13 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   }
 
   drained(superseded: number, lagged: ReadonlyMap<string, number>): void {
+    if (lagged.size > 0) this.context.metrics.sent('lagged', lagged.size);
     this.context.events.emit('drained', { superseded, lagged });
+  }
+
+  wrote(bytes: number, frames: number): void {
+    this.framesOut += frames;
+    this.context.metrics.written(bytes);
   }
 
   slow(why: 'buffer' | 'timeout'): void {
@@ -178,6 +194,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
    */
   close(code: number, reason: string, graceMs?: number): void {
     if (this.closed) return;
+    this.closeCode = code;
+    this.context.metrics.closed(code);
     this.outbound.flush();
     this.release();
     this.socket.close(code, reason);
@@ -185,6 +203,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   }
 
   terminate(): void {
+    this.closeCode ??= 1006; // no close frame: cut
     this.release();
     this.socket.terminate();
   }
@@ -208,19 +227,30 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   /** Ends a task subscription and says so, whether the client asked or its rights changed. */
   private dropUpdates(taskId: string): void {
     this.context.index.unsubscribeUpdates(this, taskId);
-    this.outbound.control(encodeAck('unsubscribed', taskId));
+    this.ack(encodeAck('unsubscribed', taskId));
   }
 
   private dropOutput(taskId: string): void {
     this.context.index.unsubscribeOutput(this, taskId);
     this.outbound.forgetOutput(taskId);
-    this.outbound.control(encodeAck('outputUnsubscribed', taskId));
+    this.ack(encodeAck('outputUnsubscribed', taskId));
   }
 
   /** Frees everything this socket holds in the index; called once, on close or on error. */
-  release(): void {
+  release(code?: number): void {
     if (this.closed) return;
     this.closed = true;
+    this.log.info(
+      {
+        principal: principalKey(this.principal),
+        durationMs: Math.round(performance.now() - this.openedAt),
+        framesIn: this.framesIn,
+        framesOut: this.framesOut,
+        closeCode: this.closeCode ?? code ?? null,
+        closedBy: this.closeCode !== undefined ? 'server' : 'client',
+      },
+      'websocket closed',
+    );
     this.outbound.stop();
     this.context.index.remove(this);
     this.context.onClosed(this);
@@ -228,6 +258,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
 
   onFrame(data: RawData, isBinary: boolean): void {
     if (this.closed) return;
+    this.framesIn++;
     try {
       if (byteLength(data) > this.context.limits.maxPayload) {
         this.close(CloseCode.MESSAGE_TOO_BIG, 'frame too large');
@@ -245,6 +276,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         return;
       }
       const parsed = parseClientFrame(data.toString());
+      this.context.metrics.frameIn(parsed.ok ? parsed.message.type : 'invalid');
       if (!parsed.ok) {
         this.inOrder(() => this.reject(ErrorCode.PARSE_ERROR, parsed.reason));
         return;
@@ -262,7 +294,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         return this.withOwner(message.taskId, () => {
           if (!this.updates?.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeUpdates(this, message.taskId);
-          this.outbound.control(encodeAck('subscribed', message.taskId));
+          this.ack(encodeAck('subscribed', message.taskId));
           if (message.since !== undefined) return this.resume('subscribe', { kind: 'update', taskId: message.taskId }, message.since);
         });
       case 'subscribeOutput':
@@ -270,7 +302,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
           if (!this.outputs?.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeOutput(this, message.taskId);
           this.outbound.startOutput(message.taskId, message.since ?? this.context.history.head());
-          this.outbound.control(encodeAck('outputSubscribed', message.taskId));
+          this.ack(encodeAck('outputSubscribed', message.taskId));
           if (message.since !== undefined) return this.resume('subscribeOutput', { kind: 'output', taskId: message.taskId }, message.since);
         });
       case 'unsubscribe':
@@ -281,7 +313,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         return this.inOrder(() => {
           if (!this.all && !this.roomForOneMore()) return;
           index.subscribeAll(this);
-          this.outbound.control(SUBSCRIBED_ALL);
+          this.ack(SUBSCRIBED_ALL);
           if (message.since === undefined) return;
           const ownerId = this.principal.admin ? null : this.principal.ownerId;
           return this.resume('subscribeAll', { kind: 'all', ownerId }, message.since);
@@ -289,7 +321,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       case 'unsubscribeAll':
         return this.inOrder(() => {
           index.unsubscribeAll(this);
-          this.outbound.control(UNSUBSCRIBED_ALL);
+          this.ack(UNSUBSCRIBED_ALL);
         });
     }
   }
@@ -354,6 +386,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       // `since` was no usable start: a later `lagged` points at where the live stream began.
       if (subscription === 'subscribeOutput') this.outbound.startOutput(taskId!, history.head());
       this.outbound.control(encodeResyncRequired(subscription, taskId, reason));
+      this.context.metrics.sent('resyncRequired');
       releaseHeld(() => true);
     };
     return history.replay(this.principal, stream, since).then(
@@ -364,6 +397,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         for (const frame of result.frames) {
           replayed.add(frame.cursor);
           this.outbound.replayed(frame.kind, frame.taskId, frame.frame, frame.cursor);
+          this.context.metrics.sent(frame.kind === 'update' ? 'taskUpdated' : 'taskOutput');
         }
         // What the replay carried, or the client had before `since`, is not sent twice: neither
         // held frames nor those still on their way through the hub.
@@ -411,7 +445,13 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     this.chain = this.chain.then(() => this.settle(step));
   }
 
+  private ack(frame: Buffer): void {
+    this.context.metrics.sent('ack');
+    this.outbound.control(frame);
+  }
+
   private reject(code: ErrorCode, message: string): void {
+    this.context.metrics.error(code);
     this.outbound.control(encodeError(code, message));
   }
 

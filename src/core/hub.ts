@@ -19,6 +19,7 @@ import {
   type TaskUpdateEvent,
 } from '../protocol/codec.js';
 import type { TaskOutputNotification, TaskUpdateNotification } from '../protocol/schemas.js';
+import type { MeshMetrics } from '../metrics.js';
 import { ClientConnection, type ConnectionContext } from './connection.js';
 import type { MeshEvents } from './events.js';
 import { FlushScheduler } from './outbound.js';
@@ -88,6 +89,7 @@ export class MeshHub {
     readonly events: MeshEvents,
     private readonly log: FastifyBaseLogger,
     private readonly options: ResolvedOptions,
+    private readonly metrics: MeshMetrics,
   ) {
     this.context = {
       index: this.index,
@@ -107,6 +109,7 @@ export class MeshHub {
         },
       },
       events: this.events,
+      metrics,
       onClosed: (c) => this.connections.delete(c),
     };
     this.taskUpdates = {
@@ -136,6 +139,21 @@ export class MeshHub {
       }, this.options.slowConsumerTimeoutMs / 2).unref(),
       setInterval(() => void this.reauthenticate(), this.options.reauthIntervalMs).unref(),
     );
+  }
+
+  listening(): boolean {
+    return this.bus.listening();
+  }
+
+  /** Subscriptions held by open sockets, by kind (read at scrape time). */
+  subscriptionCounts(): { task: number; all: number; output: number } {
+    const counts = { task: 0, all: 0, output: 0 };
+    for (const c of this.connections) {
+      counts.task += c.updates?.size ?? 0;
+      counts.output += c.outputs?.size ?? 0;
+      if (c.all) counts.all++;
+    }
+    return counts;
   }
 
   attach(socket: WebSocket, principal: Principal, request: FastifyRequest): ClientConnection {
@@ -255,6 +273,7 @@ export class MeshHub {
           }
         } else if ('refused' in outcome) {
           c.log.info('credentials no longer valid; closing with 4401');
+          this.metrics.authFailed('reauthenticate');
           c.close(CloseCode.UNAUTHORIZED, 'credentials no longer valid');
         } else {
           // Not an answer (the auth store may be down): keep the socket rather than drop everyone.
@@ -329,10 +348,10 @@ export class MeshHub {
     const { cursor } = logged;
     const frame = encodeLogged(logged);
     if (logged.kind === 'update') {
-      this.index.deliverUpdate(logged.event.taskId, owner, frame, cursor);
+      this.metrics.delivered('update', this.index.deliverUpdate(logged.event.taskId, owner, frame, cursor), logged.publishedAt);
       if (this.updateListeners.size > 0) notify(this.updateListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
     } else {
-      this.index.deliverOutput(logged.event.taskId, owner, frame, cursor);
+      this.metrics.delivered('output', this.index.deliverOutput(logged.event.taskId, owner, frame, cursor), logged.publishedAt);
       if (this.outputListeners.size > 0) notify(this.outputListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
     }
   }

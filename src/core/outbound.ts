@@ -24,6 +24,8 @@ export interface BackpressureObserver {
   drained(superseded: number, lagged: ReadonlyMap<string, number>): void;
   /** It must go: over the hard limit, or backed up for too long. Called once. */
   slow(why: 'buffer' | 'timeout'): void;
+  /** This many bytes and frames went to the socket in one write. */
+  wrote(bytes: number, frames: number): void;
 }
 
 /** Collects the sockets that have frames waiting and writes each once, after this loop turn's reads. */
@@ -196,6 +198,7 @@ export class Outbound {
         raw.uncork();
       }
     }
+    this.observer.wrote(bytes, frames.length);
     // The stream holds the buffers now; the list is reused, not reallocated, every turn.
     frames.length = 0;
     if (this.socket.readyState !== OPEN) return;

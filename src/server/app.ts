@@ -5,6 +5,7 @@
 import swagger from '@fastify/swagger';
 import { readFile } from 'node:fs/promises';
 import fastifyStatic from '@fastify/static';
+import { collectDefaultMetrics } from 'prom-client';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Sql } from 'postgres';
@@ -26,6 +27,25 @@ export interface AppOptions {
 }
 
 export const PACKAGE_VERSION = '0.1.0';
+
+/** `SELECT 1` within 2 s. */
+async function databaseAnswers(sql: Sql<any>, log: FastifyBaseLogger): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      sql`SELECT 1`,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error('database check timed out')), 2000);
+      }),
+    ]);
+    return true;
+  } catch (error) {
+    log.warn({ err: error }, 'readiness: database unreachable');
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 export async function buildApp({ sql, logger = false, loggerInstance, mesh = {}, webRoot }: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -79,27 +99,40 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {},
   // One route per built file (no wildcard): an unknown path still gets the API's JSON 404.
   if (webRoot) await app.register(fastifyStatic, { root: webRoot, wildcard: false, schemaHide: true });
 
+  // Our metrics and the process's, in the registry the plugin uses.
+  collectDefaultMetrics({ register: app.mesh.metrics });
+  app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['Operations'] } }, async (_request, reply) =>
+    reply.type(app.mesh.metrics.contentType).send(await app.mesh.metrics.metrics()),
+  );
+
   app.get(
-    '/healthz',
+    '/readyz',
     {
       schema: {
-        summary: 'Liveness and database reachability',
+        summary: 'Ready for new clients: database reachable, LISTEN connection up, not shutting down',
         tags: ['Operations'],
         response: { 200: { type: 'object', properties: { status: { type: 'string' } } }, 503: ApiError },
       },
     },
     async (request, reply) => {
-      try {
-        await Promise.race([
-          sql`SELECT 1`,
-          new Promise((_, reject) => setTimeout(() => reject(new Error('database check timed out')), 2000).unref()),
-        ]);
-        return { status: 'ok' };
-      } catch (error) {
-        request.log.warn({ err: error }, 'health check failed');
-        return reply.code(503).send({ code: 'UNAVAILABLE', message: 'database unreachable' });
-      }
+      const { shuttingDown, listening } = app.mesh.readiness();
+      if (shuttingDown) return reply.code(503).send({ code: 'SHUTTING_DOWN', message: 'draining before shutdown' });
+      if (!listening) return reply.code(503).send({ code: 'NOT_LISTENING', message: 'the event bus is not hearing new events' });
+      if (!(await databaseAnswers(sql, request.log))) return reply.code(503).send({ code: 'UNAVAILABLE', message: 'database unreachable' });
+      return { status: 'ok' };
     },
+  );
+
+  app.get(
+    '/healthz',
+    {
+      schema: {
+        summary: 'Liveness: the process answers (dependencies are /readyz’s business)',
+        tags: ['Operations'],
+        response: { 200: { type: 'object', properties: { status: { type: 'string' } } } },
+      },
+    },
+    async () => ({ status: 'ok' }),
   );
 
   return app;

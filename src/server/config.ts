@@ -8,6 +8,15 @@ export interface ServerConfig {
   /** Unset: the embedded PostgreSQL under `dataDir` is used. */
   databaseUrl: string | undefined;
   dataDir: string;
+  /** On SIGTERM, how long /readyz fails (new sockets refused) before the server closes. */
+  shutdownDrainMs: number;
+}
+
+function nonNegative(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${name} must be a whole number of ms, got ${value}`);
+  return n;
 }
 
 export function readConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
@@ -19,5 +28,6 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     logLevel: env.LOG_LEVEL || 'info',
     databaseUrl: env.DATABASE_URL || undefined,
     dataDir: path.resolve(env.DATA_DIR || '.data'),
+    shutdownDrainMs: nonNegative('SHUTDOWN_DRAIN_MS', env.SHUTDOWN_DRAIN_MS, 5_000),
   };
 }

@@ -12,6 +12,7 @@ import { readConfig } from './config.js';
 import { openDatabase } from './database.js';
 import { migrate } from './migrations.js';
 
+/** Drain, then close: past this the process exits anyway. */
 const SHUTDOWN_GRACE_MS = 10_000;
 
 const config = readConfig();
@@ -24,9 +25,13 @@ const web = fileURLToPath(new URL('../web', import.meta.url));
 if (!existsSync(path.join(web, 'index.html'))) log.warn({ web }, 'no dashboard built here: `npm run build` makes one');
 const app = await buildApp({ sql: db.sql, loggerInstance: log, webRoot: existsSync(web) ? web : undefined });
 
-closeWithGrace({ delay: SHUTDOWN_GRACE_MS, logger: log }, async ({ signal, err }) => {
+closeWithGrace({ delay: config.shutdownDrainMs + SHUTDOWN_GRACE_MS, logger: log }, async ({ signal, err }) => {
   if (err) log.error({ err }, 'shutting down after an error');
-  else log.info({ signal }, 'shutting down');
+  else log.info({ signal, drainMs: config.shutdownDrainMs }, 'shutting down: not ready, draining');
+  // /readyz fails first, so that a load balancer stops sending new clients here; open sockets
+  // keep streaming until app.close() sends them 1001 (they reconnect elsewhere, with since).
+  app.mesh.drain();
+  if (!err) await new Promise((resolve) => setTimeout(resolve, config.shutdownDrainMs));
   await app.close();
   await db.close();
 });
