@@ -1,0 +1,63 @@
+/**
+ * The package as a host gets it: `npm pack` holds dist/ with its type declarations, the README and
+ * the licence, nothing else; installed into a scratch Fastify app of its own (test/fixtures/
+ * host-app), it type-checks (skipLibCheck off: our declarations included) and exchanges frames.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { cp, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, test } from 'node:test';
+import { scratchDirectory } from '../src/server/embedded-postgres.js';
+import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+
+const run = promisify(execFile);
+const root = path.resolve('.');
+let scratch: string;
+let db: TestDatabase;
+let tarball: string;
+let files: string[];
+
+before(async () => {
+  scratch = await scratchDirectory('pack');
+  db = await createTestDatabase();
+  // prepack builds dist/ first.
+  const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', scratch], { cwd: root, maxBuffer: 16 << 20 });
+  const [packed] = JSON.parse(stdout.slice(stdout.indexOf('['))) as { filename: string; files: { path: string }[] }[];
+  tarball = path.join(scratch, packed!.filename);
+  files = packed!.files.map((f) => f.path);
+});
+after(async () => {
+  await db.drop();
+  await rm(scratch, { recursive: true, force: true });
+});
+
+test('the tarball holds dist/ with declarations, the README, the licence and package.json: nothing else', () => {
+  const outside = files.filter((f) => !f.startsWith('dist/') && !['package.json', 'README.md', 'LICENSE'].includes(f));
+  assert.deepEqual(outside, []);
+  for (const needed of ['dist/index.js', 'dist/index.d.ts', 'dist/client/index.js', 'dist/client/index.d.ts', 'README.md', 'LICENSE']) {
+    assert.ok(files.includes(needed), needed);
+  }
+  assert.deepEqual(files.filter((f) => /^dist\/(server|web)\/|\.map$|\.test\.|\.data|key/i.test(f)), []);
+});
+
+test('a scratch Fastify app installs the tarball, type-checks against it, and exchanges frames', { timeout: 300_000 }, async () => {
+  const app = path.join(scratch, 'host-app');
+  await cp(path.join(root, 'test/fixtures/host-app'), app, { recursive: true });
+  const ours = JSON.parse(await readFile(path.join(root, 'package.json'), 'utf8')) as { devDependencies: Record<string, string> };
+  await writeFile(
+    path.join(app, 'package.json'),
+    JSON.stringify({
+      name: 'host-app',
+      private: true,
+      type: 'module',
+      dependencies: { 'mesh-subscriptions': `file:${tarball}`, fastify: ours.devDependencies.fastify, postgres: '^3.4.0', ws: '^8.0.0' },
+      devDependencies: { '@types/node': ours.devDependencies['@types/node'], '@types/ws': ours.devDependencies['@types/ws'] },
+    }),
+  );
+  await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', '--ignore-scripts'], { cwd: app, maxBuffer: 16 << 20 });
+  await run(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], { cwd: app });
+  const { stdout } = await run(process.execPath, ['out/app.js'], { cwd: app, env: { ...process.env, DATABASE_URL: db.url } });
+  assert.deepEqual(JSON.parse(stdout.trim()), { type: 'taskUpdated', taskId: true, version: 1 });
+});
