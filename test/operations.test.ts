@@ -102,6 +102,32 @@ test('metrics after a scripted session: connections, subscriptions, frames, erro
   assert.equal(m('mesh_subscriptions{kind="task"}'), 0);
 });
 
+test('bus metrics: a row no wake-up announced is a catch-up; a dropped LISTEN connection is a listener restart', async () => {
+  const before = await scrape();
+  const taskId = await server.task(null);
+  const arrived = new Promise<void>((resolve) => {
+    const stop = server.app.mesh.taskUpdates.subscribe((e) => {
+      if (e.taskId !== taskId) return;
+      stop();
+      resolve();
+    });
+  });
+  // As the SQL functions write it, minus the NOTIFY: only the periodic read finds it.
+  await db.sql`
+    INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+    VALUES ('update', ${taskId}::uuid, NULL, true, ${db.sql.json({ version: 1, status: 's', updatedFields: [], updatedBy: 'sql' })})`;
+  await arrived;
+  let m = await scrape();
+  assert.equal(m('mesh_bus_catch_ups_total'), before('mesh_bus_catch_ups_total')! + 1);
+  assert.ok(m('mesh_bus_lag_seconds')! >= 0);
+
+  const restarted = once(server.app.mesh.events, 'listenerRestarted');
+  await db.sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'listen%'`;
+  await restarted;
+  m = await scrape();
+  assert.equal(m('mesh_bus_listener_restarts_total'), before('mesh_bus_listener_restarts_total')! + 1);
+});
+
 test('a host with its own registry gets the plugin’s metrics in it', async () => {
   const registry = new Registry();
   const app = Fastify();
