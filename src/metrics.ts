@@ -132,6 +132,13 @@ export class MeshMetrics {
     this.authFailures.inc({ stage });
   }
 
+  /** Takes the `mesh_*` metrics out of the registry, so that a new app can register them again. */
+  unregister(): void {
+    for (const metric of this.registry.getMetricsAsArray()) {
+      if (metric.name.startsWith('mesh_')) this.registry.removeSingleMetric(metric.name);
+    }
+  }
+
   busRead(lagSeconds: number, caughtUp: boolean): void {
     this.busLag.set(lagSeconds);
     if (caughtUp) this.catchUps.inc();

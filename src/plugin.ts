@@ -13,15 +13,15 @@ import { Admission } from './admission.js';
 import type { EventBus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import { PostgresBus } from './bus/postgres.js';
-import { MeshEvents } from './core/events.js';
-import { MeshMetrics } from './metrics.js';
 import type { Registry } from 'prom-client';
+import { authenticateRequest } from './auth.js';
+import { MeshEvents } from './core/events.js';
 import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core/hub.js';
 import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
+import { MeshMetrics } from './metrics.js';
 import { resolveOptions, type MeshSubscriptionsOptions, type ResolvedOptions } from './options.js';
-import { authenticateRequest } from './auth.js';
-import { MemoryTicketStore, PostgresTicketStore, selectProtocol, TICKET_PROTOCOL_PREFIX, MESH_PROTOCOL, type TicketStore } from './tickets.js';
+import { MESH_PROTOCOL, MemoryTicketStore, PostgresTicketStore, TICKET_PROTOCOL_PREFIX, selectProtocol, type TicketStore } from './tickets.js';
 
 export interface Mesh {
   /** `state.task_updates` of the seed: every change of a task. */
@@ -227,6 +227,8 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     await hub.stopBus();
   });
   app.addHook('onReady', async () => hub.start());
+  // A host's registry outlives this app (tests, restarts in-process): our metrics leave with it.
+  app.addHook('onClose', async () => metrics.unregister());
 
   // Not spread: `prefix` is a reserved register option and would prefix the route twice.
   await app.register(routes, { settings: options, hub, admission, tickets, metrics });

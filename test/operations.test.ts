@@ -136,6 +136,12 @@ test('a host with its own registry gets the plugin’s metrics in it', async () 
   assert.equal(app.mesh.metrics, registry);
   assert.match(await registry.metrics(), /^# HELP mesh_connections /m);
   await app.close();
+  // The host's registry outlives the app: a new one registers into it again.
+  const again = Fastify();
+  await again.register(meshSubscriptions, { authenticate: async () => null, resolveOwners: async () => new Map(), metricsRegistry: registry });
+  await again.ready();
+  await again.close();
+  assert.doesNotMatch(await registry.metrics(), /mesh_/);
 });
 
 test('one info line per socket opened and closed: principal, duration, frames, close code; no key', async () => {
