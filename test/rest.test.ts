@@ -214,3 +214,9 @@ describe('GET /api/v1/mesh/tasks', () => {
     assert.equal((await server.http('GET', '/api/v1/mesh/tasks', undefined)).status, 401);
   });
 });
+
+test('an unknown path answers 404 in the API’s error shape', async () => {
+  const res = await server.http('GET', '/api/v1/nope?secret=1', undefined);
+  assert.equal(res.status, 404);
+  assert.deepEqual(res.body, { code: 'NOT_FOUND', message: 'no route GET /api/v1/nope' });
+});

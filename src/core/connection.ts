@@ -98,6 +98,12 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   private heldBytes = 0;
   /** Replayed events that had not reached the sockets yet: their live copy is not sent again. */
   private expected: Set<string> | undefined;
+  /**
+   * Events sent to this socket while its resumes queue up (a reconnecting client sends all its
+   * subscribes at once): a later replay skips them, so that two subscriptions covering one event
+   * (subscribe and subscribeAll) do not both carry it. Dropped once no frame waits any more.
+   */
+  private sentWhileResuming: Set<string> | undefined;
   // For the close log line.
   private readonly openedAt = performance.now();
   private framesIn = 0;
@@ -151,14 +157,16 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
 
   sendUpdate(taskId: string, frame: Buffer, cursor: string): void {
     if (this.expected?.delete(cursor)) return;
-    if (this.held) this.hold({ kind: 'update', taskId, cursor, frame });
-    else this.outbound.update(taskId, frame);
+    if (this.held) return this.hold({ kind: 'update', taskId, cursor, frame });
+    this.sentWhileResuming?.add(cursor);
+    this.outbound.update(taskId, frame);
   }
 
   sendOutput(taskId: string, frame: Buffer, cursor: string): void {
     if (this.expected?.delete(cursor)) return;
-    if (this.held) this.hold({ kind: 'output', taskId, cursor, frame });
-    else this.outbound.output(taskId, frame, cursor);
+    if (this.held) return this.hold({ kind: 'output', taskId, cursor, frame });
+    this.sentWhileResuming?.add(cursor);
+    this.outbound.output(taskId, frame, cursor);
   }
 
   private hold(frame: Held): void {
@@ -169,6 +177,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   }
 
   private forward(f: Held): void {
+    this.sentWhileResuming?.add(f.cursor);
     if (f.kind === 'update') this.outbound.update(f.taskId, f.frame);
     else this.outbound.output(f.taskId, f.frame, f.cursor);
   }
@@ -373,6 +382,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     // From here on live frames wait: nothing was delivered since the subscription went in, as
     // this runs in the same turn.
     this.held ??= [];
+    const sent = (this.sentWhileResuming ??= new Set());
     const taskId = stream.kind === 'all' ? undefined : stream.taskId;
     const { history } = this.context;
     const releaseHeld = (keep: (frame: Held) => boolean) => {
@@ -396,6 +406,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         const replayed = new Set<string>();
         for (const frame of result.frames) {
           replayed.add(frame.cursor);
+          if (sent.has(frame.cursor)) continue;
+          sent.add(frame.cursor);
           this.outbound.replayed(frame.kind, frame.taskId, frame.frame, frame.cursor);
           this.context.metrics.sent(frame.kind === 'update' ? 'taskUpdated' : 'taskOutput');
         }
@@ -421,12 +433,17 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       this.fail(error);
     }
     if (!pending) {
-      this.backlog--;
+      this.stepDone();
       return;
     }
     return pending.catch((error: unknown) => this.fail(error)).finally(() => {
-      this.backlog--;
+      this.stepDone();
     });
+  }
+
+  /** A step that waited is done; once none waits, the resumes of this burst are over. */
+  private stepDone(): void {
+    if (--this.backlog === 0) this.sentWhileResuming = undefined;
   }
 
   /** Runs a step now, or after the steps still waiting on a lookup or a replay. */
@@ -437,7 +454,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       // A replay: frames after this one wait for it.
       this.backlog++;
       this.chain = pending.catch((error: unknown) => this.fail(error)).finally(() => {
-        this.backlog--;
+        this.stepDone();
       });
       return;
     }

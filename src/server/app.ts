@@ -65,6 +65,10 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {},
     return reply.code(status).send({ code: 'INTERNAL_ERROR', message: 'internal error' });
   });
 
+  app.setNotFoundHandler((request, reply) =>
+    reply.code(404).send({ code: 'NOT_FOUND', message: `no route ${request.method} ${request.url.split('?')[0]}` }),
+  );
+
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
