@@ -70,7 +70,7 @@ export function asyncApiDocument(): string {
   for (const [name, schema] of Object.entries(ServerMessages)) add(name, schema, 'send');
 
   const document = {
-    asyncapi: '3.0.0',
+    asyncapi: '3.1.0',
     info: { title: 'mesh-subscriptions WebSocket protocol', version: PACKAGE_VERSION, description: DESCRIPTION },
     defaultContentType: 'application/json',
     servers: {

@@ -16,7 +16,7 @@ test('the AsyncAPI document is valid, with every frame in both directions, the c
   const errors = diagnostics.filter((d) => d.severity === 0);
   assert.deepEqual(errors.map((d) => `${d.path.join('.')}: ${d.message}`), []);
   assert.ok(document);
-  assert.equal(document.version(), '3.0.0');
+  assert.equal(document.version(), '3.1.0');
   const actions = new Map(document.operations().all().map((op) => [op.messages().all()[0]!.name(), op.action()]));
   for (const name of Object.keys(ClientMessages)) assert.equal(actions.get(name), 'receive', name);
   for (const name of Object.keys(ServerMessages)) assert.equal(actions.get(name), 'send', name);
