@@ -4,16 +4,16 @@
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { Principal, ResolvedOptions } from './options.js';
+import { UUID_REGEX } from './protocol/schemas.js';
 import type { TicketStore } from './tickets.js';
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 function normalise(value: unknown): Principal | null {
   if (typeof value !== 'object' || value === null) return null;
   const { ownerId, admin, id } = value as Partial<Principal>;
   if (typeof admin !== 'boolean') return null;
   if (id !== undefined && (typeof id !== 'string' || id.length === 0 || id.length > 256)) return null;
-  if (ownerId !== null && (typeof ownerId !== 'string' || !UUID.test(ownerId))) return null;
+  if (ownerId !== null && (typeof ownerId !== 'string' || !UUID_REGEX.test(ownerId))) return null;
   const principal: Principal = { ownerId: ownerId === null ? null : ownerId.toLowerCase(), admin };
   if (id !== undefined) principal.id = id;
   return principal;

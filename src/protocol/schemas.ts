@@ -9,6 +9,8 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 /** A UUID in the hyphenated form, any letter case (what serde's `Uuid` accepts from the iOS app). */
 export const UUID_PATTERN = '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$';
 export const Uuid = Type.String({ pattern: UUID_PATTERN, description: 'A UUID, any letter case' });
+/** The same check, for code outside a schema. */
+export const UUID_REGEX = new RegExp(UUID_PATTERN);
 
 const INT32 = { minimum: -2147483648, maximum: 2147483647 } as const;
 

@@ -5,7 +5,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Sql, TransactionSql } from 'postgres';
-import { TaskOutputFields, Uuid, type Principal } from '../index.js';
+import { TaskOutputFields, UUID_REGEX, Uuid, type Principal } from '../index.js';
 
 const Task = Type.Object(
   {
@@ -83,7 +83,6 @@ const toTask = (row: TaskRow): Task => ({
   updatedAt: row.updated_at.toISOString(),
 });
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const COLUMNS = 'id::text AS id, owner_id::text AS owner_id, name, status, version, created_at, updated_at';
 
 const secured = { security: [{ apiKey: [] }, { bearer: [] }] as Array<Record<string, string[]>>, tags: ['Tasks'] };
@@ -174,7 +173,7 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
       let after: { createdAt: string; id: string } | undefined;
       if (request.query.after !== undefined) {
         const [createdAt, id] = Buffer.from(request.query.after, 'base64url').toString().split('|');
-        if (!createdAt || !id || Number.isNaN(Date.parse(createdAt)) || !UUID.test(id)) {
+        if (!createdAt || !id || Number.isNaN(Date.parse(createdAt)) || !UUID_REGEX.test(id)) {
           return reply.code(400).send({ code: 'VALIDATION_ERROR', message: 'querystring/after is not a page cursor' });
         }
         after = { createdAt, id };
