@@ -1,8 +1,8 @@
 /**
  * Prometheus metrics (prom-client), in the host's registry when it gives one (`metricsRegistry`),
  * else in the plugin's own (`app.mesh.metrics`). Labels are bounded sets — frame types, codes,
- * kinds — never a task or an owner. Counters on the send path are bound to their labels once, so
- * that counting a delivery is an addition.
+ * kinds — never a task or an owner. What the send path counts (deliveries, bytes per socket write)
+ * is added to plain numbers and handed to prom-client at scrape time: counting is an addition.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { MeshEvents } from './core/events.js';
@@ -19,9 +19,8 @@ export interface MetricsSource {
 export class MeshMetrics {
   private readonly framesIn: Counter<'type'>;
   private readonly framesOut: Counter<'type'>;
-  private readonly updatesOut: Counter.Internal;
-  private readonly outputsOut: Counter.Internal;
-  private readonly bytesOut: Counter;
+  /** Send-path counts not yet handed to their counters (see `collect` below). */
+  private readonly pending = { updates: 0, outputs: 0, bytes: 0 };
   private readonly errors: Counter<'code'>;
   private readonly closes: Counter<'code'>;
   private readonly slow: Counter<'kind'>;
@@ -48,10 +47,27 @@ export class MeshMetrics {
       },
     });
     this.framesIn = new Counter({ name: 'mesh_frames_received_total', help: 'Client frames received, by type (invalid: not a valid frame)', labelNames: ['type'], registers });
-    this.framesOut = new Counter({ name: 'mesh_frames_sent_total', help: 'Frames handed to sockets, by type', labelNames: ['type'], registers });
-    this.updatesOut = this.framesOut.labels('taskUpdated');
-    this.outputsOut = this.framesOut.labels('taskOutput');
-    this.bytesOut = new Counter({ name: 'mesh_sent_bytes_total', help: 'Bytes written to sockets (WebSocket frames included)', registers });
+    const pending = this.pending;
+    this.framesOut = new Counter({
+      name: 'mesh_frames_sent_total',
+      help: 'Frames handed to sockets, by type',
+      labelNames: ['type'],
+      registers,
+      collect() {
+        this.inc({ type: 'taskUpdated' }, pending.updates);
+        this.inc({ type: 'taskOutput' }, pending.outputs);
+        pending.updates = pending.outputs = 0;
+      },
+    });
+    new Counter({
+      name: 'mesh_sent_bytes_total',
+      help: 'Bytes written to sockets (WebSocket frames included)',
+      registers,
+      collect() {
+        this.inc(pending.bytes);
+        pending.bytes = 0;
+      },
+    });
     this.errors = new Counter({ name: 'mesh_errors_total', help: 'error frames sent, by code', labelNames: ['code'], registers });
     this.closes = new Counter({ name: 'mesh_closes_total', help: 'Close frames the server sent, by close code', labelNames: ['code'], registers });
     this.slow = new Counter({
@@ -104,9 +120,10 @@ export class MeshMetrics {
     this.framesIn.inc({ type });
   }
 
-  /** `recipients` sockets were handed an event's frame of `bytes`; it was published at `publishedAt` (ms since the epoch). */
+  /** `recipients` sockets were handed an event's frame; it was published at `publishedAt` (ms since the epoch). */
   delivered(kind: 'update' | 'output', recipients: number, publishedAt: number | undefined): void {
-    if (recipients > 0) (kind === 'update' ? this.updatesOut : this.outputsOut).inc(recipients);
+    if (kind === 'update') this.pending.updates += recipients;
+    else this.pending.outputs += recipients;
     if (publishedAt !== undefined) this.latency.observe(Math.max(0, Date.now() - publishedAt) / 1000);
   }
 
@@ -116,7 +133,7 @@ export class MeshMetrics {
   }
 
   written(bytes: number): void {
-    this.bytesOut.inc(bytes);
+    this.pending.bytes += bytes;
   }
 
   error(code: string): void {

@@ -178,11 +178,10 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     timeoutMs: options.lookupTimeoutMs,
   });
   const events = new MeshEvents();
-  // The gauges read the hub at scrape time; it exists by the time anyone scrapes.
-  let hubRef: MeshHub | undefined;
-  const metrics = new MeshMetrics(
+  // The gauges read the hub at scrape time, by when it exists.
+  const metrics: MeshMetrics = new MeshMetrics(
     options.metricsRegistry,
-    { connections: () => hubRef?.connections.size ?? 0, subscriptions: () => hubRef?.subscriptionCounts() ?? { task: 0, all: 0, output: 0 } },
+    { connections: (): number => hub.connections.size, subscriptions: () => hub.subscriptionCounts() },
     events,
   );
   const bus: EventBus =
@@ -199,8 +198,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
           app.log,
         )
       : new MemoryBus(options.historySize);
-  const hub = new MeshHub(owners, bus, events, app.log, options, metrics);
-  hubRef = hub;
+  const hub: MeshHub = new MeshHub(owners, bus, events, app.log, options, metrics);
   const tickets: TicketStore | undefined = !options.tickets
     ? undefined
     : options.bus === 'postgres'

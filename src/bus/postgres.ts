@@ -65,6 +65,8 @@ export class PostgresBus implements EventBus {
   /** The client that holds this instance's LISTEN connection. */
   private listener: Sql<any> | undefined;
   private lastHeard = performance.now();
+  /** A NOTIFY came since the last read began: what it finds was announced, not caught up. */
+  private announced = false;
   private readonly heartbeatChannel = `${CHANNEL}_hb_${randomBytes(6).toString('hex')}`;
   /** Waiters for the reader to pass a position. */
   private readonly reachWaiters: { target: Position; resolve: () => void }[] = [];
@@ -261,11 +263,10 @@ export class PostgresBus implements EventBus {
   // Reading.
 
   private async listen(): Promise<void> {
-    // A client of our own rather than the host's `sql.listen`: postgres.js keeps one LISTEN
-    // connection per client and listens again on that same one, so a connection that went silent
-    // could never be replaced. It still re-listens by itself after a connection drops.
-    // The host's parsed options, as postgres.js itself reuses them for its LISTEN client; a
-    // connection that never idles out or retires, since its LISTEN would end with it.
+    // A client of our own, from the host's parsed options (as postgres.js builds its own LISTEN
+    // client), rather than the host's `sql.listen`: that one listens again on the same connection,
+    // so a connection gone silent could never be replaced. Ours still re-listens by itself after a
+    // drop, and never idles out or retires, since its LISTEN would end with it.
     const listener = postgres({
       ...this.sql.options,
       max: 1,
@@ -317,9 +318,6 @@ export class PostgresBus implements EventBus {
     }
     await this.sql.notify(this.heartbeatChannel, '').catch(() => {});
   }
-
-  /** A NOTIFY came since the last read began: what it finds was announced, not caught up. */
-  private announced = false;
 
   private wake(): void {
     if (this.stopped || !this.sink) return;

@@ -108,6 +108,8 @@ export class MeshClient {
   private attempt = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private stopped = false;
+  /** The API's base, e.g. `https://api.example.com/api/v1`. */
+  private readonly api: string;
   private current: ConnectionStatus = { state: 'connecting', attempt: 0 };
   private readonly options: Required<Omit<MeshClientOptions, 'apiKey' | 'protocols'>> & Pick<MeshClientOptions, 'apiKey' | 'protocols'>;
 
@@ -124,6 +126,7 @@ export class MeshClient {
       ...options,
       WebSocket: WebSocketImpl,
     };
+    this.api = `${this.options.url.replace(/\/$/, '')}${this.options.prefix}`;
     void this.connect();
   }
 
@@ -216,8 +219,7 @@ export class MeshClient {
       return this.retry();
     }
     if (this.stopped) return;
-    const base = this.options.url.replace(/^http/, 'ws').replace(/\/$/, '');
-    const socket = new this.options.WebSocket(`${base}${this.options.prefix}/mesh/tasks/subscribe`, protocols);
+    const socket = new this.options.WebSocket(`${this.api.replace(/^http/, 'ws')}/mesh/tasks/subscribe`, protocols);
     this.socket = socket;
     socket.onopen = () => {
       this.attempt = 0;
@@ -238,7 +240,7 @@ export class MeshClient {
 
   private async ticket(): Promise<string[]> {
     if (this.options.protocols) return this.options.protocols();
-    const res = await this.options.fetch(`${this.options.url.replace(/\/$/, '')}${this.options.prefix}/mesh/tickets`, {
+    const res = await this.options.fetch(`${this.api}/mesh/tickets`, {
       method: 'POST',
       headers: { [this.options.keyHeader]: this.options.apiKey! },
     });

@@ -404,13 +404,16 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         if (this.closed) return;
         if ('resync' in result) return resync(result.resync);
         const replayed = new Set<string>();
+        let count = 0;
         for (const frame of result.frames) {
           replayed.add(frame.cursor);
           if (sent.has(frame.cursor)) continue;
           sent.add(frame.cursor);
           this.outbound.replayed(frame.kind, frame.taskId, frame.frame, frame.cursor);
-          this.context.metrics.sent(frame.kind === 'update' ? 'taskUpdated' : 'taskOutput');
+          count++;
         }
+        // A stream replays one kind of event.
+        if (count > 0) this.context.metrics.sent(stream.kind === 'output' ? 'taskOutput' : 'taskUpdated', count);
         // What the replay carried, or the client had before `since`, is not sent twice: neither
         // held frames nor those still on their way through the hub.
         releaseHeld((frame) => !replayed.has(frame.cursor) && history.compare(frame.cursor, since) > 0);
