@@ -73,6 +73,8 @@ export const UpgradeError = {
   },
   SERVER_BUSY: { status: 503, code: 'SERVER_BUSY', message: 'the server is at its connection limit; retry later' },
   SHUTTING_DOWN: { status: 503, code: 'SHUTTING_DOWN', message: 'the server is shutting down; retry on another instance' },
+  /** `authenticate` threw (its store is down): not a verdict on the credentials, so retry. */
+  UNAVAILABLE: { status: 503, code: 'UNAVAILABLE', message: 'credentials could not be checked right now; retry later' },
 } as const;
 
 /** Seconds a refused client should wait, sent as `Retry-After` with the 503 answers. */
@@ -86,16 +88,21 @@ export class MeshOptionsError extends TypeError {
   }
 }
 
-/** Raised by `publish` when a notification does not match its schema. */
+/** Raised by `publish` when a notification does not match its schema or its limits: bad input, never retried. */
 export class MeshPublishError extends TypeError {
+  readonly code = 'INVALID_EVENT';
   constructor(message: string) {
     super(`mesh-subscriptions: invalid notification: ${message}`);
     this.name = 'MeshPublishError';
   }
 }
 
-/** Raised by `publish` when the event log cannot be written (the database is out of reach): not published. */
+/**
+ * Raised by `publish` when the event log cannot be written in time (the database is out of reach
+ * or slower than `publishTimeoutMs`): an outage, never bad input. Not published; retry later.
+ */
 export class MeshBusUnavailableError extends Error {
+  readonly code = 'UNAVAILABLE';
   constructor(cause: unknown) {
     super(`mesh-subscriptions: the event log could not be written; the event was not published`, { cause });
     this.name = 'MeshBusUnavailableError';
