@@ -14,7 +14,12 @@ export type AuthStage = 'upgrade' | 'reauthenticate' | 'ticket';
 export interface MetricsSource {
   connections(): number;
   subscriptions(): { task: number; all: number; output: number };
+  /** Seconds committed events have been waiting behind a running transaction (0: none). */
+  heldBackSeconds(): number;
 }
+
+/** Why a logged event reached no socket: unreadable from the log, invalid there, or not encodable. */
+export type DropReason = 'unreadable' | 'invalid' | 'unencodable';
 
 export class MeshMetrics {
   private readonly framesIn: Counter<'type'>;
@@ -29,6 +34,7 @@ export class MeshMetrics {
   private readonly busLag: Gauge;
   private readonly catchUps: Counter;
   private readonly listenerRestarts: Counter;
+  private readonly dropped: Counter<'reason'>;
 
   constructor(
     readonly registry: Registry,
@@ -103,7 +109,22 @@ export class MeshMetrics {
       help: 'PostgreSQL bus: the LISTEN connection came back after it dropped or went silent',
       registers,
     });
+    new Gauge({
+      name: 'mesh_bus_held_back_seconds',
+      help: 'PostgreSQL bus: how long committed events have been waiting behind a transaction still running (0: none waits)',
+      registers,
+      collect() {
+        this.set(source.heldBackSeconds());
+      },
+    });
+    this.dropped = new Counter({
+      name: 'mesh_events_dropped_total',
+      help: 'Logged events skipped on the way to the sockets (each with an error log line), by reason; the events after them went on',
+      labelNames: ['reason'],
+      registers,
+    });
     // Present at 0 from the start, so that rate() and alerts see them before the first event.
+    for (const reason of ['unreadable', 'invalid', 'unencodable']) this.dropped.inc({ reason }, 0);
     for (const kind of ['conflated', 'lagged', 'disconnected']) this.slow.inc({ kind }, 0);
     for (const stage of ['upgrade', 'reauthenticate', 'ticket']) this.authFailures.inc({ stage }, 0);
     events.on('drained', ({ superseded, lagged }) => {
@@ -143,6 +164,10 @@ export class MeshMetrics {
 
   closed(code: number): void {
     this.closes.inc({ code: String(code) });
+  }
+
+  droppedEvent(reason: DropReason): void {
+    this.dropped.inc({ reason });
   }
 
   authFailed(stage: AuthStage): void {

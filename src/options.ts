@@ -48,9 +48,13 @@ export interface MeshSubscriptionsOptions {
   prefix?: string;
   /** Table holding `id uuid` and `owner_id uuid null`, used with `sql`. Default `tasks`. */
   tasksTable?: string;
-  /** How many task owners to keep in memory. Default 10,000. */
+  /**
+   * @deprecated Ignored: owners are no longer cached. Who may see an event is decided from the
+   * database's answer (settled when the event is logged, looked up on each subscribe), never from
+   * a remembered one; an owner change is seen as soon as it commits.
+   */
   ownerCacheSize?: number;
-  /** How long a cached owner is trusted, in ms. Default 60,000. */
+  /** @deprecated Ignored, as `ownerCacheSize`. */
   ownerCacheTtlMs?: number;
   /** How long an owner lookup may take before the subscribe fails with UNAVAILABLE. Default 5,000 ms. */
   lookupTimeoutMs?: number;
@@ -92,6 +96,16 @@ export interface MeshSubscriptionsOptions {
   historySize?: number;
   /** Most events one `since` replays; beyond it the client gets `resyncRequired`. Default 10,000. */
   maxReplay?: number;
+  /**
+   * How many replay pages (of at most 500 events or 256 KiB) are read at once, across all
+   * sockets: resumes wait their turn rather than crowd out live delivery. Default 4.
+   */
+  replayConcurrency?: number;
+  /**
+   * PostgreSQL bus: how long `publish()` may wait for the log before it rejects with
+   * MeshBusUnavailableError. Default 5,000 ms.
+   */
+  publishTimeoutMs?: number;
   /** PostgreSQL bus: create or upgrade the plugin's tables and functions at start. Default true. */
   migrate?: boolean;
   /** PostgreSQL bus: events older than this are pruned. Default 86,400,000 ms (24 h). */
@@ -128,8 +142,6 @@ export interface ResolvedOptions {
   resolveOwners: OwnerResolver | undefined;
   prefix: string;
   tasksTable: string;
-  ownerCacheSize: number;
-  ownerCacheTtlMs: number;
   lookupTimeoutMs: number;
   maxPayload: number;
   maxFramesPerSecond: number;
@@ -148,6 +160,8 @@ export interface ResolvedOptions {
   bus: 'memory' | 'postgres';
   historySize: number;
   maxReplay: number;
+  replayConcurrency: number;
+  publishTimeoutMs: number;
   migrate: boolean;
   retentionMs: number;
   retentionPerTask: number;
@@ -162,8 +176,6 @@ export interface ResolvedOptions {
 export const DEFAULTS = {
   prefix: '/api/v1',
   tasksTable: 'tasks',
-  ownerCacheSize: 10_000,
-  ownerCacheTtlMs: 60_000,
   lookupTimeoutMs: 5_000,
   maxPayload: 64 * 1024,
   maxFramesPerSecond: 100,
@@ -181,6 +193,8 @@ export const DEFAULTS = {
   shutdownTimeoutMs: 10_000,
   historySize: 10_000,
   maxReplay: 10_000,
+  replayConcurrency: 4,
+  publishTimeoutMs: 5_000,
   migrate: true,
   retentionMs: 24 * 60 * 60 * 1000,
   retentionPerTask: 10_000,
@@ -255,6 +269,9 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   if (hardBufferLimit <= softBufferLimit) {
     throw new MeshOptionsError('option "hardBufferLimit" must be larger than "softBufferLimit"');
   }
+  // Deprecated and ignored, but a malformed one is still a mistake worth saying.
+  positiveInteger('ownerCacheSize', o.ownerCacheSize, 1);
+  positiveInteger('ownerCacheTtlMs', o.ownerCacheTtlMs, 1);
   return {
     authenticate: o.authenticate,
     reauthenticate: o.reauthenticate,
@@ -262,8 +279,6 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     resolveOwners: o.resolveOwners,
     prefix,
     tasksTable,
-    ownerCacheSize: positiveInteger('ownerCacheSize', o.ownerCacheSize, DEFAULTS.ownerCacheSize),
-    ownerCacheTtlMs: positiveInteger('ownerCacheTtlMs', o.ownerCacheTtlMs, DEFAULTS.ownerCacheTtlMs),
     lookupTimeoutMs: positiveInteger('lookupTimeoutMs', o.lookupTimeoutMs, DEFAULTS.lookupTimeoutMs),
     maxPayload: positiveInteger('maxPayload', o.maxPayload, DEFAULTS.maxPayload),
     maxFramesPerSecond: positiveInteger('maxFramesPerSecond', o.maxFramesPerSecond, DEFAULTS.maxFramesPerSecond),
@@ -291,6 +306,8 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     bus,
     historySize: positiveInteger('historySize', o.historySize, DEFAULTS.historySize),
     maxReplay: positiveInteger('maxReplay', o.maxReplay, DEFAULTS.maxReplay),
+    replayConcurrency: positiveInteger('replayConcurrency', o.replayConcurrency, DEFAULTS.replayConcurrency),
+    publishTimeoutMs: positiveInteger('publishTimeoutMs', o.publishTimeoutMs, DEFAULTS.publishTimeoutMs),
     migrate: o.migrate ?? DEFAULTS.migrate,
     retentionMs: positiveInteger('retentionMs', o.retentionMs, DEFAULTS.retentionMs),
     retentionPerTask: positiveInteger('retentionPerTask', o.retentionPerTask, DEFAULTS.retentionPerTask),

@@ -172,16 +172,16 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
 const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (app, rawOptions) => {
   const options = resolveOptions(rawOptions);
   const resolver = options.resolveOwners ?? sqlOwnerResolver(options.sql!, options.tasksTable);
-  const owners = new OwnerDirectory(resolver, {
-    size: options.ownerCacheSize,
-    ttlMs: options.ownerCacheTtlMs,
-    timeoutMs: options.lookupTimeoutMs,
-  });
+  const owners = new OwnerDirectory(resolver, options.lookupTimeoutMs);
   const events = new MeshEvents();
   // The gauges read the hub at scrape time, by when it exists.
   const metrics: MeshMetrics = new MeshMetrics(
     options.metricsRegistry,
-    { connections: (): number => hub.connections.size, subscriptions: () => hub.subscriptionCounts() },
+    {
+      connections: (): number => hub.connections.size,
+      subscriptions: () => hub.subscriptionCounts(),
+      heldBackSeconds: () => hub.heldBackSeconds(),
+    },
     events,
   );
   const bus: EventBus =
@@ -190,6 +190,9 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
           options.sql!,
           {
             ...options,
+            // The log's SQL settles owners from the tasks table, unless they come from `resolveOwners`.
+            tasksTable: options.resolveOwners === undefined ? options.tasksTable : undefined,
+            onDropped: (reason, cursor, error) => hub.dropped(reason, cursor, error),
             onPruned: (rows) => events.emit('pruned', { rows }),
             onHeldBack: () => events.emit('heldBack'),
             onListenerRestarted: () => events.emit('listenerRestarted'),

@@ -23,7 +23,21 @@ export type ReplayStream =
 /** Why a replay cannot be made; the client gets `resyncRequired` with it. */
 export type ResyncReason = 'unknownCursor' | 'expired' | 'tooFarBehind' | 'unavailable';
 
-export type ReplayResult = { events: LoggedEvent[] } | { resync: ResyncReason };
+/** How much one page of a replay may hold; the first page also says how far back a replay may reach. */
+export interface PageSize {
+  rows: number;
+  /** Payload bytes; a page always holds at least one event, however large. */
+  bytes: number;
+  /** First page only: more than this many events after `since` answers `tooFarBehind`. */
+  limit?: number;
+}
+
+/**
+ * One page of a replay. `last` is the cursor of the last event read (the next page starts after
+ * it), `more` whether events may follow it. Each page is read in one snapshot of the log, with
+ * its check for pruning: a page is gapless from where it starts, or the answer is `expired`.
+ */
+export type ReplayPage = { events: LoggedEvent[]; last: string; more: boolean } | { resync: ResyncReason };
 
 /** Receives new events in log order; resolves once they have been handed to the sockets. */
 export type BusSink = (events: readonly LoggedEvent[]) => Promise<void>;
@@ -33,14 +47,15 @@ export interface EventBus {
   start(sink: BusSink): Promise<void>;
   /**
    * Logs an event and resolves with its cursor; with `sql` (a transaction of the caller), inside
-   * that transaction: it is delivered only if and once it commits.
+   * that transaction: it is delivered only if and once it commits. Rejects with MeshPublishError
+   * when the log refuses the event itself, MeshBusUnavailableError when the log is out of reach.
    */
   publish(entry: BusEntry, sql?: TransactionSql<any>): Promise<string>;
   /**
-   * The events of `stream` after `since`, in log order: everything the stream would have
-   * delivered, at most `limit` (more answers `tooFarBehind`). Owner filtering is left to the caller.
+   * The events of `stream` after `after`, in log order, one page of them: everything the stream
+   * would have delivered. Owner filtering is left to the caller.
    */
-  replay(stream: ReplayStream, since: string, limit: number): Promise<ReplayResult>;
+  replay(stream: ReplayStream, after: string, page: PageSize): Promise<ReplayPage>;
   /** A cursor before everything the log will deliver from now on: where a new stream starts. */
   head(): string;
   /** Orders two cursors of this log (negative: `a` comes first); 0 for a cursor that is not one. */
@@ -48,6 +63,8 @@ export interface EventBus {
   stop(): Promise<void>;
   /** Whether it hears new events as they come (the PostgreSQL bus: its LISTEN connection hears its heartbeat). */
   listening(): boolean;
+  /** Seconds committed events have been waiting behind a running transaction (0: none waits). */
+  heldBackSeconds(): number;
 }
 
 export function matches(stream: ReplayStream, e: LoggedEvent): boolean {

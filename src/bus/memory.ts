@@ -4,7 +4,7 @@
  * cursor from another process or an earlier run is told apart rather than misread.
  */
 import { randomBytes } from 'node:crypto';
-import { matches, type BusEntry, type BusSink, type EventBus, type LoggedEvent, type ReplayResult, type ReplayStream } from './bus.js';
+import { matches, type BusEntry, type BusSink, type EventBus, type LoggedEvent, type PageSize, type ReplayPage, type ReplayStream } from './bus.js';
 
 const CURSOR = /^([0-9a-f]{8})\.([1-9][0-9]{0,15}|0)$/;
 
@@ -33,20 +33,34 @@ export class MemoryBus implements EventBus {
     return logged.cursor;
   }
 
-  async replay(stream: ReplayStream, since: string, limit: number): Promise<ReplayResult> {
-    const match = CURSOR.exec(since);
+  async replay(stream: ReplayStream, after: string, page: PageSize): Promise<ReplayPage> {
+    const match = CURSOR.exec(after);
     if (!match || match[1] !== this.epoch || Number(match[2]) > this.sequence) return { resync: 'unknownCursor' };
     const from = Number(match[2]) + 1;
     const oldest = Math.max(1, this.sequence - this.size + 1);
     if (from < oldest) return { resync: 'expired' };
-    const events: LoggedEvent[] = [];
-    for (let s = from; s <= this.sequence; s++) {
-      const e = this.ring[(s - 1) % this.size]!;
-      if (!matches(stream, e)) continue;
-      if (events.length === limit) return { resync: 'tooFarBehind' };
-      events.push(e);
+    if (page.limit !== undefined) {
+      let count = 0;
+      for (let s = from; s <= this.sequence; s++) if (matches(stream, this.at(s)) && ++count > page.limit) return { resync: 'tooFarBehind' };
     }
-    return { events };
+    const events: LoggedEvent[] = [];
+    let bytes = 0;
+    let s = from;
+    for (; s <= this.sequence && events.length < page.rows && (events.length === 0 || bytes < page.bytes); s++) {
+      const e = this.at(s);
+      if (!matches(stream, e)) continue;
+      events.push(e);
+      bytes += e.kind === 'output' ? e.event.content.length : 64;
+    }
+    return { events, last: `${this.epoch}.${s - 1}`, more: s <= this.sequence };
+  }
+
+  private at(sequence: number): LoggedEvent {
+    return this.ring[(sequence - 1) % this.size]!;
+  }
+
+  heldBackSeconds(): number {
+    return 0;
   }
 
   head(): string {

@@ -5,13 +5,14 @@
  * functions, operators look at the tables.
  */
 import type { Sql } from 'postgres';
+import { MAX_EVENT_BYTES, MAX_JSON_DEPTH } from '../protocol/codec.js';
 
 /** NOTIFY channel: a wake-up only, the payload is never read. */
 export const CHANNEL = 'mesh_event_log';
 
 const MIGRATION_LOCK = 0x6d657368_6c6f67n; // "meshlog"
 
-const DDL = `
+const ddl = (SETTLE_OWNER: string) => `
 CREATE TABLE IF NOT EXISTS mesh_event_log (
   -- Order of the log: by (txid, id). Readers read only below the oldest running transaction,
   -- so a transaction that commits late can never land behind a cursor already handed out.
@@ -20,9 +21,11 @@ CREATE TABLE IF NOT EXISTS mesh_event_log (
   kind text NOT NULL CHECK (kind IN ('update', 'output')),
   task_id uuid NOT NULL,
   owner_id uuid NULL,
-  -- false: the publisher did not say who owns the task; readers look it up.
+  -- true: owner_id was settled when the event was written (given by the publisher, or read from
+  -- the tasks table in the publisher's transaction); false: readers look it up.
   owner_given boolean NOT NULL,
-  payload jsonb NOT NULL,
+  -- json, not jsonb: json keeps an escaped NUL in a string, which jsonb cannot hold.
+  payload json NOT NULL,
   created_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (txid, id)
 );
@@ -57,6 +60,41 @@ CREATE TABLE IF NOT EXISTS mesh_ws_tickets (
   expires_at timestamptz NOT NULL
 );
 
+-- Logs created before payload was json.
+DO $do$ BEGIN
+  IF (SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+      WHERE attrelid = 'mesh_event_log'::regclass AND attname = 'payload') = 'jsonb' THEN
+    ALTER TABLE mesh_event_log ALTER COLUMN payload TYPE json USING payload::json;
+  END IF;
+END $do$;
+
+-- What publish() refuses, refused in SQL too: JSON nested deeper than ${MAX_JSON_DEPTH} levels, events
+-- heavier than ${MAX_EVENT_BYTES} bytes. (PostgreSQL itself refuses NUL and lone surrogates in text.)
+CREATE OR REPLACE FUNCTION mesh_check_event(payload jsonb, fn text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+DECLARE
+  level jsonb[] := CASE WHEN jsonb_typeof(payload) IN ('array', 'object') THEN ARRAY[payload] ELSE '{}' END;
+  depth integer := 0;
+BEGIN
+  IF octet_length(payload::text) > ${MAX_EVENT_BYTES} THEN
+    RAISE EXCEPTION '%: the event weighs % bytes as JSON; at most ${MAX_EVENT_BYTES} are allowed', fn, octet_length(payload::text)
+      USING ERRCODE = 'program_limit_exceeded';
+  END IF;
+  -- Level by level, not recursively: a deep value must not exhaust the stack it is checked on.
+  WHILE cardinality(level) > 0 LOOP
+    IF depth > ${MAX_JSON_DEPTH} THEN
+      RAISE EXCEPTION '%: JSON nests deeper than ${MAX_JSON_DEPTH} levels', fn USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    depth := depth + 1;
+    level := ARRAY(
+      SELECT c FROM unnest(level) AS v,
+        LATERAL (SELECT e FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v) = 'array' THEN v END) AS e
+                 UNION ALL SELECT x.value FROM jsonb_each(CASE WHEN jsonb_typeof(v) = 'object' THEN v END) AS x) AS s(c)
+      WHERE jsonb_typeof(c) IN ('array', 'object'));
+  END LOOP;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION mesh_log_cursor(logged_txid xid8, logged_id bigint) RETURNS text
 LANGUAGE sql STABLE AS $fn$
   SELECT log_id || '.' || logged_txid::text || '.' || logged_id::text FROM mesh_event_log_meta
@@ -69,6 +107,8 @@ CREATE OR REPLACE FUNCTION mesh_publish_task_update(
 DECLARE
   logged_txid xid8;
   logged_id bigint;
+  payload jsonb;
+  owner_given boolean := owner_id IS NOT NULL;
 BEGIN
   IF task_id IS NULL OR version IS NULL OR status IS NULL OR updated_by IS NULL THEN
     RAISE EXCEPTION 'mesh_publish_task_update: task_id, version, status and updated_by are required'
@@ -78,10 +118,13 @@ BEGIN
     RAISE EXCEPTION 'mesh_publish_task_update: updated_fields must not contain NULL'
       USING ERRCODE = 'null_value_not_allowed';
   END IF;
-  INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
-  VALUES ('update', task_id, owner_id, owner_id IS NOT NULL, jsonb_build_object(
+  payload := jsonb_build_object(
     'version', version, 'status', status,
-    'updatedFields', to_jsonb(coalesce(updated_fields, '{}'::text[])), 'updatedBy', updated_by))
+    'updatedFields', to_jsonb(coalesce(updated_fields, '{}'::text[])), 'updatedBy', updated_by);
+  PERFORM mesh_check_event(payload, 'mesh_publish_task_update');
+${SETTLE_OWNER}
+  INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+  VALUES ('update', task_id, owner_id, owner_given, payload::json)
   RETURNING mesh_event_log.txid, mesh_event_log.id INTO logged_txid, logged_id;
   PERFORM pg_notify('${CHANNEL}', '');
   RETURN mesh_log_cursor(logged_txid, logged_id);
@@ -97,6 +140,7 @@ DECLARE
   logged_txid xid8;
   logged_id bigint;
   payload jsonb;
+  owner_given boolean := owner_id IS NOT NULL;
 BEGIN
   IF task_id IS NULL OR message_type IS NULL OR content IS NULL THEN
     RAISE EXCEPTION 'mesh_publish_task_output: task_id, message_type and content are required'
@@ -113,8 +157,10 @@ BEGIN
   IF is_error IS NOT NULL THEN payload := payload || jsonb_build_object('isError', is_error); END IF;
   IF cost_usd IS NOT NULL THEN payload := payload || jsonb_build_object('costUsd', cost_usd); END IF;
   IF duration_ms IS NOT NULL THEN payload := payload || jsonb_build_object('durationMs', duration_ms); END IF;
+  PERFORM mesh_check_event(payload, 'mesh_publish_task_output');
+${SETTLE_OWNER}
   INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
-  VALUES ('output', task_id, owner_id, owner_id IS NOT NULL, payload)
+  VALUES ('output', task_id, owner_id, owner_given, payload::json)
   RETURNING mesh_event_log.txid, mesh_event_log.id INTO logged_txid, logged_id;
   PERFORM pg_notify('${CHANNEL}', '');
   RETURN mesh_log_cursor(logged_txid, logged_id);
@@ -122,9 +168,34 @@ END
 $fn$;
 `;
 
-export async function migrateEventLog(sql: Sql<any>): Promise<void> {
+/** `app.tasks` → `"app"."tasks"`: the option is checked to be plain identifiers. */
+export const quoteTable = (table: string): string =>
+  table
+    .split('.')
+    .map((part) => `"${part}"`)
+    .join('.');
+
+/**
+ * A NULL owner is settled in the publisher's transaction from the tasks table, when the plugin
+ * reads owners from one: every instance then reads the same owner from the log, and an owner
+ * change that committed before the publish is never missed. A task not there is admins-only.
+ */
+const settleOwnerFrom = (tasksTable: string | undefined): string =>
+  tasksTable === undefined
+    ? ''
+    : `  IF owner_id IS NULL THEN
+    SELECT t.owner_id::uuid INTO owner_id FROM ${quoteTable(tasksTable)} AS t WHERE t.id = task_id;
+    owner_given := true;
+  END IF;`;
+
+export interface EventLogSchemaOptions {
+  /** The table the SQL functions settle a NULL owner from; undefined when owners come from `resolveOwners`. */
+  tasksTable: string | undefined;
+}
+
+export async function migrateEventLog(sql: Sql<any>, options: EventLogSchemaOptions): Promise<void> {
   await sql.begin(async (tx) => {
     await tx`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK.toString()}::bigint)`;
-    await tx.unsafe(DDL);
+    await tx.unsafe(ddl(settleOwnerFrom(options.tasksTable)));
   });
 }

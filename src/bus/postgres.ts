@@ -7,14 +7,25 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import postgres, { type Options, type Sql, type TransactionSql } from 'postgres';
-import { MeshBusUnavailableError } from '../errors.js';
+import { MeshBusUnavailableError, MeshPublishError } from '../errors.js';
 import type { ResolvedOptions } from '../options.js';
 import { toTaskOutputEvent, toTaskUpdateEvent } from '../protocol/codec.js';
-import type { BusEntry, BusSink, EventBus, LoggedEvent, ReplayResult, ReplayStream } from './bus.js';
-import { CHANNEL, migrateEventLog } from './postgres-schema.js';
+import type { BusEntry, BusSink, EventBus, LoggedEvent, PageSize, ReplayPage, ReplayStream } from './bus.js';
+import { isRefusedData } from './postgres-errors.js';
+import { CHANNEL, migrateEventLog, quoteTable } from './postgres-schema.js';
 
 export interface PostgresBusOptions
-  extends Pick<ResolvedOptions, 'migrate' | 'retentionMs' | 'retentionPerTask' | 'pruneIntervalMs' | 'pollIntervalMs' | 'listenTimeoutMs'> {
+  extends Pick<
+    ResolvedOptions,
+    'migrate' | 'retentionMs' | 'retentionPerTask' | 'pruneIntervalMs' | 'pollIntervalMs' | 'listenTimeoutMs' | 'publishTimeoutMs'
+  > {
+  /**
+   * Where a publish that names no owner finds it, in the same statement as the write; undefined
+   * when the hub settles owners itself (`resolveOwners`) before publishing.
+   */
+  tasksTable: string | undefined;
+  /** Called for each logged event this instance could not hand on (the rest go on in order). */
+  onDropped?: (reason: 'unreadable' | 'invalid', cursor: string, error: unknown) => void;
   /** Called after each pruning round that removed rows. */
   onPruned?: (rows: number) => void;
   /** Called when a read stops at events that wait behind a transaction still running. */
@@ -43,6 +54,8 @@ interface Row {
 }
 
 const READ_BATCH = 1000;
+/** PostgreSQL's `text` type: JSON sent as text and cast in SQL, as a `json` parameter would be encoded again. */
+const TEXT = 25;
 const PRUNE_BATCH = 5000;
 const PRUNE_LOCK = 0x6d657368_7072756en; // "meshprun"
 /** Re-read soon when rows wait behind a running transaction: 10 ms, doubling up to the poll interval. */
@@ -68,8 +81,8 @@ export class PostgresBus implements EventBus {
   /** A NOTIFY came since the last read began: what it finds was announced, not caught up. */
   private announced = false;
   private readonly heartbeatChannel = `${CHANNEL}_hb_${randomBytes(6).toString('hex')}`;
-  /** Waiters for the reader to pass a position. */
-  private readonly reachWaiters: { target: Position; resolve: () => void }[] = [];
+  /** Since when committed events have been waiting behind a running transaction (0: none). */
+  private heldBackSince = 0;
   /** JS-API publishes of this loop turn, written together in one statement. */
   private queue: { entry: BusEntry; resolve: (cursor: string) => void; reject: (error: Error) => void }[] = [];
   private writing = false;
@@ -81,7 +94,7 @@ export class PostgresBus implements EventBus {
   ) {}
 
   async start(sink: BusSink): Promise<void> {
-    if (this.options.migrate) await migrateEventLog(this.sql);
+    if (this.options.migrate) await migrateEventLog(this.sql, { tasksTable: this.options.tasksTable });
     const [meta] = await this.sql<{ log_id: string }[]>`SELECT log_id FROM mesh_event_log_meta`;
     if (!meta) throw new Error('mesh_event_log_meta is empty: run the migrations (option migrate)');
     this.logId = meta.log_id;
@@ -107,7 +120,6 @@ export class PostgresBus implements EventBus {
     this.stopped = true;
     for (const timer of this.timers.splice(0)) clearInterval(timer);
     clearTimeout(this.heldBackTimer);
-    for (const waiter of this.reachWaiters.splice(0)) waiter.resolve();
     await this.reading;
     await this.listener?.end({ timeout: 1 }).catch(() => {});
     this.listener = undefined;
@@ -121,6 +133,10 @@ export class PostgresBus implements EventBus {
     return !this.stopped && this.listener !== undefined && performance.now() - this.lastHeard <= this.options.listenTimeoutMs;
   }
 
+  heldBackSeconds(): number {
+    return this.heldBackSince === 0 ? 0 : (performance.now() - this.heldBackSince) / 1000;
+  }
+
   publish(entry: BusEntry, tx?: TransactionSql<any>): Promise<string> {
     if (tx) return this.writeIn(tx, entry);
     return new Promise((resolve, reject) => {
@@ -132,36 +148,49 @@ export class PostgresBus implements EventBus {
     });
   }
 
-  async replay(stream: ReplayStream, since: string, limit: number): Promise<ReplayResult> {
-    const from = this.parse(since);
+  async replay(stream: ReplayStream, start: string, page: PageSize): Promise<ReplayPage> {
+    const from = this.parse(start);
     if (!from) return { resync: 'unknownCursor' };
-    const [state] = await this.sql<{ pruned_txid: string; pruned_id: string; task_txid: string | null; task_id: string | null; head_txid: string | null; head_id: string | null }[]>`
-      SELECT m.pruned_txid::text, m.pruned_id::text, t.pruned_txid::text AS task_txid, t.pruned_id::text AS task_id,
-             h.txid::text AS head_txid, h.id::text AS head_id
-      FROM mesh_event_log_meta m
-      LEFT JOIN LATERAL (${this.prunedFor(stream)}) t ON true
-      LEFT JOIN LATERAL (SELECT txid, id FROM mesh_event_log ORDER BY txid DESC, id DESC LIMIT 1) h ON true`;
-    const pruned = { txid: BigInt(state!.pruned_txid), id: BigInt(state!.pruned_id) };
-    if (after(pruned, from)) return { resync: 'expired' };
-    if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from)) return { resync: 'expired' };
-    const head = state!.head_txid === null ? pruned : { txid: BigInt(state!.head_txid), id: BigInt(state!.head_id!) };
-    if (after(from, head) && after(from, pruned)) return { resync: 'unknownCursor' };
-    const rows = await this.sql<Row[]>`
-      SELECT txid::text, id::text, kind, task_id::text, owner_id::text, owner_given, payload
-      FROM mesh_event_log
-      WHERE (txid, id) > (${from.txid.toString()}::xid8, ${from.id.toString()}::bigint)
-        AND txid < pg_snapshot_xmin(pg_current_snapshot())
-        AND ${this.streamFilter(stream)}
-      -- Qualified: a bare name would sort by the text column of the same name in the output.
-      ORDER BY mesh_event_log.txid, mesh_event_log.id
-      LIMIT ${limit + 1}`;
-    if (rows.length > limit) return { resync: 'tooFarBehind' };
-    const events = rows.map((row) => this.toLogged(row)).filter((e): e is LoggedEvent => e !== undefined);
-    // Until this instance's reader has passed them, their live copies could still arrive after the
-    // replay; once it has, anything live is newer.
-    const last = rows.at(-1);
-    await this.reached(last ? { txid: BigInt(last.txid), id: BigInt(last.id) } : from);
-    return { events };
+    // One snapshot for the pruning check and the read: a prune that commits in between cannot
+    // remove rows after `after` unnoticed.
+    return this.sql.begin('isolation level repeatable read read only', async (transaction): Promise<ReplayPage> => {
+      const tx = transaction as unknown as Sql<any>;
+      const [state] = await tx<{ pruned_txid: string; pruned_id: string; task_txid: string | null; task_id: string | null; head_txid: string | null; head_id: string | null }[]>`
+        SELECT m.pruned_txid::text, m.pruned_id::text, t.pruned_txid::text AS task_txid, t.pruned_id::text AS task_id,
+               h.txid::text AS head_txid, h.id::text AS head_id
+        FROM mesh_event_log_meta m
+        LEFT JOIN LATERAL (${this.prunedFor(tx, stream)}) t ON true
+        LEFT JOIN LATERAL (SELECT txid, id FROM mesh_event_log ORDER BY txid DESC, id DESC LIMIT 1) h ON true`;
+      const pruned = { txid: BigInt(state!.pruned_txid), id: BigInt(state!.pruned_id) };
+      if (after(pruned, from)) return { resync: 'expired' };
+      if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from)) return { resync: 'expired' };
+      const head = state!.head_txid === null ? pruned : { txid: BigInt(state!.head_txid), id: BigInt(state!.head_id!) };
+      if (after(from, head) && after(from, pruned)) return { resync: 'unknownCursor' };
+      const below = tx`(txid, id) > (${from.txid.toString()}::xid8, ${from.id.toString()}::bigint)
+          AND txid < pg_snapshot_xmin(pg_current_snapshot()) AND ${this.streamFilter(tx, stream)}`;
+      if (page.limit !== undefined) {
+        const [count] = await tx<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM (SELECT 1 FROM mesh_event_log WHERE ${below} LIMIT ${page.limit + 1}) c`;
+        if (count!.n > page.limit) return { resync: 'tooFarBehind' };
+      }
+      // The page stops at the row that takes it past `bytes`: it always holds at least one.
+      const rows = await tx<(Row & { fetched: number })[]>`
+        WITH page AS (
+          SELECT txid, id, kind, task_id, owner_id, owner_given, payload, octet_length(payload::text) AS size
+          FROM mesh_event_log WHERE ${below}
+          -- Qualified: a bare name would sort by the text column of the same name in the output.
+          ORDER BY mesh_event_log.txid, mesh_event_log.id LIMIT ${page.rows}),
+        sized AS (SELECT *, sum(size) OVER (ORDER BY txid, id) - size AS before, count(*) OVER () AS fetched FROM page)
+        SELECT txid::text, id::text, kind, task_id::text, owner_id::text, owner_given, payload, fetched::int
+        FROM sized WHERE before < ${page.bytes} ORDER BY sized.txid, sized.id`;
+      const events = rows.map((row) => this.toLogged(row)).filter((e): e is LoggedEvent => e !== undefined);
+      const last = rows.at(-1);
+      return {
+        events,
+        last: last ? `${this.logId}.${last.txid}.${last.id}` : start,
+        more: last !== undefined && (rows.length < last.fetched || last.fetched === page.rows),
+      };
+    });
   }
 
   compare(a: string, b: string): number {
@@ -183,24 +212,24 @@ export class PostgresBus implements EventBus {
     return txid < 2n ** 64n && id < 2n ** 63n ? { txid, id } : undefined;
   }
 
-  private streamFilter(stream: ReplayStream) {
+  private streamFilter(sql: Sql<any>, stream: ReplayStream) {
     if (stream.kind === 'all') {
       return stream.ownerId === null
-        ? this.sql`kind = 'update'`
-        : this.sql`kind = 'update' AND (owner_id = ${stream.ownerId}::uuid OR NOT owner_given)`;
+        ? sql`kind = 'update'`
+        : sql`kind = 'update' AND (owner_id = ${stream.ownerId}::uuid OR NOT owner_given)`;
     }
-    return this.sql`task_id = ${stream.taskId}::uuid AND kind = ${stream.kind}`;
+    return sql`task_id = ${stream.taskId}::uuid AND kind = ${stream.kind}`;
   }
 
   /** The newest per-task pruning that could have removed events of `stream`. */
-  private prunedFor(stream: ReplayStream) {
+  private prunedFor(sql: Sql<any>, stream: ReplayStream) {
     const where =
       stream.kind !== 'all'
-        ? this.sql`task_id = ${stream.taskId}::uuid`
+        ? sql`task_id = ${stream.taskId}::uuid`
         : stream.ownerId === null
-          ? this.sql`true`
-          : this.sql`(owner_id = ${stream.ownerId}::uuid OR owner_id IS NULL)`;
-    return this.sql`SELECT pruned_txid, pruned_id FROM mesh_event_log_pruned_tasks WHERE ${where} ORDER BY pruned_txid DESC, pruned_id DESC LIMIT 1`;
+          ? sql`true`
+          : sql`(owner_id = ${stream.ownerId}::uuid OR owner_id IS NULL)`;
+    return sql`SELECT pruned_txid, pruned_id FROM mesh_event_log_pruned_tasks WHERE ${where} ORDER BY pruned_txid DESC, pruned_id DESC LIMIT 1`;
   }
 
   /** A row as an event, checked as `publish` checks one: the log is written by SQL callers too. */
@@ -212,52 +241,97 @@ export class PostgresBus implements EventBus {
         ? { kind: 'update', event: toTaskUpdateEvent(notification), cursor, publishedAt: row.published_ms }
         : { kind: 'output', event: toTaskOutputEvent(notification), cursor, publishedAt: row.published_ms };
     } catch (error) {
-      this.log.error({ err: error, cursor }, 'skipping a malformed event in mesh_event_log');
+      this.options.onDropped?.('invalid', cursor, error);
       return undefined;
     }
   }
 
   // Writing.
 
-  private async writeIn(tx: TransactionSql<any>, entry: BusEntry): Promise<string> {
-    const [row] = await tx<{ cursor: string }[]>`
-      WITH logged AS (
+  /**
+   * Inserts `entries` in order in one statement, each with its owner: the one its publisher gave,
+   * or else read from the tasks table in the same statement, i.e. as of the publisher's commit
+   * (no cache decides it). JSON travels as text, so that a NUL inside a string stays escaped.
+   */
+  private insert(sql: Sql<any>, entries: readonly BusEntry[]) {
+    const rows = entries.map(({ kind, event }) => ({
+      kind,
+      task_id: event.taskId,
+      owner_id: event.ownerId ?? null,
+      owner_given: event.ownerId !== undefined,
+      payload: payloadOf({ kind, event } as BusEntry),
+    }));
+    const table = this.options.tasksTable;
+    const settled =
+      table === undefined
+        ? sql`SELECT i.n, i.kind, i.task_id, i.owner_id, i.owner_given, i.payload FROM input i`
+        : sql`SELECT i.n, i.kind, i.task_id, CASE WHEN i.owner_given THEN i.owner_id ELSE t.owner_id::uuid END, true, i.payload
+              FROM input i LEFT JOIN ${sql.unsafe(quoteTable(table))} t ON NOT i.owner_given AND t.id = i.task_id`;
+    return sql<{ cursor: string }[]>`
+      WITH input AS (
+        SELECT r.n, r.value->>'kind' AS kind, (r.value->>'task_id')::uuid AS task_id, (r.value->>'owner_id')::uuid AS owner_id,
+               (r.value->>'owner_given')::boolean AS owner_given, r.value->'payload' AS payload
+        FROM json_array_elements(${sql.typed(JSON.stringify(rows) as never, TEXT)}::json) WITH ORDINALITY AS r(value, n)),
+      logged AS (
         INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
-        VALUES (${entry.kind}, ${entry.event.taskId}::uuid, ${entry.event.ownerId ?? null}::uuid, ${entry.event.ownerId !== undefined}, ${tx.json(payloadOf(entry) as never)})
+        SELECT s.kind, s.task_id, s.owner_id, s.owner_given, s.payload FROM (${settled}) AS s(n, kind, task_id, owner_id, owner_given, payload)
+        ORDER BY s.n
         RETURNING txid, id)
-      SELECT mesh_log_cursor(txid, id) AS cursor, pg_notify(${CHANNEL}, '') FROM logged`;
-    return row!.cursor;
+      SELECT mesh_log_cursor(txid, id) AS cursor, pg_notify(${CHANNEL}, '') FROM logged ORDER BY id`;
   }
 
-  /** Writes the queued publishes in one statement, in publish order; one batch at a time. */
+  private async writeIn(tx: TransactionSql<any>, entry: BusEntry): Promise<string> {
+    try {
+      const [row] = await this.insert(tx as unknown as Sql<any>, [entry]);
+      return row!.cursor;
+    } catch (cause) {
+      throw isRefusedData(cause) ? refused(cause) : new MeshBusUnavailableError(cause);
+    }
+  }
+
+  /**
+   * Writes the queued publishes in one statement, in publish order; one batch at a time, each
+   * bounded by `publishTimeoutMs`. A batch the log refuses for its data is written again row by
+   * row, so that one publisher's bad event never fails another's.
+   */
   private async write(): Promise<void> {
     while (this.queue.length > 0) {
       const batch = this.queue;
       this.queue = [];
-      const rows = batch.map(({ entry }) => ({
-        kind: entry.kind,
-        task_id: entry.event.taskId,
-        owner_id: entry.event.ownerId ?? null,
-        owner_given: entry.event.ownerId !== undefined,
-        payload: payloadOf(entry),
-      }));
-      try {
-        const logged = await this.sql<{ cursor: string }[]>`
-          WITH logged AS (
-            INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
-            SELECT r.value->>'kind', (r.value->>'task_id')::uuid, (r.value->>'owner_id')::uuid,
-                   (r.value->>'owner_given')::boolean, r.value->'payload'
-            FROM jsonb_array_elements(${this.sql.json(rows as never)}) WITH ORDINALITY AS r(value, n)
-            ORDER BY r.n
-            RETURNING txid, id)
-          SELECT mesh_log_cursor(txid, id) AS cursor, pg_notify(${CHANNEL}, '') FROM logged ORDER BY id`;
-        batch.forEach((item, i) => item.resolve(logged[i]!.cursor));
-      } catch (cause) {
-        const error = new MeshBusUnavailableError(cause);
+      const outcome = await this.bounded(this.insert(this.sql, batch.map((item) => item.entry)));
+      if ('rows' in outcome) {
+        batch.forEach((item, i) => item.resolve(outcome.rows[i]!.cursor));
+      } else if (batch.length > 1 && isRefusedData(outcome.error)) {
+        for (const item of batch) {
+          const one = await this.bounded(this.insert(this.sql, [item.entry]));
+          if ('rows' in one) item.resolve(one.rows[0]!.cursor);
+          else item.reject(isRefusedData(one.error) ? refused(one.error) : new MeshBusUnavailableError(one.error));
+        }
+      } else {
+        const error = isRefusedData(outcome.error) ? refused(outcome.error) : new MeshBusUnavailableError(outcome.error);
         for (const item of batch) item.reject(error);
       }
     }
     this.writing = false;
+  }
+
+  /**
+   * A statement's rows, or why it failed, within `publishTimeoutMs`. Past it, the statement may
+   * still commit later: the publisher is told the log is out of reach, and a retry may log twice.
+   */
+  private async bounded<T>(statement: Promise<T>): Promise<{ rows: T } | { error: unknown }> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<{ error: unknown }>((resolve) => {
+      timer = setTimeout(
+        () => resolve({ error: new Error(`the event log did not answer within ${this.options.publishTimeoutMs} ms`) }),
+        this.options.publishTimeoutMs,
+      );
+    });
+    try {
+      return await Promise.race([statement.then((rows) => ({ rows }), (error: unknown) => ({ error })), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   // Reading.
@@ -369,9 +443,9 @@ export class PostgresBus implements EventBus {
         if (events.length > 0) {
           found += events.length;
           newest = events.at(-1)!.publishedAt;
-          void this.sink!(events);
+          // The hub never rejects; were it to, one batch must not take the process down.
+          this.sink!(events).catch((error: unknown) => this.log.error({ err: error }, 'handing events to the sockets failed'));
         }
-        this.settleReached();
         if (heldBack) {
           this.options.onHeldBack?.();
           this.scheduleHeldBack();
@@ -395,40 +469,6 @@ export class PostgresBus implements EventBus {
       this.wake();
     }, this.heldBackDelay).unref();
     this.heldBackDelay = Math.min(this.heldBackDelay * 2, this.options.pollIntervalMs);
-  }
-
-  /**
-   * Resolves once the reader has passed `target` (at once if it has); rejects if it has not within
-   * a few polls (the database is out of reach), since a replay released early could repeat events.
-   */
-  private reached(target: Position): Promise<void> {
-    if (!after(target, this.position) || this.stopped) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        const i = this.reachWaiters.indexOf(waiter);
-        if (i !== -1) this.reachWaiters.splice(i, 1);
-        reject(new Error('the log reader did not catch up with the replay'));
-      }, Math.max(5_000, 5 * this.options.pollIntervalMs)).unref();
-      const waiter = {
-        target,
-        resolve: () => {
-          clearTimeout(timer);
-          resolve();
-        },
-      };
-      this.reachWaiters.push(waiter);
-      this.wake();
-    });
-  }
-
-  private settleReached(): void {
-    for (let i = this.reachWaiters.length - 1; i >= 0; i--) {
-      const waiter = this.reachWaiters[i]!;
-      if (!after(waiter.target, this.position)) {
-        this.reachWaiters.splice(i, 1);
-        waiter.resolve();
-      }
-    }
   }
 
   // Retention.
@@ -491,6 +531,12 @@ export class PostgresBus implements EventBus {
     if (removed > 0) this.options.onPruned?.(removed);
     return removed;
   }
+}
+
+/** The log refused an event for what it holds (the SQL functions' checks, PostgreSQL's own): bad input. */
+function refused(cause: unknown): MeshPublishError {
+  const detail = cause instanceof Error ? cause.message : String(cause);
+  return Object.assign(new MeshPublishError(`the event log refused it: ${detail}`), { cause });
 }
 
 /** The event's fields other than its task and owner, which have columns of their own. */

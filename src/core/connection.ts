@@ -15,17 +15,16 @@ import type { MeshEvents } from './events.js';
 import { Outbound, type BackpressureLimits, type BackpressureObserver, type FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerAnswer, type OwnerDirectory } from './owners.js';
 import { FrameRateLimiter } from './rate-limit.js';
-import type { Replayed } from './hub.js';
+import type { ReplayedPage } from './hub.js';
 import { canSee, type Subscriber, type SubscriptionIndex } from './registry.js';
 
 export interface ConnectionContext {
   index: SubscriptionIndex<ClientConnection>;
-  /** The hub's side of `since`: replays, where a stream starts, which events are still on their way. */
+  /** The hub's side of `since`: replay pages, where a stream starts, the order of cursors. */
   history: {
-    replay(principal: Principal, stream: ReplayStream, since: string): Promise<{ frames: Replayed[] } | { resync: ResyncReason }>;
+    replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayedPage | { resync: ResyncReason }>;
     head(): string;
     compare(a: string, b: string): number;
-    stillComing(stream: ReplayStream, since: string, replayed: ReadonlySet<string>): string[];
   };
   owners: OwnerDirectory;
   scheduler: FlushScheduler;
@@ -46,13 +45,16 @@ export interface ConnectionContext {
 /** A step of a frame's handling; one that returns a promise (a replay) holds later frames until it settles. */
 type Step = () => void | Promise<void>;
 
-/** A live frame that arrived while a replay was being sent. */
-interface Held {
-  kind: 'update' | 'output';
-  taskId: string;
-  cursor: string;
-  frame: Buffer;
-}
+/**
+ * The seam of a resumed stream. While its replay runs, its live frames are left out (the replay's
+ * pages read them from the log) and counted, so that the replay reads once more if any came
+ * while a page was being read. Afterwards, the cursor up to which the client has the stream: live
+ * frames at or before it are repeats; the first one after it ends the seam.
+ */
+type Seam = { replaying: true; skipped: number } | { replaying: false; floor: string };
+
+/** A stream of this socket's: `u:<task>`, `o:<task>` or `all`. */
+const seamKey = (stream: ReplayStream): string => (stream.kind === 'all' ? 'all' : `${stream.kind === 'update' ? 'u' : 'o'}:${stream.taskId}`);
 
 const byteLength = (data: RawData): number =>
   Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data instanceof ArrayBuffer ? data.byteLength : data.length;
@@ -73,7 +75,13 @@ function onClose(this: WebSocket, code: number): void {
   connectionOf(this).release(code);
 }
 function onError(this: WebSocket, error: Error): void {
-  connectionOf(this).log.debug({ err: error }, 'websocket error');
+  const connection = connectionOf(this);
+  connection.log.debug({ err: error }, 'websocket error');
+  // ws closes the socket itself for a protocol error (invalid UTF-8, a bad frame, one too large)
+  // and says with which code only on the error, under a symbol of its own.
+  const status = Object.getOwnPropertySymbols(error).find((symbol) => symbol.description === 'status-code');
+  const code = status === undefined ? undefined : (error as unknown as Record<symbol, unknown>)[status];
+  if (typeof code === 'number') connection.closedForProtocolError(code);
 }
 
 /** How long a socket closed for being slow gets to take its close frame before it is cut. */
@@ -93,11 +101,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   /** Frames whose handling waits on a lookup; later frames wait behind them to keep replies in order. */
   private backlog = 0;
   private chain: Promise<void> = SETTLED;
-  /** Live frames held back while a replay is sent, so that the replay comes first. */
-  private held: Held[] | undefined;
-  private heldBytes = 0;
-  /** Replayed events that had not reached the sockets yet: their live copy is not sent again. */
-  private expected: Set<string> | undefined;
+  /** The seams of this socket's resumed streams, by stream; undefined when none (the usual case). */
+  private seams: Map<string, Seam> | undefined;
   /**
    * Events sent to this socket while its resumes queue up (a reconnecting client sends all its
    * subscribes at once): a later replay skips them, so that two subscriptions covering one event
@@ -156,30 +161,51 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   }
 
   sendUpdate(taskId: string, frame: Buffer, cursor: string): void {
-    if (this.expected?.delete(cursor)) return;
-    if (this.held) return this.hold({ kind: 'update', taskId, cursor, frame });
+    if (this.seams !== undefined && this.atSeam('update', taskId, cursor)) return;
     this.sentWhileResuming?.add(cursor);
     this.outbound.update(taskId, frame);
   }
 
   sendOutput(taskId: string, frame: Buffer, cursor: string): void {
-    if (this.expected?.delete(cursor)) return;
-    if (this.held) return this.hold({ kind: 'output', taskId, cursor, frame });
+    if (this.seams !== undefined && this.atSeam('output', taskId, cursor)) return;
     this.sentWhileResuming?.add(cursor);
     this.outbound.output(taskId, frame, cursor);
   }
 
-  private hold(frame: Held): void {
-    this.held!.push(frame);
-    this.heldBytes += frame.frame.length;
-    // Held frames are memory like a backlog: the same hard limit applies.
-    if (this.heldBytes > this.context.limits.backpressure.hard) this.slow('buffer');
+  /**
+   * Whether a live frame is left out at the seam of a resumed stream: only when every stream of
+   * this socket that carries it is resuming and has it (or will read it). Other streams' frames
+   * are never held or dropped.
+   */
+  private atSeam(kind: 'update' | 'output', taskId: string, cursor: string): boolean {
+    const seams = this.seams!;
+    const keys = kind === 'output' ? [`o:${taskId}`] : this.updates?.has(taskId) ? (this.all ? [`u:${taskId}`, 'all'] : [`u:${taskId}`]) : ['all'];
+    for (const key of keys) {
+      const seam = seams.get(key);
+      if (seam === undefined) return false;
+      if (!seam.replaying && this.context.history.compare(cursor, seam.floor) > 0) {
+        // Past the seam: this stream is live now.
+        this.endSeam(key);
+        return false;
+      }
+    }
+    for (const key of keys) {
+      const seam = seams.get(key)!;
+      if (seam.replaying) seam.skipped++;
+    }
+    return true;
   }
 
-  private forward(f: Held): void {
-    this.sentWhileResuming?.add(f.cursor);
-    if (f.kind === 'update') this.outbound.update(f.taskId, f.frame);
-    else this.outbound.output(f.taskId, f.frame, f.cursor);
+  private endSeam(key: string): void {
+    this.seams?.delete(key);
+    if (this.seams?.size === 0) this.seams = undefined;
+  }
+
+  /** ws closed the socket for a protocol error: this server closed it, with that code. */
+  closedForProtocolError(code: number): void {
+    if (this.closeCode !== undefined || this.closed) return;
+    this.closeCode = code;
+    this.context.metrics.closed(code);
   }
 
   checkStalled(now: number): void {
@@ -354,11 +380,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       if (deny) deny();
       else this.reject(ErrorCode.NOT_FOUND, `task ${taskId} not found`);
     };
-    const known = this.context.owners.known(taskId);
-    if (known !== undefined) {
-      this.inOrder(() => decide(known));
-      return;
-    }
+    // Asked of the source every time, never of a remembered answer: an owner change counts at once.
     // The lookup starts now, so that it joins this loop turn's batch; its answer is applied in order.
     const answer = this.context.owners.lookup(taskId);
     const onAnswer = (owner: OwnerAnswer) => this.settle(() => decide(owner));
@@ -374,57 +396,58 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   }
 
   /**
-   * Sends what a subscription missed since `since`, then the live frames held meanwhile (less
-   * those the replay already carried): no gap, no duplicate at the seam. The subscription is in
-   * the index before the replay is read, so nothing published meanwhile falls between the two.
+   * Sends what a subscription missed since `since`, page by page as the client takes them, then
+   * goes live: no gap, no repeat at the seam. The subscription is in the index before the first
+   * page is read, so nothing published meanwhile falls between the two; its live frames are left
+   * to the pages until a page finds nothing more (see Seam). Other streams stay live throughout.
    */
   private resume(subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput', stream: ReplayStream, since: string): Promise<void> {
-    // From here on live frames wait: nothing was delivered since the subscription went in, as
-    // this runs in the same turn.
-    this.held ??= [];
+    const key = seamKey(stream);
+    const seam: Seam = { replaying: true, skipped: 0 };
+    (this.seams ??= new Map()).set(key, seam);
     const sent = (this.sentWhileResuming ??= new Set());
     const taskId = stream.kind === 'all' ? undefined : stream.taskId;
-    const { history } = this.context;
-    const releaseHeld = (keep: (frame: Held) => boolean) => {
-      const held = this.held ?? [];
-      this.held = undefined;
-      this.heldBytes = 0;
-      for (const frame of held) if (keep(frame)) this.forward(frame);
-    };
-    // Without a replay the client refetches: everything held goes out.
+    const { history, metrics, limits } = this.context;
+    // Without a replay the client refetches: the stream is live from here.
     const resync = (reason: ResyncReason) => {
+      this.endSeam(key);
       // `since` was no usable start: a later `lagged` points at where the live stream began.
       if (subscription === 'subscribeOutput') this.outbound.startOutput(taskId!, history.head());
       this.outbound.control(encodeResyncRequired(subscription, taskId, reason));
-      this.context.metrics.sent('resyncRequired');
-      releaseHeld(() => true);
+      metrics.sent('resyncRequired');
     };
-    return history.replay(this.principal, stream, since).then(
-      (result) => {
+    const run = async (): Promise<void> => {
+      let after = since;
+      for (let first = true; ; first = false) {
+        seam.skipped = 0;
+        const page = await history.replayPage(this.principal, stream, after, first);
         if (this.closed) return;
-        if ('resync' in result) return resync(result.resync);
-        const replayed = new Set<string>();
+        if ('resync' in page) return resync(page.resync);
         let count = 0;
-        for (const frame of result.frames) {
-          replayed.add(frame.cursor);
+        for (const frame of page.frames) {
           if (sent.has(frame.cursor)) continue;
           sent.add(frame.cursor);
           this.outbound.replayed(frame.kind, frame.taskId, frame.frame, frame.cursor);
           count++;
         }
         // A stream replays one kind of event.
-        if (count > 0) this.context.metrics.sent(stream.kind === 'output' ? 'taskOutput' : 'taskUpdated', count);
-        // What the replay carried, or the client had before `since`, is not sent twice: neither
-        // held frames nor those still on their way through the hub.
-        releaseHeld((frame) => !replayed.has(frame.cursor) && history.compare(frame.cursor, since) > 0);
-        for (const cursor of history.stillComing(stream, since, replayed)) (this.expected ??= new Set()).add(cursor);
-      },
-      (error: unknown) => {
+        if (count > 0) metrics.sent(stream.kind === 'output' ? 'taskOutput' : 'taskUpdated', count);
+        after = page.last;
+        // Caught up, unless live events of the stream came while the page was read: the page's
+        // snapshot may predate them, so they are read next.
+        if (!page.more && seam.skipped === 0) break;
+        // The next page is read once the client has taken most of this one: bounded memory per socket.
+        await this.outbound.writable(Math.max(1, limits.backpressure.soft >> 1));
         if (this.closed) return;
-        this.log.warn({ err: error }, 'replay failed; the stream goes on live');
-        resync('unavailable');
-      },
-    );
+      }
+      const floor = history.compare(after, since) > 0 ? after : since;
+      this.seams!.set(key, { replaying: false, floor });
+    };
+    return run().catch((error: unknown) => {
+      if (this.closed) return;
+      this.log.warn({ err: error }, 'replay failed; the stream goes on live');
+      resync('unavailable');
+    });
   }
 
   /** Ends a step that waited: it never throws, so the chain behind it needs no catch. */

@@ -7,8 +7,9 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { TransactionSql } from 'postgres';
 import type { WebSocket } from 'ws';
 import { authenticateRequest, reauthenticatePrincipal, samePrincipal, type AuthOutcome } from '../auth.js';
-import { matches, type BusEntry, type EventBus, type LoggedEvent, type ReplayStream, type ResyncReason } from '../bus/bus.js';
-import { CloseCode, MeshPublishError } from '../errors.js';
+import pLimit, { type LimitFunction } from 'p-limit';
+import type { BusEntry, EventBus, LoggedEvent, ReplayStream, ResyncReason } from '../bus/bus.js';
+import { CloseCode, MeshBusUnavailableError, MeshPublishError } from '../errors.js';
 import type { Principal, ResolvedOptions } from '../options.js';
 import {
   encodeTaskOutput,
@@ -19,7 +20,7 @@ import {
   type TaskUpdateEvent,
 } from '../protocol/codec.js';
 import type { TaskOutputNotification, TaskUpdateNotification } from '../protocol/schemas.js';
-import type { MeshMetrics } from '../metrics.js';
+import type { DropReason, MeshMetrics } from '../metrics.js';
 import { ClientConnection, type ConnectionContext } from './connection.js';
 import type { MeshEvents } from './events.js';
 import { FlushScheduler } from './outbound.js';
@@ -62,6 +63,11 @@ interface Pending {
 
 const SETTLED = Promise.resolve();
 const REAUTH_CONCURRENCY = 16;
+/** A replay page: few enough rows and bytes to read, encode and write without holding up the loop. */
+const REPLAY_PAGE_ROWS = 500;
+const REPLAY_PAGE_BYTES = 256 * 1024;
+/** The slow-consumer sweep runs at least this often, so a stalled socket is cut within it of its limit. */
+const SWEEP_MS = 1_000;
 
 export class MeshHub {
   readonly index = new SubscriptionIndex<ClientConnection>();
@@ -80,8 +86,16 @@ export class MeshHub {
    */
   private readonly pending = new Map<string, Pending[]>();
 
-  /** Logged events still waiting for their owner, by cursor: a replay may overtake them. */
-  private readonly waiting = new Map<string, LoggedEvent>();
+  /**
+   * Per task, while publishes of it wait for their owner (`resolveOwners`): later publishes of
+   * the task are logged after them, in publish order.
+   */
+  private readonly settling = new Map<string, Promise<void>>();
+  /** Whether the hub settles a publish's owner before logging it; otherwise the log's own SQL does. */
+  private readonly settlesOwners: boolean;
+  /** Replay pages read at once, across all sockets. */
+  private readonly replayPages: LimitFunction;
+  private readonly pageBytes: number;
 
   constructor(
     private readonly owners: OwnerDirectory,
@@ -91,6 +105,9 @@ export class MeshHub {
     private readonly options: ResolvedOptions,
     private readonly metrics: MeshMetrics,
   ) {
+    this.settlesOwners = options.bus !== 'postgres' || options.resolveOwners !== undefined;
+    this.replayPages = pLimit(options.replayConcurrency);
+    this.pageBytes = Math.max(1, Math.min(REPLAY_PAGE_BYTES, Math.floor(options.softBufferLimit / 2)));
     this.context = {
       index: this.index,
       history: this,
@@ -132,17 +149,22 @@ export class MeshHub {
       setInterval(() => {
         for (const connection of this.connections) connection.ping();
       }, this.options.pingIntervalMs).unref(),
-      // A backed-up socket may get no new frame to notice it by: sweep, at twice the limit's rate.
+      // A backed-up socket may get no new frame to notice it by: sweep, so that it is cut within
+      // a second of its limit.
       setInterval(() => {
         const now = performance.now();
         for (const connection of this.connections) connection.checkStalled(now);
-      }, this.options.slowConsumerTimeoutMs / 2).unref(),
+      }, Math.min(SWEEP_MS, this.options.slowConsumerTimeoutMs / 2)).unref(),
       setInterval(() => void this.reauthenticate(), this.options.reauthIntervalMs).unref(),
     );
   }
 
   listening(): boolean {
     return this.bus.listening();
+  }
+
+  heldBackSeconds(): number {
+    return this.bus.heldBackSeconds();
   }
 
   /** Subscriptions held by open sockets, by kind (read at scrape time). */
@@ -199,29 +221,19 @@ export class MeshHub {
   }
 
   /**
-   * Of the events of `stream` that reached this hub but not yet the sockets, those a replay from
-   * `since` made redundant: replayed, or at or before `since` (the client has them already).
+   * One page of what a subscription missed after `after`, as frames for `principal`, in log
+   * order; `first` checks how far back it reaches (`maxReplay`). Pages are read a few at a time
+   * across all sockets (`replayConcurrency`), so that resumes cannot crowd out everyone else.
    */
-  stillComing(stream: ReplayStream, since: string, replayed: ReadonlySet<string>): string[] {
-    const redundant: string[] = [];
-    for (const [cursor, logged] of this.waiting) {
-      if (matches(stream, logged) && (replayed.has(cursor) || this.bus.compare(cursor, since) <= 0)) redundant.push(cursor);
-    }
-    return redundant;
-  }
-
-  /**
-   * What a subscription with `since` missed, as frames for `principal`, in log order, owners
-   * settled as live delivery settles them.
-   */
-  async replay(principal: Principal, stream: ReplayStream, since: string): Promise<{ frames: Replayed[] } | { resync: ResyncReason }> {
-    if (stream.kind === 'all' && !principal.admin && principal.ownerId === null) return { frames: [] };
-    const result = await this.bus.replay(stream, since, this.options.maxReplay);
-    if ('resync' in result) return result;
-    const unknown = new Set<string>();
-    for (const e of result.events) if (e.event.ownerId === undefined && this.owners.known(e.event.taskId) === undefined) unknown.add(e.event.taskId);
-    // One batched lookup for all of them; a task whose owner cannot be settled is admins-only.
+  async replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayedPage | { resync: ResyncReason }> {
+    if (stream.kind === 'all' && !principal.admin && principal.ownerId === null) return { frames: [], last: after, more: false };
+    const limit = first ? this.options.maxReplay : undefined;
+    const page = await this.replayPages(() => this.bus.replay(stream, after, { rows: REPLAY_PAGE_ROWS, bytes: this.pageBytes, limit }));
+    if ('resync' in page) return page;
+    // Events logged without a settled owner: one batched lookup for their tasks; a task whose owner
+    // cannot be settled is admins-only.
     const looked = new Map<string, string | null>();
+    const unknown = new Set(page.events.filter((e) => e.event.ownerId === undefined).map((e) => e.event.taskId));
     await Promise.all(
       [...unknown].map(async (taskId) => {
         const answer = await this.owners.lookup(taskId).catch(() => null);
@@ -229,13 +241,13 @@ export class MeshHub {
       }),
     );
     const frames: Replayed[] = [];
-    for (const e of result.events) {
+    for (const e of page.events) {
       const { taskId, ownerId } = e.event;
-      const owner = ownerId !== undefined ? ownerId : (this.owners.known(taskId) ?? looked.get(taskId) ?? null);
-      if (!canSee(principal, owner)) continue;
-      frames.push({ kind: e.kind, taskId, cursor: e.cursor, frame: encodeLogged(e) });
+      if (!canSee(principal, ownerId !== undefined ? ownerId : (looked.get(taskId) ?? null))) continue;
+      const frame = this.encode(e);
+      if (frame) frames.push({ kind: e.kind, taskId, cursor: e.cursor, frame });
     }
-    return { frames };
+    return { frames, last: page.last, more: page.more };
   }
 
   /** Authenticates every open socket again, a few at a time; one sweep at a time. */
@@ -285,10 +297,48 @@ export class MeshHub {
   }
 
   private publish(entry: BusEntry, options?: PublishOptions): Promise<string> {
-    if (options?.sql !== undefined && this.options.bus !== 'postgres') {
+    const sql = options?.sql;
+    if (sql !== undefined && this.options.bus !== 'postgres') {
       throw new MeshPublishError('publish(notification, { sql }) writes in a transaction: it needs the option bus: "postgres"');
     }
-    return this.bus.publish(entry, options?.sql);
+    const { taskId } = entry.event;
+    const ahead = this.settling.get(taskId);
+    const needsOwner = entry.event.ownerId === undefined && this.settlesOwners;
+    if (!ahead && !needsOwner) return this.bus.publish(entry, sql);
+    // The owner is settled before the event is logged, from the source itself: every reader then
+    // sees the same owner, as of the publish.
+    const handed = (ahead ?? SETTLED)
+      .then(async () => {
+        if (!needsOwner) return;
+        const answer = await this.owners.lookup(taskId).catch((error: unknown) => {
+          throw new MeshBusUnavailableError(error);
+        });
+        entry.event.ownerId = answer === NO_SUCH_TASK ? null : answer;
+      })
+      // Wrapped: the next publish of the task waits for this one to be handed to the bus, not delivered.
+      .then(() => ({ logged: this.bus.publish(entry, sql) }));
+    const tail = handed.then(noop, noop);
+    this.settling.set(taskId, tail);
+    void tail.then(() => {
+      if (this.settling.get(taskId) === tail) this.settling.delete(taskId);
+    });
+    return handed.then(({ logged }) => logged);
+  }
+
+  /** A logged event that reaches no socket: said once in the log and counted; the rest go on. */
+  dropped(reason: DropReason, cursor: string, error: unknown): void {
+    this.metrics.droppedEvent(reason);
+    this.log.error({ err: error, cursor, reason }, 'skipping a logged event that cannot be delivered; the events after it go on');
+  }
+
+  /** The event's frame, or undefined (dropped) when it cannot be encoded. */
+  private encode(logged: LoggedEvent): Buffer | undefined {
+    try {
+      return encodeLogged(logged);
+    } catch (error) {
+      this.dropped('unencodable', logged.cursor, error);
+      return undefined;
+    }
   }
 
   /** The bus's new events, in log order; resolves once all of them have reached the sockets. */
@@ -299,8 +349,7 @@ export class MeshHub {
 
   private enqueue(item: Pending): Promise<void> {
     const { taskId, ownerId } = item.logged.event;
-    if (ownerId !== undefined) this.owners.remember(taskId, ownerId);
-    item.owner = ownerId !== undefined ? ownerId : this.owners.known(taskId);
+    item.owner = ownerId;
     const queue = this.pending.get(taskId);
     if (item.owner !== undefined && !queue) {
       this.deliver(item, item.owner);
@@ -309,7 +358,6 @@ export class MeshHub {
     const settled = new Promise<void>((resolve) => {
       item.done = resolve;
     });
-    this.waiting.set(item.logged.cursor, item.logged);
     if (queue) queue.push(item);
     else this.pending.set(taskId, [item]);
     if (item.owner === undefined) {
@@ -337,22 +385,27 @@ export class MeshHub {
       const head = queue[0]!;
       if (head.owner === undefined) return;
       queue.shift();
-      this.waiting.delete(head.logged.cursor);
       this.deliver(head, head.owner);
       head.done();
     }
     this.pending.delete(taskId);
   }
 
+  /** Never throws: whatever one event does, the events after it are delivered. */
   private deliver({ logged }: Pending, owner: string | null): void {
     const { cursor } = logged;
-    const frame = encodeLogged(logged);
-    if (logged.kind === 'update') {
-      this.metrics.delivered('update', this.index.deliverUpdate(logged.event.taskId, owner, frame, cursor), logged.publishedAt);
-      if (this.updateListeners.size > 0) notify(this.updateListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
-    } else {
-      this.metrics.delivered('output', this.index.deliverOutput(logged.event.taskId, owner, frame, cursor), logged.publishedAt);
-      if (this.outputListeners.size > 0) notify(this.outputListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
+    const frame = this.encode(logged);
+    if (!frame) return;
+    try {
+      if (logged.kind === 'update') {
+        this.metrics.delivered('update', this.index.deliverUpdate(logged.event.taskId, owner, frame, cursor), logged.publishedAt);
+        if (this.updateListeners.size > 0) notify(this.updateListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
+      } else {
+        this.metrics.delivered('output', this.index.deliverOutput(logged.event.taskId, owner, frame, cursor), logged.publishedAt);
+        if (this.outputListeners.size > 0) notify(this.outputListeners, { ...logged.event, ownerId: owner, cursor }, this.log);
+      }
+    } catch (error) {
+      this.log.error({ err: error, cursor }, 'delivering a logged event failed part-way; the events after it go on');
     }
   }
 }
@@ -363,6 +416,13 @@ export interface Replayed {
   taskId: string;
   cursor: string;
   frame: Buffer;
+}
+
+/** A page of a replay for one principal: `last`, where the next page starts; `more`, whether one may follow. */
+export interface ReplayedPage {
+  frames: Replayed[];
+  last: string;
+  more: boolean;
 }
 
 const encodeLogged = (e: LoggedEvent): Buffer =>

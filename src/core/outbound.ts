@@ -83,7 +83,9 @@ const OUTBOUND = Symbol('mesh outbound');
 type Drained = Socket & { [OUTBOUND]: Outbound };
 
 function onDrain(this: Drained): void {
-  this[OUTBOUND].release();
+  const outbound = this[OUTBOUND];
+  outbound.release();
+  outbound.checkRoom();
 }
 
 export class Outbound {
@@ -104,6 +106,8 @@ export class Outbound {
   private conflatedBytes = 0;
   private superseded = 0;
   private backedUpSince = 0;
+  /** A replay waiting for room before its next page (one at a time: a socket's replays run in turn). */
+  private room: { below: number; resolve: () => void } | undefined;
   private readonly raw: Socket;
 
   constructor(
@@ -170,6 +174,25 @@ export class Outbound {
     this.push(frame);
   }
 
+  /**
+   * Resolves once the backlog is under `below` bytes (at once if it is), or the socket is done
+   * with: a replay writes a page, then waits for the client to take it, so its memory stays bounded.
+   */
+  writable(below: number): Promise<void> {
+    if (this.stopped || this.backlog() < below) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.room = { below, resolve };
+    });
+  }
+
+  checkRoom(): void {
+    const room = this.room;
+    if (room && (this.stopped || this.backlog() < room.below)) {
+      this.room = undefined;
+      room.resolve();
+    }
+  }
+
   /** A task's output stream starts (or restarts) at `cursor`. */
   startOutput(taskId: string, cursor: string): void {
     (this.lastOutput ??= new Map()).set(taskId, cursor);
@@ -203,7 +226,11 @@ export class Outbound {
     frames.length = 0;
     if (this.socket.readyState !== OPEN) return;
     if (this.socket.bufferedAmount > this.limits.hard) this.slow('buffer');
-    else this.release();
+    else {
+      this.release();
+      // A write the kernel took whole emits no 'drain': a replay waiting for room learns it here.
+      this.checkRoom();
+    }
   }
 
   /** Called by the heartbeat: a socket can stay backed up without any new event to notice it. */
@@ -220,6 +247,7 @@ export class Outbound {
     this.conflatedBytes = 0;
     this.skipped = undefined;
     this.lastOutput = undefined;
+    this.checkRoom();
   }
 
   /** `backlog` is the backlog before this frame, when the caller has just read it. */

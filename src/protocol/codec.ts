@@ -175,12 +175,48 @@ function assertValid(check: TypeCheck<TSchema>, value: unknown): void {
   throw new MeshPublishError(error ? `${error.path || '/'} ${error.message}` : 'does not match its schema');
 }
 
+/** How deep JSON may nest inside an event (`toolInput`): deeper input is refused, not stored. */
+export const MAX_JSON_DEPTH = 64;
+/** The most an event may weigh, as the UTF-8 length of its JSON: one frame must fit every socket's buffers. */
+export const MAX_EVENT_BYTES = 2 * 1024 * 1024;
+
+/**
+ * What PostgreSQL and every JSON parser on the way accept: strings of well-formed UTF-16 (a lone
+ * surrogate has no UTF-8 form) and nesting within MAX_JSON_DEPTH. A NUL is fine: it travels escaped.
+ */
+function assertStorable(value: unknown, path: string, depth: number): void {
+  if (typeof value === 'string') {
+    if (!value.isWellFormed()) throw new MeshPublishError(`${path} contains a lone surrogate (not valid Unicode)`);
+    return;
+  }
+  if (typeof value !== 'object' || value === null) return;
+  if (depth >= MAX_JSON_DEPTH) throw new MeshPublishError(`${path} nests deeper than ${MAX_JSON_DEPTH} levels`);
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) assertStorable(value[i], `${path}/${i}`, depth + 1);
+    return;
+  }
+  for (const key of Object.keys(value)) {
+    if (!key.isWellFormed()) throw new MeshPublishError(`${path} has a key with a lone surrogate (not valid Unicode)`);
+    assertStorable((value as Record<string, unknown>)[key], `${path}/${key}`, depth + 1);
+  }
+}
+
+function assertSize(bytes: number): void {
+  if (bytes > MAX_EVENT_BYTES) throw new MeshPublishError(`the event weighs ${bytes} bytes as JSON; at most ${MAX_EVENT_BYTES} are allowed`);
+}
+
 const lower = (id: string | null | undefined) => (typeof id === 'string' ? id.toLowerCase() : id);
 const absentIfNull = <T>(value: T | null | undefined): T | undefined => (value === null ? undefined : value);
 
 export function toTaskUpdateEvent(n: unknown): TaskUpdateEvent {
   assertValid(updateCheck, n);
   const v = n as TaskUpdateNotification;
+  assertStorable(v.status, '/status', 0);
+  assertStorable(v.updatedBy, '/updatedBy', 0);
+  assertStorable(v.updatedFields, '/updatedFields', 0);
+  // Strings only: the JSON can be no larger than six bytes per UTF-16 unit (\uXXXX) plus punctuation.
+  const units = v.status.length + v.updatedBy.length + v.updatedFields.reduce((n, f) => n + f.length + 3, 0);
+  if (units * 6 + 256 > MAX_EVENT_BYTES) assertSize(Buffer.byteLength(JSON.stringify(v)));
   return {
     taskId: v.taskId.toLowerCase(),
     ownerId: lower(v.ownerId),
@@ -194,6 +230,19 @@ export function toTaskUpdateEvent(n: unknown): TaskUpdateEvent {
 export function toTaskOutputEvent(n: unknown): TaskOutputEvent {
   assertValid(outputCheck, n);
   const v = n as TaskOutputNotification;
+  assertStorable(v.messageType, '/messageType', 0);
+  assertStorable(v.content, '/content', 0);
+  if (typeof v.toolName === 'string') assertStorable(v.toolName, '/toolName', 0);
+  let toolInputBytes = 0;
+  if (v.toolInput !== undefined && v.toolInput !== null) {
+    assertStorable(v.toolInput, '/toolInput', 0);
+    toolInputBytes = Buffer.byteLength(JSON.stringify(v.toolInput));
+  }
+  // The content is the one large field: its exact JSON length is measured only when it could matter.
+  const units = v.messageType.length + (v.toolName?.length ?? 0) + v.content.length;
+  if (units * 6 + toolInputBytes + 512 > MAX_EVENT_BYTES) {
+    assertSize(Buffer.byteLength(jsonString(v.content)) + Buffer.byteLength(JSON.stringify({ ...v, content: '' })));
+  }
   return {
     taskId: v.taskId.toLowerCase(),
     ownerId: lower(v.ownerId),
