@@ -1,6 +1,7 @@
 /**
  * The database goes away and comes back: subscribes that need a lookup answer UNAVAILABLE within
- * the lookup timeout (never a crash, never fail-open), and everything works again once it is
+ * the lookup timeout (never a crash, never fail-open), a publish whose owner cannot be settled is
+ * refused as an outage, and everything works again once it is
  * back, without a restart. The lookup tests use the memory bus, so that events still flow while
  * the database is gone; with the PostgreSQL bus events go through the database, and the last
  * tests show that a restart of it, or a LISTEN connection gone mute, costs no event.
@@ -13,7 +14,7 @@ import { after, before, test } from 'node:test';
 import Fastify from 'fastify';
 import pino from 'pino';
 import postgres from 'postgres';
-import meshSubscriptions, { type MeshSubscriptionsOptions } from '../src/index.js';
+import meshSubscriptions, { MeshBusUnavailableError, type MeshSubscriptionsOptions } from '../src/index.js';
 import { buildApp } from '../src/server/app.js';
 import { createApiKey } from '../src/server/api-keys.js';
 import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
@@ -56,8 +57,12 @@ test('a database stopped mid-test: UNAVAILABLE, no crash, admins-only delivery; 
 
   const refused = await client.request({ type: 'subscribe', taskId: unknown! });
   assert.deepEqual([refused.type, refused.code], ['error', 'UNAVAILABLE']);
-  // Events whose owner is known keep flowing; one whose owner cannot be found goes to admins only.
-  await app.mesh.taskUpdates.publish({ taskId: unknown!, version: 1, status: 's', updatedFields: [], updatedBy: 't' });
+  // Events that name their owner keep flowing; one whose owner cannot be settled is not published,
+  // and the publisher is told (no guess, no cached answer decides who sees it).
+  await assert.rejects(
+    app.mesh.taskUpdates.publish({ taskId: unknown!, version: 1, status: 's', updatedFields: [], updatedBy: 't' }),
+    MeshBusUnavailableError,
+  );
   await app.mesh.taskUpdates.publish({ taskId: known!, ownerId, version: 2, status: 's', updatedFields: [], updatedBy: 't' });
   assert.equal((await client.next()).version, 2);
   const base = wsUrl.replace('ws', 'http').replace('/api/v1/mesh/tasks/subscribe', '');
