@@ -4,25 +4,37 @@
  */
 import type { Socket } from 'node:net';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { authenticateRequest, principalKey, redeemTicket } from './auth.js';
+import { authenticateRequest, principalKey, redeemTicket, type AuthOutcome } from './auth.js';
 import { RETRY_AFTER_SECONDS, UpgradeError } from './errors.js';
 import type { Principal, ResolvedOptions } from './options.js';
 import type { MeshMetrics } from './metrics.js';
 import { offeredTicket, type TicketStore } from './tickets.js';
 
-type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
+export type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
 
-// The place an admitted socket holds, found on the socket by one shared listener (no closure per socket).
+/**
+ * The place an upgrade holds under the limits, from the total check (before any await) until its
+ * TCP socket closes or it is refused, whichever comes first: given back once. `key` is the
+ * principal's, once authentication named it and the per-principal limit counted it.
+ */
+interface Place {
+  admission: Admission;
+  key: string | undefined;
+  held: boolean;
+}
+
+// The place is found on the socket by one shared listener (no closure per socket).
 const PLACE = Symbol('mesh admission place');
-type Placed = Socket & { [PLACE]?: { admission: Admission; key: string } };
+type Placed = Socket & { [PLACE]?: Place };
 
 function givePlaceBack(this: Placed): void {
   const place = this[PLACE];
-  if (place) place.admission.release(place.key);
+  if (place) place.admission.release(place);
 }
 
 export class Admission {
   closing = false;
+  /** Places held: admitted sockets and upgrades still being authenticated. */
   private total = 0;
   private readonly perPrincipal = new Map<string, number>();
   /** The principal of each admitted upgrade request, from the hook to the socket handler. */
@@ -42,47 +54,88 @@ export class Admission {
   /** The route's preValidation hook. */
   readonly hook = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const { options } = this;
-    if (this.closing) return refuse(reply, UpgradeError.SHUTTING_DOWN, true);
+    if (this.closing) return refuse(reply, UpgradeError.SHUTTING_DOWN);
     const origin = request.headers.origin;
     if (options.allowedOrigins.size > 0 && origin !== undefined && !options.allowedOrigins.has(origin)) {
       request.log.info({ origin }, 'upgrade refused: Origin not allowed');
       return refuse(reply, UpgradeError.ORIGIN_NOT_ALLOWED);
     }
-    if (this.total >= options.maxConnections) return refuse(reply, UpgradeError.SERVER_BUSY, true);
+    if (this.total >= options.maxConnections) return refuse(reply, UpgradeError.SERVER_BUSY);
+    // Taken here, in the same turn as the check, so that concurrent upgrades waiting on
+    // `authenticate` cannot all pass it. A plain GET (answered 426) takes none.
+    const socket = request.raw.socket as Placed;
+    const place = request.ws ? this.reserve(socket) : undefined;
 
-    // A ticket is spent only by an upgrade, never by a plain GET that would be answered 426.
-    const ticket = this.tickets && request.ws ? offeredTicket(request.headers['sec-websocket-protocol']) : undefined;
-    const outcome =
-      ticket !== undefined ? await redeemTicket(this.tickets!, ticket, request.log) : await authenticateRequest(options.authenticate, request);
-    if (!('principal' in outcome)) {
+    let outcome: AuthOutcome;
+    let ticket: string | undefined;
+    try {
+      // A ticket is spent only by an upgrade, never by a plain GET that would be answered 426.
+      ticket = this.tickets && request.ws ? offeredTicket(request.headers['sec-websocket-protocol']) : undefined;
+      outcome =
+        ticket !== undefined
+          ? await redeemTicket(this.tickets!, ticket, options.reauthenticate, request.log)
+          : await authenticateRequest(options.authenticate, request);
+    } catch (error) {
+      if (place) this.giveBack(socket, place);
+      throw error;
+    }
+    if (place && !place.held) {
+      // The client went away while it was authenticated: its place is back already, and nobody is
+      // left to read an answer.
+      return refuse(reply, UpgradeError.UNAVAILABLE);
+    }
+    if ('failed' in outcome) {
+      // Not a verdict on the credentials (the host's store, or the ticket store, is down): retry.
+      if (place) this.giveBack(socket, place);
+      request.log.warn({ err: outcome.failed }, 'credentials could not be checked; refusing the upgrade with 503');
+      return refuse(reply, UpgradeError.UNAVAILABLE);
+    }
+    if ('refused' in outcome) {
+      if (place) this.giveBack(socket, place);
       this.metrics.authFailed(ticket !== undefined ? 'ticket' : 'upgrade');
-      if ('failed' in outcome) request.log.warn({ err: outcome.failed }, 'authentication threw; refusing the upgrade');
       return refuse(reply, UpgradeError.UNAUTHORIZED);
     }
+    // From this check to the count below, no await: the per-principal limit cannot be overshot.
     const key = principalKey(outcome.principal);
     if ((this.perPrincipal.get(key) ?? 0) >= options.maxConnectionsPerPrincipal) {
+      if (place) this.giveBack(socket, place);
       return refuse(reply, UpgradeError.TOO_MANY_CONNECTIONS);
     }
     this.admitted.set(request, outcome.principal);
-    // A plain GET (answered 426) holds no place: only upgrades count, from here rather than from
-    // the 101 so that concurrent upgrades cannot overshoot; the TCP socket's end gives it back.
-    if (!request.ws) return;
-    this.total++;
+    if (!place) return;
     this.perPrincipal.set(key, (this.perPrincipal.get(key) ?? 0) + 1);
-    const socket = request.raw.socket as Placed;
-    socket[PLACE] = { admission: this, key };
-    socket.once('close', givePlaceBack);
+    place.key = key;
   };
 
-  release(key: string): void {
+  /** Takes a place under `maxConnections` for an upgrade; its TCP socket's end gives it back. */
+  private reserve(socket: Placed): Place {
+    const place: Place = { admission: this, key: undefined, held: true };
+    this.total++;
+    socket[PLACE] = place;
+    socket.once('close', givePlaceBack);
+    return place;
+  }
+
+  /** A refused upgrade's place, given back now rather than when its socket closes. */
+  private giveBack(socket: Placed, place: Place): void {
+    this.release(place);
+    socket.removeListener('close', givePlaceBack);
+    if (socket[PLACE] === place) delete socket[PLACE];
+  }
+
+  release(place: Place): void {
+    if (!place.held) return;
+    place.held = false;
     this.total--;
-    const left = (this.perPrincipal.get(key) ?? 1) - 1;
-    if (left === 0) this.perPrincipal.delete(key);
-    else this.perPrincipal.set(key, left);
+    if (place.key === undefined) return;
+    const left = (this.perPrincipal.get(place.key) ?? 1) - 1;
+    if (left === 0) this.perPrincipal.delete(place.key);
+    else this.perPrincipal.set(place.key, left);
   }
 }
 
-async function refuse(reply: FastifyReply, refusal: Refusal, retry = false): Promise<void> {
-  if (retry) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+/** Answers with `{code, message}`; every 503 says when to retry. */
+export async function refuse(reply: FastifyReply, refusal: Refusal): Promise<void> {
+  if (refusal.status === 503) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
   await reply.code(refusal.status).send({ code: refusal.code, message: refusal.message });
 }

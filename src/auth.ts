@@ -1,6 +1,7 @@
 /**
  * Authentication of the upgrade request, and again of every open socket on an interval. It fails
- * closed: a `null` or a malformed principal refuses; a throw refuses a new socket.
+ * closed: a `null` or a malformed principal refuses; a throw (the host's store is down) is no
+ * verdict on the credentials: it keeps a new socket out with a "retry later", an open one open.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
 import type { Principal, ResolvedOptions } from './options.js';
@@ -39,9 +40,20 @@ export function authenticateRequest(authenticate: ResolvedOptions['authenticate'
   return outcomeOf(() => authenticate(request), 'authenticate', request.log);
 }
 
-/** A ticket offered on the upgrade: the principal it was minted for, once. */
-export function redeemTicket(store: TicketStore, ticket: string, log: FastifyBaseLogger): Promise<AuthOutcome> {
-  return outcomeOf(() => store.redeem(ticket), 'the ticket store', log);
+/**
+ * A ticket offered on the upgrade: the principal it was minted for, once, checked again with
+ * `reauthenticate` when the host gave it, since the key may have been revoked (or its grant
+ * changed) after the ticket was minted: `null` refuses, a changed principal is the one admitted.
+ */
+export async function redeemTicket(
+  store: TicketStore,
+  ticket: string,
+  reauthenticate: ResolvedOptions['reauthenticate'],
+  log: FastifyBaseLogger,
+): Promise<AuthOutcome> {
+  const redeemed = await outcomeOf(() => store.redeem(ticket), 'the ticket store', log);
+  if (!('principal' in redeemed) || !reauthenticate) return redeemed;
+  return reauthenticatePrincipal(reauthenticate, redeemed.principal, log);
 }
 
 export function reauthenticatePrincipal(

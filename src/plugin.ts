@@ -9,7 +9,7 @@ import fp from 'fastify-plugin';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { Admission } from './admission.js';
+import { Admission, refuse } from './admission.js';
 import type { EventBus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import { PostgresBus } from './bus/postgres.js';
@@ -113,7 +113,11 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
         403: { description: 'A browser Origin that is not in `allowedOrigins`.', ...ErrorBody },
         426: { description: 'A plain HTTP request: this endpoint needs `Upgrade: websocket`.', ...ErrorBody },
         429: { description: 'This principal already holds `maxConnectionsPerPrincipal` sockets.', ...ErrorBody },
-        503: { description: 'At `maxConnections`, or shutting down; see `Retry-After`.', ...ErrorBody },
+        503: {
+          description:
+            '`SERVER_BUSY` at `maxConnections`, `SHUTTING_DOWN`, or `UNAVAILABLE` when the credentials could not be checked right now; retry after `Retry-After` seconds.',
+          ...ErrorBody,
+        },
       },
     },
     preValidation: admission.hook,
@@ -148,18 +152,32 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
         tags: ['Mesh'],
         response: {
           201: { description: 'A ticket, valid once until `expiresAt`.', ...Ticket },
-          401: { description: 'Missing or invalid credentials.', ...ErrorBody },
+          401: { description: 'Missing, unknown or revoked credentials: do not retry with them.', ...ErrorBody },
+          503: {
+            description: '`UNAVAILABLE`: the credentials could not be checked, or the ticket not stored, right now (the database is down); retry after `Retry-After` seconds.',
+            ...ErrorBody,
+          },
         },
       },
       handler: async (request, reply) => {
         const outcome = await authenticateRequest(options.authenticate, request);
-        if (!('principal' in outcome)) {
-          metrics.authFailed('ticket');
-          if ('failed' in outcome) request.log.warn({ err: outcome.failed }, 'authenticate threw; no ticket');
-          const { status, code, message } = UpgradeError.UNAUTHORIZED;
-          return reply.code(status).send({ code, message });
+        if ('failed' in outcome) {
+          // The host's store is down: no verdict on the credentials, so "retry", never 401.
+          request.log.warn({ err: outcome.failed }, 'authenticate threw; no ticket (503)');
+          return refuse(reply, UpgradeError.UNAVAILABLE);
         }
-        const { ticket, expiresAt } = await tickets.mint(outcome.principal);
+        if ('refused' in outcome) {
+          metrics.authFailed('ticket');
+          return refuse(reply, UpgradeError.UNAUTHORIZED);
+        }
+        let minted: { ticket: string; expiresAt: Date };
+        try {
+          minted = await tickets.mint(outcome.principal);
+        } catch (error) {
+          request.log.warn({ err: error }, 'the ticket store failed; no ticket (503)');
+          return refuse(reply, UpgradeError.UNAVAILABLE);
+        }
+        const { ticket, expiresAt } = minted;
         return reply
           .code(201)
           .header('cache-control', 'no-store')

@@ -1,7 +1,7 @@
 /**
  * The TypeScript client (`mesh-subscriptions/client`) against the real server: typed events and
  * per-task handlers, resume without gap or duplicate across a server restart, and a revoked key
- * that stops it for good.
+ * that stops it for good (an outage does not: test/auth-outage.test.ts).
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -132,12 +132,17 @@ test('a revoked key: the open socket is closed with 4401 and the client stops re
   await c.subscribeAll().ready;
   await revokeApiKey(db.sql, key);
   const closed = await statusWhere(c, (s) => s.state === 'closed');
-  assert.deepEqual(closed, { state: 'closed', reason: 'unauthorized', code: 4401 });
+  assert.deepEqual(closed, { state: 'closed', reason: 'unauthorized', code: 4401, message: 'credentials no longer valid' });
 
   // A key refused from the start: the ticket is refused, the client never opens a socket.
   const late = client(server.baseUrl, key);
   const seen: string[] = [];
   late.on('status', (s) => seen.push(s.state));
-  assert.deepEqual(await statusWhere(late, (s) => s.state === 'closed'), { state: 'closed', reason: 'unauthorized' });
+  assert.deepEqual(await statusWhere(late, (s) => s.state === 'closed'), {
+    state: 'closed',
+    reason: 'unauthorized',
+    status: 401,
+    message: 'ticket request: HTTP 401 UNAUTHORIZED',
+  });
   assert.ok(!seen.includes('open') && !seen.includes('reconnecting'), seen.join(' → '));
 });

@@ -3,7 +3,11 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { Writable } from 'node:stream';
+import type { FastifyRequest } from 'fastify';
+import pino from 'pino';
 import { CloseCode, type MeshSubscriptionsOptions } from '../src/index.js';
+import { apiKeyAuthenticator } from '../src/server/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { TestClient, refusal } from './helpers/ws-client.js';
@@ -112,6 +116,126 @@ describe('connections', () => {
       assert.equal(JSON.parse(refused.body).code, 'SERVER_BUSY');
       assert.ok(Number(refused.headers['retry-after']) > 0);
     }));
+
+  test('in total, under concurrent upgrades: places are taken before authentication, so exactly maxConnections get 101', async () => {
+    const upgrades = 20;
+    const max = 5;
+    // authenticate holds every upgrade that reaches it until all 20 have either reached it or
+    // been refused: on code that counts a place only after authenticate, all 20 would pass the limit.
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let waiting = 0;
+    let refused = 0;
+    const settle = () => {
+      if (waiting + refused === upgrades) release();
+    };
+    const real = apiKeyAuthenticator(db.sql);
+    // "websocket closed" log lines: the server let go of a socket (its place is back by then).
+    let closedLines = 0;
+    const closeWaiters: Array<{ count: number; resolve: () => void }> = [];
+    const sink = new Writable({
+      write(chunk, _encoding, done) {
+        closedLines += chunk.toString().split('"msg":"websocket closed"').length - 1;
+        for (const w of closeWaiters.filter((w) => closedLines >= w.count)) {
+          closeWaiters.splice(closeWaiters.indexOf(w), 1);
+          w.resolve();
+        }
+        done();
+      },
+    });
+    const socketsClosed = (count: number) =>
+      closedLines >= count ? Promise.resolve() : new Promise<void>((resolve) => closeWaiters.push({ count, resolve }));
+    const server = await startTestServer({
+      db,
+      loggerInstance: pino({ level: 'info' }, sink),
+      mesh: {
+        maxConnections: max,
+        authenticate: async (request: FastifyRequest) => {
+          waiting++;
+          settle();
+          await gate;
+          return real(request);
+        },
+      },
+    });
+    try {
+      const { key } = await server.admin();
+      const attempts = Array.from({ length: upgrades }, () =>
+        TestClient.connect(server.wsUrl, { 'x-makima-api-key': key }).then(
+          (client) => ({ client }),
+          (error: { status?: number; body?: string; headers?: Record<string, unknown> }) => {
+            refused++;
+            settle();
+            return { error };
+          },
+        ),
+      );
+      const results = await Promise.all(attempts);
+      const admitted = results.flatMap((r) => ('client' in r ? [r.client] : []));
+      const busy = results.flatMap((r) => ('error' in r ? [r.error] : []));
+      assert.equal(admitted.length, max, `${admitted.length} upgrades were admitted under maxConnections: ${max}`);
+      assert.equal(busy.length, upgrades - max);
+      for (const error of busy) {
+        assert.equal(error.status, 503);
+        assert.equal(JSON.parse(error.body!).code, 'SERVER_BUSY');
+        assert.ok(Number(error.headers!['retry-after']) > 0);
+      }
+      assert.equal(server.app.mesh.stats().connections, max);
+
+      // All close: nothing held any more, and every place is free again — max more, and no more.
+      await Promise.all(admitted.map((c) => c.close()));
+      await socketsClosed(max);
+      assert.deepEqual(server.app.mesh.stats(), { connections: 0, tasks: 0, outputs: 0, ownersAll: 0, adminsAll: 0 });
+      const again = [];
+      for (let i = 0; i < max; i++) again.push(await TestClient.connect(server.wsUrl, { 'x-makima-api-key': key }));
+      const over = await refusal(TestClient.connect(server.wsUrl, { 'x-makima-api-key': key }));
+      assert.equal(JSON.parse(over.body).code, 'SERVER_BUSY');
+      await Promise.all(again.map((c) => c.close()));
+      await socketsClosed(2 * max);
+      assert.equal(server.app.mesh.stats().connections, 0);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test('per principal, under concurrent upgrades: exactly maxConnectionsPerPrincipal get 101, the rest 429', async () => {
+    const upgrades = 10;
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let waiting = 0;
+    const real = apiKeyAuthenticator(db.sql);
+    const server = await startTestServer({
+      db,
+      mesh: {
+        maxConnectionsPerPrincipal: 2,
+        authenticate: async (request: FastifyRequest) => {
+          if (++waiting === upgrades) release();
+          await gate;
+          return real(request);
+        },
+      },
+    });
+    try {
+      const { key } = await server.owner();
+      const results = await Promise.all(
+        Array.from({ length: upgrades }, () =>
+          TestClient.connect(server.wsUrl, { 'x-makima-api-key': key }).then(
+            (client) => ({ client }),
+            (error: { status: number }) => ({ error }),
+          ),
+        ),
+      );
+      const admitted = results.flatMap((r) => ('client' in r ? [r.client] : []));
+      assert.equal(admitted.length, 2);
+      assert.deepEqual(
+        results.flatMap((r) => ('error' in r ? [r.error.status] : [])),
+        Array(upgrades - 2).fill(429),
+      );
+      await Promise.all(admitted.map((c) => c.close()));
+    } finally {
+      await server.close();
+    }
+  });
 
   test('Origin allow-list: 403 for another browser Origin before any 101; none or an allowed one passes', () =>
     withServer({ allowedOrigins: ['https://app.example.com'] }, async (server) => {

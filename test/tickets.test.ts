@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 import Fastify from 'fastify';
 import pino from 'pino';
 import meshSubscriptions, { MeshOptionsError } from '../src/index.js';
+import { hashKey, revokeApiKey } from '../src/server/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { TestClient } from './helpers/ws-client.js';
@@ -79,6 +80,33 @@ test('no ticket without credentials; a made-up, malformed or expired ticket is r
   await db.sql`SELECT pg_sleep(0.01)`; // past its one millisecond, by the database's clock
   assert.equal((await refusal(TestClient.connect(short.wsUrl, {}, body.protocols))).status, 401);
   await short.close();
+});
+
+test('a ticket minted before its key was revoked does not open a socket: 401, counted as an auth failure', async () => {
+  const { key } = await a.owner();
+  const { status, body } = await mint(a, key);
+  assert.equal(status, 201);
+  await revokeApiKey(db.sql, key);
+  const failures = async () => (await b.app.mesh.metrics.getSingleMetric('mesh_auth_failures_total')!.get()).values.find((v) => v.labels.stage === 'ticket')!.value;
+  const before = await failures();
+  assert.deepEqual(await refusal(TestClient.connect(b.wsUrl, {}, body.protocols)), {
+    status: 401,
+    body: { code: 'UNAUTHORIZED', message: 'missing or invalid credentials' },
+  });
+  assert.equal(await failures(), before + 1);
+});
+
+test('a ticket whose key changed owner after minting opens the socket as the new principal', async () => {
+  const { ownerId, key } = await a.owner();
+  const other = await a.owner();
+  const mine = await a.task(ownerId);
+  const theirs = await a.task(other.ownerId);
+  const { body } = await mint(a, key);
+  await db.sql`UPDATE api_keys SET owner_id = ${other.ownerId} WHERE key_hash = ${hashKey(key)}`;
+  const client = await TestClient.connect(a.wsUrl, {}, body.protocols);
+  assert.deepEqual(await client.request({ type: 'subscribe', taskId: theirs }), { type: 'subscribed', taskId: theirs });
+  assert.equal((await client.request({ type: 'subscribe', taskId: mine })).code, 'NOT_FOUND');
+  await client.close();
 });
 
 test('a plain GET offering a ticket does not spend it', async () => {

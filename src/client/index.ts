@@ -3,7 +3,9 @@
  * dependency. It signs in with a key through a single-use ticket (PROTOCOL.md, "Browsers:
  * tickets"), reconnects with exponential back-off and jitter, and on each reconnect restores every
  * subscription with `since` set to the last cursor it saw on it, dropping the events it already
- * delivered, so that the app sees each event once across a dropped connection.
+ * delivered, so that the app sees each event once across a dropped connection. It gives up only
+ * when the server refuses the credentials (401 or 403, or close code 4401); an outage (503, a
+ * network error) is retried however long it lasts.
  */
 import type { Static } from '@sinclair/typebox';
 import type { ServerMessages } from '../protocol/schemas.js';
@@ -14,12 +16,28 @@ export type Lagged = Static<(typeof ServerMessages)['lagged']>;
 export type ResyncRequired = Static<(typeof ServerMessages)['resyncRequired']>;
 export type ServerError = Static<(typeof ServerMessages)['error']>;
 
-/** What the connection is doing; `closed` is final (see `reason`). */
+/** Why the last attempt failed (or the socket closed), as far as the client can tell. */
+export interface Failure {
+  /**
+   * The HTTP status of the ticket request, or of a refused upgrade when the WebSocket
+   * implementation reports it (`ws` in Node does; a browser does not, it sees close code 1006).
+   */
+  status?: number;
+  /** The close code of the socket (1006: dropped, or an upgrade refused in a browser). */
+  code?: number;
+  /** For people, e.g. `ticket request: HTTP 503 UNAVAILABLE`, or a network error's message. */
+  message?: string;
+}
+
+/**
+ * What the connection is doing; `closed` is final (see `reason`): `unauthorized` after a 401 or
+ * a close with 4401, `forbidden` after a 403 (e.g. an Origin the server does not allow).
+ */
 export type ConnectionStatus =
   | { state: 'connecting'; attempt: number }
   | { state: 'open' }
-  | { state: 'reconnecting'; attempt: number; inMs: number; code?: number }
-  | { state: 'closed'; reason: 'closedByClient' | 'unauthorized'; code?: number };
+  | ({ state: 'reconnecting'; attempt: number; inMs: number } & Failure)
+  | ({ state: 'closed'; reason: 'closedByClient' | 'unauthorized' | 'forbidden' } & Failure);
 
 export interface MeshClientEvents {
   taskUpdated: TaskUpdated;
@@ -51,7 +69,10 @@ export interface MeshClientOptions {
   url: string;
   /** An API key: exchanged for a single-use ticket before each connection, so it never goes into a URL. */
   apiKey?: string;
-  /** Instead of `apiKey`: how to get the subprotocols to offer (e.g. a ticket your own backend mints). */
+  /**
+   * Instead of `apiKey`: how to get the subprotocols to offer (e.g. a ticket your own backend
+   * mints). A throw is retried, unless the error has `status: 401` or `403`: then the client stops.
+   */
   protocols?: () => Promise<string[]>;
   /** Default `/api/v1`. */
   prefix?: string;
@@ -95,8 +116,29 @@ const UNAUTHORIZED_CLOSE = 4401;
 const OPEN = 1;
 /** Cursors remembered to drop what two overlapping replays both send. */
 const SEEN_LIMIT = 10_000;
+/** How `ws` reports the status of a refused upgrade in its `error` event. */
+const REFUSED_UPGRADE = /Unexpected server response: (\d{3})/;
 
-class UnauthorizedError extends Error {}
+/** The ticket request failed with an HTTP status. */
+class HttpError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+/** Statuses that are a verdict on the credentials: retrying with them cannot help. */
+function verdict(status: number | undefined): 'unauthorized' | 'forbidden' | undefined {
+  return status === 401 ? 'unauthorized' : status === 403 ? 'forbidden' : undefined;
+}
+
+/** Only the fields that are set: a status reads the same whatever the path that made it. */
+function failure(status: number | undefined, code: number | undefined, message: string | undefined): Failure {
+  const f: Failure = {};
+  if (status !== undefined) f.status = status;
+  if (code !== undefined) f.code = code;
+  if (message) f.message = message;
+  return f;
+}
 
 export class MeshClient {
   private socket: WebSocketLike | undefined;
@@ -160,8 +202,9 @@ export class MeshClient {
 
   /** Closes for good: no reconnect. */
   close(): void {
-    this.stopped = true;
     clearTimeout(this.timer);
+    if (this.stopped) return; // closed already, or stopped by the server (its reason stands)
+    this.stopped = true;
     this.socket?.close(1000, 'client closed');
     this.setStatus({ state: 'closed', reason: 'closedByClient' });
   }
@@ -215,51 +258,78 @@ export class MeshClient {
     try {
       protocols = await this.ticket();
     } catch (error) {
-      if (error instanceof UnauthorizedError) return this.stop('unauthorized');
-      return this.retry();
+      // A 401/403 is a verdict on the credentials; anything else (503, a network error) an outage.
+      const status = typeof (error as { status?: unknown })?.status === 'number' ? (error as { status: number }).status : undefined;
+      const why = failure(status, undefined, error instanceof Error ? error.message : String(error));
+      const refused = verdict(status);
+      if (this.stopped) return;
+      return refused ? this.stop(refused, why) : this.retry(why);
     }
     if (this.stopped) return;
     const socket = new this.options.WebSocket(`${this.api.replace(/^http/, 'ws')}/mesh/tasks/subscribe`, protocols);
     this.socket = socket;
+    let opened = false;
+    /** The status of a refused upgrade, when the implementation says (`ws`'s error event does). */
+    let refusedWith: number | undefined;
     socket.onopen = () => {
+      opened = true;
       this.attempt = 0;
       this.awaiting = [];
       this.setStatus({ state: 'open' });
       for (const entry of this.followed.values()) this.request(entry);
     };
     socket.onmessage = (event: { data: unknown }) => this.receive(String(event.data));
-    socket.onerror = () => {}; // followed by onclose, which decides what to do
-    socket.onclose = (event: { code: number }) => {
+    // Followed by onclose, which decides what to do.
+    socket.onerror = (event: { message?: unknown; error?: { message?: unknown } } | undefined) => {
+      const match = REFUSED_UPGRADE.exec(String(event?.message ?? event?.error?.message ?? ''));
+      if (match && !opened) refusedWith = Number(match[1]);
+    };
+    socket.onclose = (event: { code: number; reason?: string }) => {
       if (this.socket !== socket) return;
       this.socket = undefined;
       if (this.stopped) return;
-      if (event.code === UNAUTHORIZED_CLOSE) return this.stop('unauthorized', event.code);
-      this.retry(event.code);
+      const message = opened
+        ? event.reason || 'connection closed'
+        : refusedWith !== undefined
+          ? `upgrade refused: HTTP ${refusedWith}`
+          : 'upgrade failed';
+      const why = failure(refusedWith, event.code, message);
+      const refused = event.code === UNAUTHORIZED_CLOSE ? 'unauthorized' : verdict(refusedWith);
+      if (refused) return this.stop(refused, why);
+      this.retry(why);
     };
   }
 
   private async ticket(): Promise<string[]> {
     if (this.options.protocols) return this.options.protocols();
-    const res = await this.options.fetch(`${this.api}/mesh/tickets`, {
-      method: 'POST',
-      headers: { [this.options.keyHeader]: this.options.apiKey! },
-    });
-    if (res.status === 401) throw new UnauthorizedError();
-    if (res.status !== 201) throw new Error(`ticket: HTTP ${res.status}`);
+    let res: Response;
+    try {
+      res = await this.options.fetch(`${this.api}/mesh/tickets`, {
+        method: 'POST',
+        headers: { [this.options.keyHeader]: this.options.apiKey! },
+      });
+    } catch (error) {
+      throw new Error(`ticket request failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    if (res.status !== 201) {
+      const body = (await res.json().catch(() => undefined)) as { code?: unknown } | undefined;
+      const code = typeof body?.code === 'string' ? ` ${body.code}` : '';
+      throw new HttpError(res.status, `ticket request: HTTP ${res.status}${code}`);
+    }
     return ((await res.json()) as { protocols: string[] }).protocols;
   }
 
-  private retry(code?: number): void {
+  private retry(why: Failure): void {
     const { initialDelayMs, maxDelayMs } = this.options;
     const inMs = Math.round(Math.min(maxDelayMs, initialDelayMs * 2 ** this.attempt) * (0.5 + Math.random() / 2));
     this.attempt++;
-    this.setStatus({ state: 'reconnecting', attempt: this.attempt, inMs, ...(code !== undefined ? { code } : {}) });
+    this.setStatus({ state: 'reconnecting', attempt: this.attempt, inMs, ...why });
     this.timer = setTimeout(() => void this.connect(), inMs);
   }
 
-  private stop(reason: 'unauthorized', code?: number): void {
+  private stop(reason: 'unauthorized' | 'forbidden', why: Failure): void {
     this.stopped = true;
-    this.setStatus({ state: 'closed', reason, ...(code !== undefined ? { code } : {}) });
+    this.setStatus({ state: 'closed', reason, ...why });
   }
 
   private receive(text: string): void {
