@@ -161,7 +161,6 @@ async function reachableBinaries(home: string, user: ClusterUser | undefined, lo
     const partial = await mkdtemp(`${copy}.partial-`);
     try {
       await linkTree(native, path.join(partial, 'native'));
-      await chmod(partial, 0o755);
       await rename(path.join(partial, 'native'), copy).catch((error: NodeJS.ErrnoException) => {
         // Another process of ours got there first.
         if (!existsSync(copy)) throw error;
