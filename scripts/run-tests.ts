@@ -1,7 +1,9 @@
 /**
  * `npm test`: runs every test/*.test.ts with Node's test runner against a real PostgreSQL —
- * DATABASE_URL when set, otherwise an embedded one started here for the run and removed after.
- * Each test file creates (and drops) a database of its own on that server.
+ * DATABASE_URL when set, otherwise an embedded one started here for the run and removed after
+ * (in a scratch folder under `.data/`, or under the system temp folder when the checkout is in a
+ * folder the cluster's user cannot enter). Each test file creates (and drops) a database of its
+ * own on that server.
  */
 import { spawn } from 'node:child_process';
 import { readdir, rm } from 'node:fs/promises';
@@ -20,7 +22,13 @@ let scratch: string | undefined;
 let url = process.env.DATABASE_URL;
 if (!url) {
   scratch = await scratchDirectory('test');
-  embedded = await startEmbeddedPostgres({ dir: scratch, log });
+  log.info({ scratch }, 'the embedded PostgreSQL of this run');
+  try {
+    embedded = await startEmbeddedPostgres({ dir: scratch, log });
+  } catch (error) {
+    await rm(scratch, { recursive: true, force: true });
+    throw error;
+  }
   url = embedded.url;
 }
 
