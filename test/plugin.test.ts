@@ -73,19 +73,25 @@ describe('mounting', () => {
     await app.close();
   });
 
-  test('authenticate that throws, or answers something that is not a principal, refuses with 401', async () => {
-    for (const authenticate of [
-      async () => {
-        throw new Error('token service down');
-      },
-      async () => ({ ownerId: 'not-a-uuid', admin: false }),
-      async () => ({ ownerId: null }) as unknown as Principal,
-    ]) {
+  test('authenticate that answers something that is not a principal refuses with 401; one that throws answers 503', async () => {
+    for (const [authenticate, status] of [
+      [
+        async () => {
+          throw new Error('token service down');
+        },
+        503,
+      ],
+      [async () => ({ ownerId: 'not-a-uuid', admin: false }), 401],
+      [async () => ({ ownerId: null }) as unknown as Principal, 401],
+    ] as const) {
       const app = Fastify();
       await app.register(meshSubscriptions, { authenticate, sql: db.sql });
       const url = await listen(app);
-      assert.equal((await refusal(TestClient.connect(url))).status, 401);
-      await app.close();
+      try {
+        assert.equal((await refusal(TestClient.connect(url))).status, status);
+      } finally {
+        await app.close();
+      }
     }
   });
 

@@ -54,7 +54,7 @@ interface Row {
 }
 
 const READ_BATCH = 1000;
-/** PostgreSQL's `text` type: JSON sent as text and cast in SQL, as a `json` parameter would be encoded again. */
+/** PostgreSQL's `text` type: JSON goes as text and is cast in SQL (a `json` parameter would be encoded twice). */
 const TEXT = 25;
 const PRUNE_BATCH = 5000;
 const PRUNE_LOCK = 0x6d657368_7072756en; // "meshprun"
@@ -254,13 +254,9 @@ export class PostgresBus implements EventBus {
    * (no cache decides it). JSON travels as text, so that a NUL inside a string stays escaped.
    */
   private insert(sql: Sql<any>, entries: readonly BusEntry[]) {
-    const rows = entries.map(({ kind, event }) => ({
-      kind,
-      task_id: event.taskId,
-      owner_id: event.ownerId ?? null,
-      owner_given: event.ownerId !== undefined,
-      payload: payloadOf({ kind, event } as BusEntry),
-    }));
+    // Columns as text arrays, each payload cast to json on its own: PostgreSQL's JSON operators
+    // cannot reach into a document that holds an escaped NUL, but a cast keeps it.
+    const column = (value: (entry: BusEntry) => string | null) => sql.array(entries.map(value) as never, TEXT);
     const table = this.options.tasksTable;
     const settled =
       table === undefined
@@ -269,9 +265,11 @@ export class PostgresBus implements EventBus {
               FROM input i LEFT JOIN ${sql.unsafe(quoteTable(table))} t ON NOT i.owner_given AND t.id = i.task_id`;
     return sql<{ cursor: string }[]>`
       WITH input AS (
-        SELECT r.n, r.value->>'kind' AS kind, (r.value->>'task_id')::uuid AS task_id, (r.value->>'owner_id')::uuid AS owner_id,
-               (r.value->>'owner_given')::boolean AS owner_given, r.value->'payload' AS payload
-        FROM json_array_elements(${sql.typed(JSON.stringify(rows) as never, TEXT)}::json) WITH ORDINALITY AS r(value, n)),
+        SELECT r.n, r.kind, r.task_id::uuid AS task_id, r.owner_id::uuid AS owner_id, r.owner_given::boolean AS owner_given, r.payload::json AS payload
+        FROM unnest(
+          ${column((e) => e.kind)}::text[], ${column((e) => e.event.taskId)}::text[], ${column((e) => e.event.ownerId ?? null)}::text[],
+          ${column((e) => String(e.event.ownerId !== undefined))}::text[], ${column((e) => JSON.stringify(payloadOf(e)))}::text[]
+        ) WITH ORDINALITY AS r(kind, task_id, owner_id, owner_given, payload, n)),
       logged AS (
         INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
         SELECT s.kind, s.task_id, s.owner_id, s.owner_given, s.payload FROM (${settled}) AS s(n, kind, task_id, owner_id, owner_given, payload)
@@ -447,10 +445,14 @@ export class PostgresBus implements EventBus {
           this.sink!(events).catch((error: unknown) => this.log.error({ err: error }, 'handing events to the sockets failed'));
         }
         if (heldBack) {
+          // Since the first read that found them: about when they committed, as a commit wakes the readers.
+          if (this.heldBackSince === 0) this.heldBackSince = performance.now();
           this.options.onHeldBack?.();
           this.scheduleHeldBack();
+        } else {
+          this.heldBackSince = 0;
+          this.heldBackDelay = HELD_BACK_FIRST_MS;
         }
-        else this.heldBackDelay = HELD_BACK_FIRST_MS;
         if (heldBack || rows.length < READ_BATCH) {
           this.options.onRead?.(newest === undefined ? 0 : Math.max(0, Date.now() - newest) / 1000, found > 0 && !announced);
           return;
