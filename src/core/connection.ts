@@ -53,6 +53,19 @@ type Step = () => void | Promise<void>;
  */
 type Seam = { replaying: true; skipped: number } | { replaying: false; floor: string };
 
+/**
+ * A burst of resumes: the live frames sent meanwhile (few), and per stream resumed, up to where
+ * the client now has it — a floor per stream, not a record per replayed event, so that memory
+ * does not grow with the replay.
+ */
+interface Burst {
+  live: Set<string>;
+  /** Per task: every update of it up to this cursor is with the client (a resumed `subscribe`). */
+  tasks: Map<string, string>;
+  /** Every update the principal may see up to this cursor is with the client (a resumed `subscribeAll`). */
+  all: string | undefined;
+}
+
 /** A stream of this socket's: `u:<task>`, `o:<task>` or `all`. */
 const seamKey = (stream: ReplayStream): string => (stream.kind === 'all' ? 'all' : `${stream.kind === 'update' ? 'u' : 'o'}:${stream.taskId}`);
 
@@ -104,11 +117,11 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   /** The seams of this socket's resumed streams, by stream; undefined when none (the usual case). */
   private seams: Map<string, Seam> | undefined;
   /**
-   * Events sent to this socket while its resumes queue up (a reconnecting client sends all its
-   * subscribes at once): a later replay skips them, so that two subscriptions covering one event
-   * (subscribe and subscribeAll) do not both carry it. Dropped once no frame waits any more.
+   * What this socket has of task updates while its resumes queue up (a reconnecting client sends
+   * all its subscribes at once), so that a later replay skips it and two subscriptions covering
+   * one event (subscribe and subscribeAll) do not both carry it. Dropped once no frame waits.
    */
-  private sentWhileResuming: Set<string> | undefined;
+  private burst: Burst | undefined;
   // For the close log line.
   private readonly openedAt = performance.now();
   private framesIn = 0;
@@ -162,13 +175,12 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
 
   sendUpdate(taskId: string, frame: Buffer, cursor: string): void {
     if (this.seams !== undefined && this.atSeam('update', taskId, cursor)) return;
-    this.sentWhileResuming?.add(cursor);
+    this.burst?.live.add(cursor);
     this.outbound.update(taskId, frame);
   }
 
   sendOutput(taskId: string, frame: Buffer, cursor: string): void {
     if (this.seams !== undefined && this.atSeam('output', taskId, cursor)) return;
-    this.sentWhileResuming?.add(cursor);
     this.outbound.output(taskId, frame, cursor);
   }
 
@@ -405,7 +417,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
     const key = seamKey(stream);
     const seam: Seam = { replaying: true, skipped: 0 };
     (this.seams ??= new Map()).set(key, seam);
-    const sent = (this.sentWhileResuming ??= new Set());
+    const burst = (this.burst ??= { live: new Set(), tasks: new Map(), all: undefined });
     const taskId = stream.kind === 'all' ? undefined : stream.taskId;
     const { history, metrics, limits } = this.context;
     // Without a replay the client refetches: the stream is live from here.
@@ -425,8 +437,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         if ('resync' in page) return resync(page.resync);
         let count = 0;
         for (const frame of page.frames) {
-          if (sent.has(frame.cursor)) continue;
-          sent.add(frame.cursor);
+          if (frame.kind === 'update' && this.hasAlready(burst, frame.taskId, frame.cursor)) continue;
           this.outbound.replayed(frame.kind, frame.taskId, frame.frame, frame.cursor);
           count++;
         }
@@ -442,12 +453,23 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       }
       const floor = history.compare(after, since) > 0 ? after : since;
       this.seams!.set(key, { replaying: false, floor });
+      if (stream.kind === 'update') burst.tasks.set(stream.taskId, floor);
+      else if (stream.kind === 'all') burst.all = floor;
     };
     return run().catch((error: unknown) => {
       if (this.closed) return;
       this.log.warn({ err: error }, 'replay failed; the stream goes on live');
       resync('unavailable');
     });
+  }
+
+  /** Whether an update is with the client already, by an earlier stream of this burst. */
+  private hasAlready(burst: Burst, taskId: string, cursor: string): boolean {
+    if (burst.live.has(cursor)) return true;
+    const { history } = this.context;
+    const task = burst.tasks.get(taskId);
+    if (task !== undefined && history.compare(cursor, task) <= 0) return true;
+    return burst.all !== undefined && history.compare(cursor, burst.all) <= 0;
   }
 
   /** Ends a step that waited: it never throws, so the chain behind it needs no catch. */
@@ -469,7 +491,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
 
   /** A step that waited is done; once none waits, the resumes of this burst are over. */
   private stepDone(): void {
-    if (--this.backlog === 0) this.sentWhileResuming = undefined;
+    if (--this.backlog === 0) this.burst = undefined;
   }
 
   /** Runs a step now, or after the steps still waiting on a lookup or a replay. */
