@@ -8,7 +8,7 @@ import fastifyStatic from '@fastify/static';
 import { collectDefaultMetrics } from 'prom-client';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import type { Sql } from 'postgres';
+import postgres, { type Sql } from 'postgres';
 import meshSubscriptions, { type MeshSubscriptionsOptions } from '../index.js';
 import { API_KEY_HEADER, apiKeyAuthenticator, apiKeyReauthenticator } from './api-keys.js';
 import { ApiError, taskRoutes } from './tasks-routes.js';
@@ -28,14 +28,65 @@ export interface AppOptions {
 
 export const PACKAGE_VERSION = '0.1.0';
 
-/** `SELECT 1` within 2 s. */
+/** How long /readyz waits for `SELECT 1`. */
+const READINESS_TIMEOUT_MS = 2_000;
+
+/** `Retry-After` (seconds) of a 503 UNAVAILABLE: a database restart takes a second or two. */
+export const UNAVAILABLE_RETRY_AFTER_SECONDS = 2;
+
+/**
+ * postgres.js codes of a connection that failed, closed or timed out (Node's socket errors pass
+ * through as they are): the database is out of reach, not the request at fault.
+ */
+const CONNECTION_ERROR_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'CONNECT_TIMEOUT',
+  'CONNECTION_CLOSED',
+  'CONNECTION_DESTROYED',
+  'CONNECTION_ENDED',
+]);
+
+/**
+ * SQLSTATEs of a server that is going away, starting, full or too slow: class 08 (connection
+ * exception), 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 53300
+ * too_many_connections, and 57014 query_canceled, which is what the statement_timeout the example
+ * server sets raises.
+ */
+const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '57014']);
+
+/**
+ * True for an error that means "the database cannot answer right now": retry later. The plugin's
+ * `MeshBusUnavailableError` (`code: 'UNAVAILABLE'`), and the host's own queries failing for want of
+ * a connection. Anything else (a constraint, a syntax error: a bug) is not.
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  for (let e = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code !== 'string') continue;
+    if (code === 'UNAVAILABLE' || CONNECTION_ERROR_CODES.has(code)) return true;
+    if (e instanceof postgres.PostgresError && (code.startsWith('08') || UNAVAILABLE_SQLSTATES.has(code))) return true;
+  }
+  return false;
+}
+
+/**
+ * `SELECT 1` within READINESS_TIMEOUT_MS. (Not cancelled when late: postgres.js drops the promise
+ * of a cancel request, so one that cannot reach the server would be an unhandled rejection.)
+ */
 async function databaseAnswers(sql: Sql<any>, log: FastifyBaseLogger): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
       sql`SELECT 1`,
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error('database check timed out')), 2000);
+        timer = setTimeout(() => reject(new Error('database check timed out')), READINESS_TIMEOUT_MS);
       }),
     ]);
     return true;
@@ -59,6 +110,17 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {},
     const status = error.statusCode ?? 500;
     if (error.validation) {
       return reply.code(400).send({ code: 'VALIDATION_ERROR', message: error.message });
+    }
+    // A notification the plugin refuses (MeshPublishError): bad input, never worth a retry.
+    if (error.code === 'INVALID_EVENT') return reply.code(400).send({ code: 'INVALID_EVENT', message: error.message });
+    // An outage (database restarting, unreachable, too slow): retry later. A change cut off at its
+    // very commit may still have been made, with its event (the task's version tells).
+    if (isDatabaseUnavailable(error)) {
+      request.log.warn({ err: error }, 'database unavailable: answered 503');
+      return reply
+        .code(503)
+        .header('retry-after', String(UNAVAILABLE_RETRY_AFTER_SECONDS))
+        .send({ code: 'UNAVAILABLE', message: 'the database is unavailable right now; retry later' });
     }
     if (status < 500) return reply.code(status).send({ code: error.code ?? 'BAD_REQUEST', message: error.message });
     request.log.error({ err: error }, 'request failed');

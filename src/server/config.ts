@@ -10,6 +10,10 @@ export interface ServerConfig {
   dataDir: string;
   /** On SIGTERM, how long /readyz fails (new sockets refused) before the server closes. */
   shutdownDrainMs: number;
+  /** A connection to PostgreSQL not established within this fails (0: no limit). */
+  databaseConnectTimeoutMs: number;
+  /** PostgreSQL's statement_timeout for our sessions (0: no limit). */
+  databaseStatementTimeoutMs: number;
 }
 
 function nonNegative(name: string, value: string | undefined, fallback: number): number {
@@ -29,5 +33,7 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     databaseUrl: env.DATABASE_URL || undefined,
     dataDir: path.resolve(env.DATA_DIR || '.data'),
     shutdownDrainMs: nonNegative('SHUTDOWN_DRAIN_MS', env.SHUTDOWN_DRAIN_MS, 5_000),
+    databaseConnectTimeoutMs: nonNegative('DATABASE_CONNECT_TIMEOUT_MS', env.DATABASE_CONNECT_TIMEOUT_MS, 5_000),
+    databaseStatementTimeoutMs: nonNegative('DATABASE_STATEMENT_TIMEOUT_MS', env.DATABASE_STATEMENT_TIMEOUT_MS, 10_000),
   };
 }

@@ -12,13 +12,29 @@ export interface Database {
   close(): Promise<void>;
 }
 
+/**
+ * Seconds before a connection is tried again after `attempts` failed ones in a row: 25–50 ms,
+ * doubling, at most 0.5–1 s. postgres.js's own grows to 10–20 s after a few failures, which held
+ * every request (and /readyz) that long after a restart of the database had long finished.
+ */
+export function reconnectDelaySeconds(attempts: number): number {
+  return Math.min(0.05 * 2 ** attempts, 1) * (0.5 + Math.random() / 2);
+}
+
 export async function openDatabase(config: ServerConfig, log: Logger): Promise<Database> {
   const embedded = config.databaseUrl ? undefined : await startEmbeddedPostgres({ dir: config.dataDir, log });
   const url = config.databaseUrl ?? embedded!.url;
   const sql = postgres(url, {
     max: 10,
     onnotice: () => {},
-    connection: { application_name: 'mesh-subscriptions' },
+    // What a request may wait on the database is bounded: a connection that does not come up in
+    // time fails, and so does a statement that runs too long (both answer 503 UNAVAILABLE).
+    connect_timeout: config.databaseConnectTimeoutMs / 1000,
+    backoff: reconnectDelaySeconds,
+    connection: {
+      application_name: 'mesh-subscriptions',
+      ...(config.databaseStatementTimeoutMs > 0 ? { statement_timeout: config.databaseStatementTimeoutMs } : {}),
+    },
   });
   return {
     sql,

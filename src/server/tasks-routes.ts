@@ -86,7 +86,15 @@ const toTask = (row: TaskRow): Task => ({
 const COLUMNS = 'id::text AS id, owner_id::text AS owner_id, name, status, version, created_at, updated_at';
 
 const secured = { security: [{ apiKey: [] }, { bearer: [] }] as Array<Record<string, string[]>>, tags: ['Tasks'] };
-const errors = { 400: ApiError, 401: ApiError, 404: ApiError };
+/** The database is out of reach (restarting, down, too slow): nothing to fix, retry. */
+const Unavailable = Type.Object(
+  { code: Type.Literal('UNAVAILABLE'), message: Type.String() },
+  {
+    description: 'The database is unavailable (restarting, unreachable or too slow); retry after `Retry-After` seconds',
+    headers: { 'retry-after': { type: 'integer', description: 'Seconds to wait before retrying' } },
+  },
+);
+const errors = { 400: ApiError, 401: ApiError, 404: ApiError, 503: Unavailable };
 
 function notFound(reply: FastifyReply) {
   return reply.code(404).send({ code: 'NOT_FOUND', message: 'task not found' });
