@@ -14,11 +14,14 @@ COPY scripts/build-web.ts ./scripts/
 RUN npm run build
 
 # Production dependencies only: the plugin's, and the example server's own runtime packages
-# (package.json "exampleServerDependencies", dev dependencies of the library), moved to
+# (package.json "exampleServerDependencies", dev dependencies of the library, patch-package among
+# them), moved to
 # "dependencies" here so that npm installs them at the versions the lock file pins.
 FROM node:20-bookworm-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
+# The postgres driver's patch (README, "The postgres driver patch"), applied by postinstall.
+COPY patches ./patches
 RUN node -e "const fs=require('fs'),p=require('./package.json');for(const n of p.exampleServerDependencies){p.dependencies[n]=p.devDependencies[n];delete p.devDependencies[n]}fs.writeFileSync('package.json',JSON.stringify(p,null,2))" \
  && npm install --omit=dev --no-audit --no-fund
 

@@ -14,6 +14,10 @@ test('Dockerfile: valid, multi-stage, production dependencies only, non-root, HE
   assert.deepEqual(validate(text).map((d) => `${d.range.start.line + 1}: ${d.message}`), []);
   assert.ok((text.match(/^FROM /gm) ?? []).length >= 2, 'multi-stage');
   assert.match(text, /npm install --omit=dev/);
+  const deps = text.slice(text.indexOf(' AS deps'), text.lastIndexOf('\nFROM '));
+  assert.match(deps, /COPY patches/, 'the driver patch reaches the production dependencies');
+  const pkg = JSON.parse(await readFile('package.json', 'utf8')) as { exampleServerDependencies: string[] };
+  assert.ok(pkg.exampleServerDependencies.includes('patch-package'), 'patch-package installed there to apply it');
   const final = text.slice(text.lastIndexOf('\nFROM '));
   assert.doesNotMatch(final, /npm (ci|install)/, 'nothing installed in the final stage: it copies the production node_modules');
   assert.match(final, /^USER node$/m);
