@@ -25,8 +25,9 @@ export type OwnerResolver = (taskIds: readonly string[]) => Promise<ReadonlyMap<
 
 export interface MeshSubscriptionsOptions {
   /**
-   * Decides who may open a socket. Runs on the upgrade request, before any 101; `null` or a throw
-   * answers 401. Required: there is no anonymous mode.
+   * Decides who may open a socket. Runs on the upgrade request, before any 101; `null` answers 401,
+   * a throw (its store is down: no verdict) answers 503 with `Retry-After`. Required: there is no
+   * anonymous mode.
    */
   authenticate: (request: FastifyRequest) => Promise<Principal | null>;
   /**

@@ -45,10 +45,12 @@ function showConnection(s: ConnectionStatus): void {
       : s.state === 'connecting'
         ? 'Connecting…'
         : s.state === 'reconnecting'
-          ? `Reconnecting (attempt ${s.attempt}) in ${Math.ceil(s.inMs / 1000)} s…`
+          ? `Reconnecting (attempt ${s.attempt}) in ${Math.ceil(s.inMs / 1000)} s…${s.status === 503 ? ' (server busy or its database unavailable)' : ''}`
           : s.reason === 'unauthorized'
             ? 'Signed out: the key is no longer valid'
-            : 'Disconnected';
+            : s.reason === 'forbidden'
+              ? 'Refused: this page may not connect to the server'
+              : 'Disconnected';
   if (s.state === 'closed' && s.reason === 'unauthorized') signOut('This key is no longer valid.');
 }
 
