@@ -38,6 +38,24 @@ after(async () => {
   await db.drop();
 });
 
+/**
+ * A client of one connection on sockets of our own (connected, as the driver expects), each handed
+ * to `onSocket` first, so that a test can cut or doctor it.
+ */
+function clientOnOwnSockets(onSocket: (socket: Socket) => void) {
+  const { hostname, port } = new URL(db.url);
+  return postgres(db.url, {
+    max: 1,
+    connect_timeout: 5,
+    onnotice: () => {},
+    socket: () =>
+      new Promise<Socket>((resolve, reject) => {
+        const socket = connect(Number(port), hostname, () => resolve(socket)).once('error', reject);
+        onSocket(socket);
+      }),
+  } as Options<any>);
+}
+
 /** Resolves after the check phase of this loop turn, where the driver's deferred writes run. */
 const afterImmediates = () => new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
 
@@ -63,18 +81,7 @@ test('a transaction whose connection drops mid-query rejects with CONNECTION_CLO
 
 test('a connection closed while a small write waits for its turn reconnects and answers', async () => {
   const sockets: Socket[] = [];
-  const { hostname, port } = new URL(db.url);
-  const sql = postgres(db.url, {
-    max: 1,
-    connect_timeout: 5,
-    onnotice: () => {},
-    // A socket of our own (connected, as the driver expects), so that the test can cut it.
-    socket: () =>
-      new Promise<Socket>((resolve, reject) => {
-        const socket = connect(Number(port), hostname, () => resolve(socket)).once('error', reject);
-        sockets.push(socket);
-      }),
-  } as Options<any>);
+  const sql = clientOnOwnSockets((socket) => sockets.push(socket));
   await sql`SELECT 1`;
   // Queried and cut in the check phase of one loop turn: the query's write waits for the next
   // turn's check phase, and the socket's close comes first, in this turn's close phase.
@@ -105,30 +112,22 @@ function adminShutdown(): Buffer {
 }
 
 test('a connection terminated while it fetches array types: no unhandled rejection, and the next connection answers', async () => {
-  const { hostname, port } = new URL(db.url);
   let terminated = false;
-  const sql = postgres(db.url, {
-    max: 1,
-    connect_timeout: 5,
-    onnotice: () => {},
-    // The first connection's backend "is terminated" the moment the driver asks for the array
-    // types: it answers 57P01 and closes, as a real one does. Later connections are left alone.
-    socket: () =>
-      new Promise<Socket>((resolve, reject) => {
-        const socket = connect(Number(port), hostname, () => resolve(socket)).once('error', reject);
-        if (terminated) return;
-        const write = socket.write.bind(socket) as (chunk: Buffer, cb?: () => void) => boolean;
-        socket.write = ((chunk: Buffer, cb?: () => void) => {
-          if (terminated || !Buffer.from(chunk).includes('typarray')) return write(chunk, cb);
-          terminated = true;
-          setImmediate(() => {
-            socket.emit('data', adminShutdown());
-            socket.destroy();
-          });
-          return true;
-        }) as typeof socket.write;
-      }),
-  } as Options<any>);
+  // The first connection's backend "is terminated" the moment the driver asks for the array
+  // types: it answers 57P01 and closes, as a real one does. Later connections are left alone.
+  const sql = clientOnOwnSockets((socket) => {
+    if (terminated) return;
+    const write = socket.write.bind(socket) as (chunk: Buffer, cb?: () => void) => boolean;
+    socket.write = ((chunk: Buffer, cb?: () => void) => {
+      if (terminated || !Buffer.from(chunk).includes('typarray')) return write(chunk, cb);
+      terminated = true;
+      setImmediate(() => {
+        socket.emit('data', adminShutdown());
+        socket.destroy();
+      });
+      return true;
+    }) as typeof socket.write;
+  });
   assert.deepEqual([...(await sql`SELECT 1 AS one`)], [{ one: 1 }]);
   assert.ok(terminated, 'the types query was cut');
   await afterImmediates();

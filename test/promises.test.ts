@@ -73,6 +73,20 @@ async function metric(server: TestServer, name: string, labels: Record<string, s
   return found?.value ?? 0;
 }
 
+/**
+ * A writing transaction held open: every reader stops before it, so what is published meanwhile is
+ * logged but not yet read. Resolves with the function that commits it.
+ */
+async function holdReadersBack(): Promise<() => Promise<void>> {
+  const blocker = await db.sql.reserve();
+  await blocker`BEGIN`;
+  await blocker`SELECT pg_current_xact_id()`;
+  return async () => {
+    await blocker`COMMIT`;
+    blocker.release();
+  };
+}
+
 const deep = (levels: number): unknown => JSON.parse(deepText(levels));
 /** As text: deeper than JSON.stringify's stack reaches. */
 const deepText = (levels: number): string => `${'{"down":'.repeat(levels)}"bottom"${'}'.repeat(levels)}`;
@@ -280,18 +294,14 @@ describe('resumes', () => {
     const client = await a.connect(key);
     await client.request({ type: 'subscribe', taskId: other });
     const delivered = deliveries(a.app);
-    // A writing transaction holds every reader back: what is published now is logged, not yet read.
-    const blocker = await db.sql.reserve();
-    await blocker`BEGIN`;
-    await blocker`SELECT pg_current_xact_id()`;
+    const release = await holdReadersBack();
     const held = once(a.app.mesh.events, 'heldBack');
     const otherCursor = await a.app.mesh.taskUpdates.publish(update(other, ownerId, 1));
     const since = await a.app.mesh.taskUpdates.publish(update(resumed, ownerId, 1));
     await held;
     // A cursor from another instance, ahead of this one's reader.
     assert.equal((await client.request({ type: 'subscribe', taskId: resumed, since })).type, 'subscribed');
-    await blocker`COMMIT`;
-    blocker.release();
+    await release();
     await delivered(since);
     await a.app.mesh.taskUpdates.publish(update(resumed, ownerId, 2));
     const frames = await until(client, (f) => f.taskId === resumed && f.version === 2);
@@ -309,9 +319,7 @@ describe('resumes', () => {
     const { ownerId } = await a.owner();
     const taskId = await a.task(ownerId);
     const delivered = deliveries(a.app);
-    const blocker = await db.sql.reserve();
-    await blocker`BEGIN`;
-    await blocker`SELECT pg_current_xact_id()`;
+    const release = await holdReadersBack();
     const held = once(a.app.mesh.events, 'heldBack');
     const cursor = await a.app.mesh.taskUpdates.publish(update(taskId, ownerId, 1));
     await held;
@@ -320,8 +328,7 @@ describe('resumes', () => {
     // Still waiting at the next read: the figure grows.
     await once(a.app.mesh.events, 'heldBack');
     assert.ok((await metric(a, 'mesh_bus_held_back_seconds')) > first);
-    await blocker`COMMIT`;
-    blocker.release();
+    await release();
     await delivered(cursor);
     assert.equal(await metric(a, 'mesh_bus_held_back_seconds'), 0);
   });
