@@ -66,6 +66,9 @@ interface Burst {
   all: string | undefined;
 }
 
+/** Live updates a burst remembers, at most: a long replay must not make it grow without end. */
+const BURST_LIVE_LIMIT = 10_000;
+
 /** A stream of this socket's: `u:<task>`, `o:<task>` or `all`. */
 const seamKey = (stream: ReplayStream): string => (stream.kind === 'all' ? 'all' : `${stream.kind === 'update' ? 'u' : 'o'}:${stream.taskId}`);
 
@@ -175,7 +178,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
 
   sendUpdate(taskId: string, frame: Buffer, cursor: string): void {
     if (this.seams !== undefined && this.atSeam('update', taskId, cursor)) return;
-    this.burst?.live.add(cursor);
+    // Bounded: past it a later replay of the burst may repeat an update, which cursors tell apart.
+    if (this.burst !== undefined && this.burst.live.size < BURST_LIVE_LIMIT) this.burst.live.add(cursor);
     this.outbound.update(taskId, frame);
   }
 
