@@ -14,6 +14,8 @@ import postgres from 'postgres';
 import { PostgresBus } from '../src/bus/postgres.js';
 import { MeshBusUnavailableError, MeshPublishError } from '../src/errors.js';
 import { DEFAULTS } from '../src/options.js';
+import { MAX_EVENT_BYTES } from '../src/protocol/codec.js';
+import { hashKey } from '../src/server/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { deliveries } from './helpers/delivered.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
@@ -411,4 +413,184 @@ test('a socket ws closes for a protocol error is logged and counted with that co
   while (!closedLine()) await new Promise((resolve) => setImmediate(resolve));
   assert.deepEqual([closedLine()!.closeCode, closedLine()!.closedBy], [1007, 'server']);
   assert.equal((await metric(a, 'mesh_closes_total', { code: '1007' })) - before, 1);
+});
+
+describe('at the limits, found in review', () => {
+  test('an output event publish() accepts at the size limit reaches its subscriber (not dropped on delivery)', async () => {
+    const { ownerId, key } = await a.owner();
+    const taskId = await a.task(ownerId);
+    const client = await a.connect(key);
+    assert.equal((await client.request({ type: 'subscribeOutput', taskId })).type, 'outputSubscribed');
+    // Exactly MAX_EVENT_BYTES as publish() measures it (owner left to the log, as documented).
+    const overhead = Buffer.byteLength(JSON.stringify(output(taskId, ''))) + 2;
+    const content = 'x'.repeat(MAX_EVENT_BYTES - overhead);
+    const droppedBefore = await metric(a, 'mesh_events_dropped_total', { reason: 'invalid' });
+    const cursor = await a.app.mesh.taskOutput.publish(output(taskId, content));
+    assert.match(cursor, /\./, 'publish() accepted it and gave a cursor');
+    await a.app.mesh.taskOutput.publish(output(taskId, 'after'));
+    const frames = await until(client, (f) => f.content === 'after');
+    const dropped = (await metric(a, 'mesh_events_dropped_total', { reason: 'invalid' })) - droppedBefore;
+    assert.deepEqual(
+      frames.map((f) => (f.content === content ? 'the accepted event' : f.content)),
+      ['the accepted event', 'after'],
+      `publish() resolved with ${cursor}, yet the event was dropped on delivery (mesh_events_dropped_total{reason="invalid"} +${dropped})`,
+    );
+    await client.close();
+  });
+});
+
+describe('the seam of a resume', () => {
+  test('a resumed output stream of a task that keeps streaming goes live, and the socket’s next frame is answered', async () => {
+    // An owner source that takes 100 ms (a remote service; lookupTimeoutMs allows 5 s), and a
+    // worker streaming a task's output through SQL with the documented "NULL owner = looked up".
+    const own = await createTestDatabase();
+    const resolveOwners = async (taskIds: readonly string[]) => {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const rows = await own.sql<{ id: string; owner_id: string | null }[]>`
+        SELECT id::text, owner_id::text FROM tasks WHERE id = ANY(${taskIds as string[]}::uuid[])`;
+      return new Map(rows.map((r) => [r.id, r.owner_id]));
+    };
+    const d = await startTestServer({ db: own, mesh: { bus: 'postgres', resolveOwners } });
+    let streaming = true;
+    let published = 0;
+    let streamer: Promise<void> = Promise.resolve();
+    let flowing = () => {};
+    const started = new Promise<void>((resolve) => (flowing = resolve));
+    try {
+      const { ownerId, key } = await d.owner();
+      const taskId = await d.task(ownerId);
+      const other = await d.task(ownerId);
+      const since = await d.app.mesh.taskOutput.publish(output(taskId, 'start', { ownerId }));
+      streamer = (async () => {
+        // A token every 20 ms, for at most 1,500 tokens: the resume must go live while they come.
+        while (streaming && published < 1_500) {
+          await own.sql`SELECT mesh_publish_task_output(${taskId}::uuid, NULL, 'assistant', ${`token ${published++}`}, NULL, NULL, NULL, NULL, NULL, true)`;
+          if (published === 10) flowing();
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        streaming = false;
+      })();
+      await started;
+      const client = await d.connect(key);
+      client.send({ type: 'subscribeOutput', taskId, since });
+      client.send({ type: 'subscribe', taskId: other });
+      const sentAt = published;
+      await until(client, (f) => f.type === 'subscribed' && f.taskId === other);
+      // Counted in the task's own events, not in time: a replay that goes live answers within a
+      // few pages; one that reads on while events come answers only when they stop.
+      assert.ok(
+        published - sentAt < 100,
+        `the subscribe sent after a resume was answered only after ${published - sentAt} more events${streaming ? '' : ', once the task stopped streaming'}: ` +
+          'the replay read page after page while live events kept coming, and the socket’s later frames waited behind it',
+      );
+      await client.close();
+    } finally {
+      streaming = false;
+      await streamer;
+      await d.close();
+      await own.drop();
+    }
+  });
+
+  test('a principal that becomes admin during a subscribeAll replay loses no update published meanwhile', async () => {
+    const reauthLines: Record<string, any>[] = [];
+    const sink = {
+      write(chunk: string) {
+        for (const line of chunk.split('\n').filter(Boolean)) reauthLines.push(JSON.parse(line));
+      },
+    };
+    const c = await startTestServer({
+      db,
+      mesh: { bus: 'postgres', reauthIntervalMs: 100 },
+      loggerInstance: pino({ level: 'info' }, sink) as FastifyBaseLogger,
+    });
+    try {
+      const mine = await c.owner();
+      const theirs = await c.owner();
+      const myTask = await c.task(mine.ownerId);
+      const theirTask = await c.task(theirs.ownerId);
+      const since = await c.app.mesh.taskUpdates.publish(update(myTask, mine.ownerId, 0));
+      // A replay larger than the socket's buffers: it waits between pages for a client that reads slowly.
+      const big = 'x'.repeat(1_500_000);
+      for (let i = 1; i <= 16; i++) await c.app.mesh.taskUpdates.publish(update(myTask, mine.ownerId, i, big));
+      const delivered = deliveries(c.app);
+      const client = await c.connect(mine.key);
+      client.send({ type: 'subscribeAll', since });
+      // It cannot take 24 MB without reading: the replay is still going when the key changes.
+      client.socket.pause();
+      // The key is made an admin's; the next sweep re-files the socket among admins.
+      await db.sql`UPDATE api_keys SET is_admin = true WHERE key_hash = ${hashKey(mine.key)}`;
+      while (!reauthLines.some((l) => l.msg?.startsWith('principal changed on re-authentication'))) await new Promise((r) => setImmediate(r));
+      const lost = await c.app.mesh.taskUpdates.publish(update(theirTask, theirs.ownerId, 1));
+      await delivered(lost);
+      client.socket.resume();
+      assert.equal((await client.next()).type, 'subscribedAll');
+      for (let i = 1; i <= 16; i++) assert.equal((await client.next()).version, i);
+      const marker = await c.app.mesh.taskUpdates.publish(update(theirTask, theirs.ownerId, 2));
+      const frames = await until(client, (f) => f.cursor === marker);
+      assert.deepEqual(
+        frames.map((f) => [f.taskId === theirTask ? 'their task' : 'my task', f.version]),
+        [
+          ['their task', 1],
+          ['their task', 2],
+        ],
+        'the update published after the socket became an admin’s, during its replay, never reached it',
+      );
+      await client.close();
+    } finally {
+      await c.close();
+    }
+  });
+
+  test('with resolveOwners, an update of subscribeAll’s replay whose live owner lookup is slower than another task’s event is not sent twice', async () => {
+    const own = await createTestDatabase();
+    let gate: { taskId: string; entered: () => void; release: Promise<void> } | undefined;
+    const resolveOwners = async (taskIds: readonly string[]) => {
+      const held = gate;
+      if (held && taskIds.includes(held.taskId)) {
+        gate = undefined;
+        held.entered();
+        await held.release;
+      }
+      const rows = await own.sql<{ id: string; owner_id: string | null }[]>`
+        SELECT id::text, owner_id::text FROM tasks WHERE id = ANY(${taskIds as string[]}::uuid[])`;
+      return new Map(rows.map((r) => [r.id, r.owner_id]));
+    };
+    const d = await startTestServer({ db: own, mesh: { bus: 'postgres', resolveOwners } });
+    let release = () => {};
+    try {
+      const { ownerId, key } = await d.owner();
+      const slow = await d.task(ownerId);
+      const quick = await d.task(ownerId);
+      const since = await d.app.mesh.taskUpdates.publish(update(quick, ownerId, 0));
+      const entered = new Promise<void>((resolve) => {
+        gate = { taskId: slow, entered: resolve, release: new Promise<void>((r) => (release = r)) };
+      });
+      // A worker publishes through SQL with the documented "NULL owner = looked up".
+      const [{ cursor: slowCursor }] = (await own.sql`
+        SELECT mesh_publish_task_update(${slow}::uuid, NULL, 1, 'slow', '{status}', 'worker') AS cursor`) as unknown as [{ cursor: string }];
+      // The live reader has it and waits for its owner.
+      await entered;
+      const client = await d.connect(key);
+      assert.equal((await client.request({ type: 'subscribeAll', since })).type, 'subscribedAll');
+      const replayed = await client.next();
+      assert.deepEqual([replayed.taskId, replayed.version, replayed.cursor], [slow, 1, slowCursor], 'the replay sent it');
+      // Another task's update, after it in the log, ends the seam.
+      await d.app.mesh.taskUpdates.publish(update(quick, ownerId, 1));
+      assert.equal((await client.next()).version, 1);
+      release();
+      const marker = await d.app.mesh.taskUpdates.publish(update(quick, ownerId, 2));
+      const frames = await until(client, (f) => f.cursor === marker);
+      assert.deepEqual(
+        frames.map((f) => [f.taskId === slow ? 'slow task' : 'quick task', f.version, f.cursor === slowCursor ? 'the replayed event again' : '']),
+        [['quick task', 2, '']],
+        'the replayed event came a second time, live, once its owner lookup answered',
+      );
+      await client.close();
+    } finally {
+      release();
+      await d.close();
+      await own.drop();
+    }
+  });
 });

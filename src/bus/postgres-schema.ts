@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS mesh_event_log (
 CREATE INDEX IF NOT EXISTS mesh_event_log_task_idx ON mesh_event_log (task_id, kind, txid, id);
 CREATE INDEX IF NOT EXISTS mesh_event_log_owner_idx ON mesh_event_log (owner_id, txid, id) WHERE kind = 'update';
 CREATE INDEX IF NOT EXISTS mesh_event_log_created_idx ON mesh_event_log (created_at);
+-- Events whose owner readers look up: a subscribeAll replay reads them beside its owner's own.
+CREATE INDEX IF NOT EXISTS mesh_event_log_unsettled_idx ON mesh_event_log (txid, id) WHERE kind = 'update' AND NOT owner_given;
 
 CREATE TABLE IF NOT EXISTS mesh_event_log_meta (
   singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -6,6 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
+import pTimeout from 'p-timeout';
 import postgres, { type Options, type Sql, type TransactionSql } from 'postgres';
 import { MeshBusUnavailableError, MeshPublishError } from '../errors.js';
 import type { ResolvedOptions } from '../options.js';
@@ -166,27 +167,25 @@ export class PostgresBus implements EventBus {
       if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from)) return { resync: 'expired' };
       const head = state!.head_txid === null ? pruned : { txid: BigInt(state!.head_txid), id: BigInt(state!.head_id!) };
       if (after(from, head) && after(from, pruned)) return { resync: 'unknownCursor' };
-      const below = tx`(txid, id) > (${from.txid.toString()}::xid8, ${from.id.toString()}::bigint)
-          AND txid < pg_snapshot_xmin(pg_current_snapshot()) AND ${this.streamFilter(tx, stream)}`;
+      const events = this.eventsOf(tx, stream, from);
       if (page.limit !== undefined) {
         const [count] = await tx<{ n: number }[]>`
-          SELECT count(*)::int AS n FROM (SELECT 1 FROM mesh_event_log WHERE ${below} LIMIT ${page.limit + 1}) c`;
+          SELECT count(*)::int AS n FROM (SELECT 1 FROM ${events} LIMIT ${page.limit + 1}) c`;
         if (count!.n > page.limit) return { resync: 'tooFarBehind' };
       }
       // The page stops at the row that takes it past `bytes`: it always holds at least one.
       const rows = await tx<(Row & { fetched: number })[]>`
         WITH page AS (
           SELECT txid, id, kind, task_id, owner_id, owner_given, payload, octet_length(payload::text) AS size
-          FROM mesh_event_log WHERE ${below}
+          FROM ${events}
           -- Qualified: a bare name would sort by the text column of the same name in the output.
-          ORDER BY mesh_event_log.txid, mesh_event_log.id LIMIT ${page.rows}),
+          ORDER BY e.txid, e.id LIMIT ${page.rows}),
         sized AS (SELECT *, sum(size) OVER (ORDER BY txid, id) - size AS before, count(*) OVER () AS fetched FROM page)
         SELECT txid::text, id::text, kind, task_id::text, owner_id::text, owner_given, payload, fetched::int
         FROM sized WHERE before < ${page.bytes} ORDER BY sized.txid, sized.id`;
-      const events = rows.map((row) => this.toLogged(row)).filter((e): e is LoggedEvent => e !== undefined);
       const last = rows.at(-1);
       return {
-        events,
+        events: rows.map((row) => this.toLogged(row)).filter((e): e is LoggedEvent => e !== undefined),
         last: last ? `${this.logId}.${last.txid}.${last.id}` : start,
         more: last !== undefined && (rows.length < last.fetched || last.fetched === page.rows),
       };
@@ -212,13 +211,21 @@ export class PostgresBus implements EventBus {
     return txid < 2n ** 64n && id < 2n ** 63n ? { txid, id } : undefined;
   }
 
-  private streamFilter(sql: Sql<any>, stream: ReplayStream) {
-    if (stream.kind === 'all') {
-      return stream.ownerId === null
-        ? sql`kind = 'update'`
-        : sql`kind = 'update' AND (owner_id = ${stream.ownerId}::uuid OR NOT owner_given)`;
-    }
-    return sql`task_id = ${stream.taskId}::uuid AND kind = ${stream.kind}`;
+  /**
+   * The events of `stream` after `from` that every reader can see, as a source `e` read in
+   * (txid, id) order off an index: one tenant's `subscribeAll` reads its own events, never the
+   * whole log (its events and those logged without an owner are two index ranges, merged).
+   */
+  private eventsOf(sql: Sql<any>, stream: ReplayStream, from: Position) {
+    const after = sql`(txid, id) > (${from.txid.toString()}::xid8, ${from.id.toString()}::bigint)
+      AND txid < pg_snapshot_xmin(pg_current_snapshot())`;
+    if (stream.kind !== 'all') return sql`mesh_event_log e WHERE task_id = ${stream.taskId}::uuid AND kind = ${stream.kind} AND ${after}`;
+    if (stream.ownerId === null) return sql`mesh_event_log e WHERE kind = 'update' AND ${after}`;
+    return sql`(
+        SELECT * FROM mesh_event_log WHERE kind = 'update' AND owner_id = ${stream.ownerId}::uuid AND ${after}
+        UNION ALL
+        SELECT * FROM mesh_event_log WHERE kind = 'update' AND NOT owner_given AND ${after}
+      ) e`;
   }
 
   /** The newest per-task pruning that could have removed events of `stream`. */
@@ -317,19 +324,12 @@ export class PostgresBus implements EventBus {
    * A statement's rows, or why it failed, within `publishTimeoutMs`. Past it, the statement may
    * still commit later: the publisher is told the log is out of reach, and a retry may log twice.
    */
-  private async bounded<T>(statement: Promise<T>): Promise<{ rows: T } | { error: unknown }> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<{ error: unknown }>((resolve) => {
-      timer = setTimeout(
-        () => resolve({ error: new Error(`the event log did not answer within ${this.options.publishTimeoutMs} ms`) }),
-        this.options.publishTimeoutMs,
-      );
-    });
-    try {
-      return await Promise.race([statement.then((rows) => ({ rows }), (error: unknown) => ({ error })), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+  private bounded<T>(statement: Promise<T>): Promise<{ rows: T } | { error: unknown }> {
+    const { publishTimeoutMs } = this.options;
+    return pTimeout(statement, { milliseconds: publishTimeoutMs, message: `the event log did not answer within ${publishTimeoutMs} ms` }).then(
+      (rows) => ({ rows }),
+      (error: unknown) => ({ error }),
+    );
   }
 
   // Reading.

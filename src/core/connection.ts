@@ -25,6 +25,8 @@ export interface ConnectionContext {
     replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayedPage | { resync: ResyncReason }>;
     head(): string;
     compare(a: string, b: string): number;
+    /** Whether logged events are still waiting for their owner: they may arrive behind newer ones. */
+    behind(): boolean;
   };
   owners: OwnerDirectory;
   scheduler: FlushScheduler;
@@ -45,13 +47,22 @@ export interface ConnectionContext {
 /** A step of a frame's handling; one that returns a promise (a replay) holds later frames until it settles. */
 type Step = () => void | Promise<void>;
 
+/** A live frame of a resumed stream, kept while a replay page is read. */
+interface Held {
+  kind: 'update' | 'output';
+  taskId: string;
+  cursor: string;
+  frame: Buffer;
+}
+
 /**
- * The seam of a resumed stream. While its replay runs, its live frames are left out (the replay's
- * pages read them from the log) and counted, so that the replay reads once more if any came
- * while a page was being read. Afterwards, the cursor up to which the client has the stream: live
- * frames at or before it are repeats; the first one after it ends the seam.
+ * The seam of a resumed stream. While its replay runs, its live frames are kept aside, those of
+ * the current page's read only and up to a byte budget: the last page leaves out what came while
+ * it was read, and those go out right after it; past the budget they are dropped and the replay
+ * reads on instead. Afterwards, the cursor up to which the client has the stream: live frames at
+ * or before it are repeats; the first one after it ends the seam.
  */
-type Seam = { replaying: true; skipped: number } | { replaying: false; floor: string };
+type Seam = { replaying: true; held: Held[]; heldBytes: number; overflowed: boolean } | { replaying: false; floor: string };
 
 /**
  * A burst of resumes: the live frames sent meanwhile (few), and per stream resumed, up to where
@@ -177,14 +188,14 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
   }
 
   sendUpdate(taskId: string, frame: Buffer, cursor: string): void {
-    if (this.seams !== undefined && this.atSeam('update', taskId, cursor)) return;
+    if (this.seams !== undefined && this.atSeam('update', taskId, cursor, frame)) return;
     // Bounded: past it a later replay of the burst may repeat an update, which cursors tell apart.
     if (this.burst !== undefined && this.burst.live.size < BURST_LIVE_LIMIT) this.burst.live.add(cursor);
     this.outbound.update(taskId, frame);
   }
 
   sendOutput(taskId: string, frame: Buffer, cursor: string): void {
-    if (this.seams !== undefined && this.atSeam('output', taskId, cursor)) return;
+    if (this.seams !== undefined && this.atSeam('output', taskId, cursor, frame)) return;
     this.outbound.output(taskId, frame, cursor);
   }
 
@@ -193,23 +204,36 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
    * this socket that carries it is resuming and has it (or will read it). Other streams' frames
    * are never held or dropped.
    */
-  private atSeam(kind: 'update' | 'output', taskId: string, cursor: string): boolean {
+  private atSeam(kind: 'update' | 'output', taskId: string, cursor: string, frame: Buffer): boolean {
     const seams = this.seams!;
     const keys = kind === 'output' ? [`o:${taskId}`] : this.updates?.has(taskId) ? (this.all ? [`u:${taskId}`, 'all'] : [`u:${taskId}`]) : ['all'];
+    const { history } = this.context;
     for (const key of keys) {
       const seam = seams.get(key);
       if (seam === undefined) return false;
-      if (!seam.replaying && this.context.history.compare(cursor, seam.floor) > 0) {
-        // Past the seam: this stream is live now.
-        this.endSeam(key);
+      if (!seam.replaying && history.compare(cursor, seam.floor) > 0) {
+        // Past the seam: this stream is live now — once no older event can still come (events
+        // waiting for their owner's lookup are delivered behind later ones of other tasks).
+        if (!history.behind()) this.endSeam(key);
         return false;
       }
     }
     for (const key of keys) {
       const seam = seams.get(key)!;
-      if (seam.replaying) seam.skipped++;
+      if (!seam.replaying || seam.overflowed) continue;
+      seam.held.push({ kind, taskId, cursor, frame });
+      seam.heldBytes += frame.length;
+      if (seam.heldBytes > this.context.limits.backpressure.soft) {
+        seam.held = [];
+        seam.overflowed = true;
+      }
     }
     return true;
+  }
+
+  /** A stream unsubscribed: its seam goes too, lest a later subscription find it (a replay in progress keeps its own). */
+  private forgetSeam(key: string): void {
+    if (this.seams?.get(key)?.replaying === false) this.endSeam(key);
   }
 
   private endSeam(key: string): void {
@@ -277,11 +301,13 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
 
   /** Ends a task subscription and says so, whether the client asked or its rights changed. */
   private dropUpdates(taskId: string): void {
+    this.forgetSeam(`u:${taskId}`);
     this.context.index.unsubscribeUpdates(this, taskId);
     this.ack(encodeAck('unsubscribed', taskId));
   }
 
   private dropOutput(taskId: string): void {
+    this.forgetSeam(`o:${taskId}`);
     this.context.index.unsubscribeOutput(this, taskId);
     this.outbound.forgetOutput(taskId);
     this.ack(encodeAck('outputUnsubscribed', taskId));
@@ -371,6 +397,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         });
       case 'unsubscribeAll':
         return this.inOrder(() => {
+          this.forgetSeam('all');
           index.unsubscribeAll(this);
           this.ack(UNSUBSCRIBED_ALL);
         });
@@ -419,7 +446,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
    */
   private resume(subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput', stream: ReplayStream, since: string): Promise<void> {
     const key = seamKey(stream);
-    const seam: Seam = { replaying: true, skipped: 0 };
+    const seam: Seam & { replaying: true } = { replaying: true, held: [], heldBytes: 0, overflowed: false };
     (this.seams ??= new Map()).set(key, seam);
     const burst = (this.burst ??= { live: new Set(), tasks: new Map(), all: undefined });
     const taskId = stream.kind === 'all' ? undefined : stream.taskId;
@@ -432,11 +459,16 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
       this.outbound.control(encodeResyncRequired(subscription, taskId, reason));
       metrics.sent('resyncRequired');
     };
+    // `subscribeAll` reads what the principal may see *now*: a re-authentication may change it.
+    const current = (): ReplayStream =>
+      stream.kind === 'all' ? { kind: 'all', ownerId: this.principal.admin ? null : this.principal.ownerId } : stream;
     const run = async (): Promise<void> => {
       let after = since;
       for (let first = true; ; first = false) {
-        seam.skipped = 0;
-        const page = await history.replayPage(this.principal, stream, after, first);
+        seam.held = [];
+        seam.heldBytes = 0;
+        seam.overflowed = false;
+        const page = await history.replayPage(this.principal, current(), after, first);
         if (this.closed) return;
         if ('resync' in page) return resync(page.resync);
         let count = 0;
@@ -448,14 +480,23 @@ export class ClientConnection implements Subscriber, BackpressureObserver {
         // A stream replays one kind of event.
         if (count > 0) metrics.sent(stream.kind === 'output' ? 'taskOutput' : 'taskUpdated', count);
         after = page.last;
-        // Caught up, unless live events of the stream came while the page was read: the page's
-        // snapshot may predate them, so they are read next.
-        if (!page.more && seam.skipped === 0) break;
+        if (!page.more && !seam.overflowed) break;
         // The next page is read once the client has taken most of this one: bounded memory per socket.
         await this.outbound.writable(Math.max(1, limits.backpressure.soft >> 1));
         if (this.closed) return;
       }
-      const floor = history.compare(after, since) > 0 ? after : since;
+      // Caught up with the last page's snapshot; what came live while it was read is newer than
+      // it (or in it): sent now, in order, and the seam moves past it.
+      let floor = history.compare(after, since) > 0 ? after : since;
+      for (const held of seam.held) {
+        if (history.compare(held.cursor, floor) <= 0) continue;
+        floor = held.cursor;
+        if (held.kind === 'output') this.outbound.output(held.taskId, held.frame, held.cursor);
+        else if (!this.hasAlready(burst, held.taskId, held.cursor)) {
+          burst.live.add(held.cursor);
+          this.outbound.update(held.taskId, held.frame);
+        }
+      }
       this.seams!.set(key, { replaying: false, floor });
       if (stream.kind === 'update') burst.tasks.set(stream.taskId, floor);
       else if (stream.kind === 'all') burst.all = floor;

@@ -8,6 +8,7 @@ import type { TransactionSql } from 'postgres';
 import type { WebSocket } from 'ws';
 import { authenticateRequest, reauthenticatePrincipal, samePrincipal, type AuthOutcome } from '../auth.js';
 import pLimit, { type LimitFunction } from 'p-limit';
+import pTimeout from 'p-timeout';
 import type { BusEntry, EventBus, LoggedEvent, ReplayStream, ResyncReason } from '../bus/bus.js';
 import { CloseCode, MeshBusUnavailableError, MeshPublishError } from '../errors.js';
 import type { Principal, ResolvedOptions } from '../options.js';
@@ -66,6 +67,8 @@ const REAUTH_CONCURRENCY = 16;
 /** A replay page: few enough rows and bytes to read, encode and write without holding up the loop. */
 const REPLAY_PAGE_ROWS = 500;
 const REPLAY_PAGE_BYTES = 256 * 1024;
+/** A page slower than this answers `resyncRequired` `unavailable`. */
+const REPLAY_PAGE_TIMEOUT_MS = 10_000;
 /** The slow-consumer sweep runs at least this often, so a stalled socket is cut within it of its limit. */
 const SWEEP_MS = 1_000;
 
@@ -167,6 +170,11 @@ export class MeshHub {
     return this.bus.heldBackSeconds();
   }
 
+  /** Whether logged events are still waiting for their owner's lookup (they may arrive behind newer ones). */
+  behind(): boolean {
+    return this.pending.size > 0;
+  }
+
   /** Subscriptions held by open sockets, by kind (read at scrape time). */
   subscriptionCounts(): { task: number; all: number; output: number } {
     const counts = { task: 0, all: 0, output: 0 };
@@ -228,7 +236,13 @@ export class MeshHub {
   async replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayedPage | { resync: ResyncReason }> {
     if (stream.kind === 'all' && !principal.admin && principal.ownerId === null) return { frames: [], last: after, more: false };
     const limit = first ? this.options.maxReplay : undefined;
-    const page = await this.replayPages(() => this.bus.replay(stream, after, { rows: REPLAY_PAGE_ROWS, bytes: this.pageBytes, limit }));
+    // Bounded, so that a database gone mute cannot hold the replay slots (and the sockets) forever.
+    const page = await this.replayPages(() =>
+      pTimeout(this.bus.replay(stream, after, { rows: REPLAY_PAGE_ROWS, bytes: this.pageBytes, limit }), {
+        milliseconds: REPLAY_PAGE_TIMEOUT_MS,
+        message: `a replay page took longer than ${REPLAY_PAGE_TIMEOUT_MS} ms`,
+      }),
+    );
     if ('resync' in page) return page;
     // Events logged without a settled owner: one batched lookup for their tasks; a task whose owner
     // cannot be settled is admins-only.

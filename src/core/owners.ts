@@ -3,6 +3,7 @@
  * an owner change counts as soon as it has committed. Lookups that arrive in the same turn of the
  * event loop (a reconnect storm) share one query.
  */
+import pTimeout from 'p-timeout';
 import type { Sql } from 'postgres';
 import { OwnerLookupUnavailableError } from '../errors.js';
 import type { OwnerResolver } from '../options.js';
@@ -51,12 +52,11 @@ export class OwnerDirectory {
     const batch = this.batch;
     this.batch = new Map();
     this.flushScheduled = false;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`owner lookup timed out after ${this.timeoutMs} ms`)), this.timeoutMs);
+      const owners = await pTimeout(this.resolve([...batch.keys()]), {
+        milliseconds: this.timeoutMs,
+        message: `owner lookup timed out after ${this.timeoutMs} ms`,
       });
-      const owners = await Promise.race([this.resolve([...batch.keys()]), timeout]);
       for (const [taskId, waiters] of batch) {
         const owner = owners.get(taskId);
         for (const w of waiters) w.resolve(owner === undefined ? NO_SUCH_TASK : owner);
@@ -64,8 +64,6 @@ export class OwnerDirectory {
     } catch (cause) {
       const error = new OwnerLookupUnavailableError(cause);
       for (const waiters of batch.values()) for (const w of waiters) w.reject(error);
-    } finally {
-      clearTimeout(timer);
     }
   }
 }

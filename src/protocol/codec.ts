@@ -177,7 +177,11 @@ function assertValid(check: TypeCheck<TSchema>, value: unknown): void {
 
 /** How deep JSON may nest inside an event (`toolInput`): deeper input is refused, not stored. */
 export const MAX_JSON_DEPTH = 64;
-/** The most an event may weigh, as the UTF-8 length of its JSON: one frame must fit every socket's buffers. */
+/**
+ * The most an event may weigh: the UTF-8 length of its JSON without `taskId` and `ownerId` (what
+ * the log stores as its payload, measured alike on publish, in SQL and on reading), so one frame
+ * fits every socket's buffers.
+ */
 export const MAX_EVENT_BYTES = 2 * 1024 * 1024;
 
 /**
@@ -216,7 +220,7 @@ export function toTaskUpdateEvent(n: unknown): TaskUpdateEvent {
   assertStorable(v.updatedFields, '/updatedFields', 0);
   // Strings only: the JSON can be no larger than six bytes per UTF-16 unit (\uXXXX) plus punctuation.
   const units = v.status.length + v.updatedBy.length + v.updatedFields.reduce((n, f) => n + f.length + 3, 0);
-  if (units * 6 + 256 > MAX_EVENT_BYTES) assertSize(Buffer.byteLength(JSON.stringify(v)));
+  if (units * 6 + 256 > MAX_EVENT_BYTES) assertSize(Buffer.byteLength(JSON.stringify({ ...v, taskId: undefined, ownerId: undefined })));
   return {
     taskId: v.taskId.toLowerCase(),
     ownerId: lower(v.ownerId),
@@ -241,7 +245,7 @@ export function toTaskOutputEvent(n: unknown): TaskOutputEvent {
   // The content is the one large field: its exact JSON length is measured only when it could matter.
   const units = v.messageType.length + (v.toolName?.length ?? 0) + v.content.length;
   if (units * 6 + toolInputBytes + 512 > MAX_EVENT_BYTES) {
-    assertSize(Buffer.byteLength(jsonString(v.content)) + Buffer.byteLength(JSON.stringify({ ...v, content: '' })));
+    assertSize(Buffer.byteLength(jsonString(v.content)) + Buffer.byteLength(JSON.stringify({ ...v, content: '', taskId: undefined, ownerId: undefined })));
   }
   return {
     taskId: v.taskId.toLowerCase(),
