@@ -4,12 +4,13 @@
  * Opens bare WebSocket clients (bench/wire.ts) on `port`, subscribes them, asks the server on
  * `publish port` (by default the same one) to publish, and prints one JSON line of results.
  */
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { BenchTask, PeerName } from './peers.js';
 import type { PublishPlan } from './server.js';
 import { connect, type WireClient } from './wire.js';
 
-export type Workload = 'W1' | 'W2' | 'W3' | 'W5' | 'W6';
+export type Workload = 'W1' | 'W2' | 'W3' | 'W5' | 'W6' | 'R1';
 
 const [peer, workload, portText, tasksFile, scaleText, publishPortText] = process.argv.slice(2) as [PeerName, Workload, string, string, string?, string?];
 const port = Number(portText);
@@ -144,6 +145,27 @@ async function latency(clients: WireClient[], plan: PublishPlan) {
   return { ...rounds[Math.floor(ROUNDS / 2)]!, complete: rounds.every((x) => x.complete) };
 }
 
+/**
+ * The watcher (bench/poll.ts) of the server process BENCH_SERVER_PID, in a process of its own:
+ * `/healthz` and VmRSS every `interval` ms until `stop`, which returns its samples.
+ */
+async function watch(interval: number) {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/poll.ts', String(port), process.env.BENCH_SERVER_PID!, String(interval)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  await until(() => out.includes('ready\n'), 30_000);
+  return async () => {
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await exited;
+    return JSON.parse(out.trim().split('\n').pop()!) as { rss: [number, number, number, number][]; healthz: [number, number, number][]; unanswered: number; hwm: number };
+  };
+}
+
+const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
+
 const result: Record<string, unknown> = { peer, workload };
 
 if (workload === 'W1') {
@@ -203,6 +225,96 @@ if (workload === 'W1') {
     rate: 200,
     ...lat,
     complete: throughput.complete && lat.complete,
+  });
+} else if (workload === 'R1') {
+  // 200 clients, each resuming its own task's 10,000 logged updates (bench/run.ts seeded them, all
+  // after BENCH_REPLAY_SINCE), all sent at once; every client reads as fast as it can. Meanwhile a
+  // watcher process times GET /healthz and samples the server's RSS every 50 ms.
+  const since = process.env.BENCH_REPLAY_SINCE!;
+  const count = Number(process.env.BENCH_REPLAY_TASKS);
+  const events = Number(process.env.BENCH_REPLAY_EVENTS);
+  const resumed = tasks.slice(0, count);
+  const clients = await openAll(count, (i) => resumed[i]!.ownerId);
+  // Each client checks what it gets: the ack, then versions 1..events of its task in order, then live.
+  const marker = Buffer.from('"version":');
+  const versions = clients.map(() => 0);
+  const doneAt = clients.map(() => NaN);
+  const odd: string[] = [];
+  let started = 0;
+  clients.forEach((c, i) => {
+    let acked = false;
+    c.onText = (payload) => {
+      if (!acked) {
+        acked = true;
+        if (!payload.includes('"subscribed"')) odd.push(payload.toString().slice(0, 200));
+        return;
+      }
+      if (versions[i]! >= events) return; // live, after the replay: counted by frames
+      const at = payload.indexOf(marker);
+      const version = at === -1 ? NaN : Number.parseInt(payload.subarray(at + marker.length, at + marker.length + 12).toString(), 10);
+      if (version !== versions[i]! + 1 || !payload.includes('"taskUpdated"')) {
+        if (odd.length < 10) odd.push(payload.toString().slice(0, 200));
+        versions[i] = events; // stop checking this client; it will not count as complete
+        doneAt[i] = -1;
+        return;
+      }
+      versions[i] = version;
+      if (version === events) doneAt[i] = performance.now() - started;
+    };
+  });
+  const stop = await watch(50);
+  // A second of the idle server first: the baseline of RSS and /healthz.
+  await new Promise((r) => setTimeout(r, 1000));
+  const replayStart = wallClock();
+  started = performance.now();
+  clients.forEach((c, i) => c.send(JSON.stringify({ type: 'subscribe', taskId: resumed[i]!.taskId, since })));
+  const replayed = await until(() => doneAt.every((t) => !Number.isNaN(t)) || clients.some((c) => c.closed), 600_000);
+  const replayedMs = performance.now() - started;
+  const replayEnd = wallClock();
+  // Then one live update per task: time until every client has it.
+  const liveBase = clients.map((c) => c.frames);
+  const liveStarted = performance.now();
+  await publish({ kind: 'update', tasks: resumed, count: count, perTick: count });
+  const live = await until(() => clients.every((c, i) => c.frames > liveBase[i]!), 60_000);
+  const liveMs = performance.now() - liveStarted;
+  await new Promise((r) => setTimeout(r, 500));
+  const samples = await stop();
+  const during = (at: number) => at >= replayStart && at <= replayEnd;
+  const before = samples.rss.filter(([at]) => at < replayStart).map(([, v]) => v);
+  const rssDuring = samples.rss.filter(([at]) => during(at)).map(([, v]) => v);
+  const health = samples.healthz.filter(([at]) => during(at));
+  const healthMs = health.map(([, ms]) => ms).sort((a, b) => a - b);
+  const healthBefore = samples.healthz.filter(([at]) => at < replayStart).map(([, ms]) => ms).sort((a, b) => a - b);
+  const finished = doneAt.filter((t) => t >= 0).sort((a, b) => a - b);
+  // CPU over the replay, in cores: the server process's own, and the whole machine's (PostgreSQL,
+  // this generator, and whatever else runs on it).
+  const window = samples.rss.filter(([at]) => during(at));
+  const span = window.length > 1 ? window.at(-1)![0] - window[0]![0] : NaN;
+  const cores = (k: 2 | 3) => (window.length > 1 ? (window.at(-1)![k] - window[0]![k]) / span : NaN);
+  Object.assign(result, {
+    clients: count,
+    eventsPerClient: events,
+    replayedMs,
+    liveMs,
+    perSecond: (finished.length * events * 1000) / replayedMs,
+    clientDoneP50Ms: quantile(finished, 0.5),
+    clientDoneMinMs: finished[0],
+    rssBefore: before.at(-1),
+    rssPeak: Math.max(...rssDuring, ...samples.rss.filter(([at]) => at > replayEnd).map(([, v]) => v)),
+    rssAfter: samples.rss.at(-1)?.[1],
+    rssHwm: samples.hwm,
+    serverCores: cores(2),
+    machineCores: cores(3),
+    healthzSamples: health.length,
+    healthzFailed: health.filter(([, , status]) => status !== 200).length + samples.unanswered,
+    healthzP50: quantile(healthMs, 0.5),
+    healthzP99: quantile(healthMs, 0.99),
+    healthzMax: healthMs.at(-1),
+    healthzIdleP50: quantile(healthBefore, 0.5),
+    healthzIdleP99: quantile(healthBefore, 0.99),
+    clientsClosed: clients.filter((c) => c.closed).length,
+    odd: odd.slice(0, 3),
+    complete: replayed && live && finished.length === count && odd.length === 0,
   });
 }
 

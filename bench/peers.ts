@@ -80,7 +80,11 @@ export async function meshPeer(sql: Sql<any>, control: Control, bus: BenchBus): 
     maxConnectionsPerPrincipal: Number.POSITIVE_INFINITY,
     // The fan-out workloads measure one process; W6 measures the PostgreSQL bus between two.
     bus,
+    // R1 (replay) keeps more than the default 10,000 events per task for the length of its run.
+    ...(JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') as object),
   });
+  // A liveness answer as cheap as a host's: R1 times it while the server replays.
+  app.get('/healthz', async () => ({ status: 'ok' }));
   app.all('/bench/*', async (request, reply) => {
     const answer = control(request.method, request.url, typeof request.body === 'string' ? request.body : '');
     return reply.code(answer.status).send(answer.body);

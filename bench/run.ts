@@ -3,6 +3,10 @@
  * every workload against every peer, each pair with a fresh server process and a fresh load
  * generator process on loopback, then one table with the ratios. W6 runs two server processes of
  * a peer on the one database (publisher A, subscribers' B), for the peers that can span processes.
+ * R1 (replay; not in the default list, run it with `--workloads R1 --peers mesh`) logs 10,000
+ * updates for each of 200 tasks straight into `mesh_event_log`, then has 200 clients resume them
+ * at once from a server on the PostgreSQL bus; only mesh can replay. BENCH_MESH_OPTIONS (JSON) adds
+ * plugin options to its server, e.g. '{"replayConcurrency":8}'.
  * `--scale` shrinks the client and event counts; the recorded runs use 1.
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -14,6 +18,7 @@ import { parseArgs } from 'node:util';
 import pino from 'pino';
 import postgres from 'postgres';
 import { freePort, scratchDirectory, startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
+import { migrateEventLog } from '../src/bus/postgres-schema.js';
 import { migrate } from '../src/server/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
 
@@ -41,12 +46,62 @@ const tasksFile = path.join(scratch, 'tasks.json');
 writeFileSync(tasksFile, JSON.stringify([...tasks]));
 await sql.end();
 
+/** The peers that can resume a stream from a cursor (R1). */
+const REPLAY_PEERS: readonly PeerName[] = ['mesh'];
+const scaled = (value: number) => Math.max(1, Math.round(value * Number(values.scale)));
+/** R1: how many tasks are resumed (one client each), and how many logged updates each resumes. */
+const REPLAY_TASKS = scaled(200);
+const REPLAY_EVENTS = scaled(10_000);
+
+/**
+ * R1's log: one update of a task nobody resumes (its cursor is every client's `since`), then
+ * REPLAY_EVENTS updates for each of the first REPLAY_TASKS tasks, interleaved (version g of every
+ * task, then g + 1), in one `INSERT … SELECT generate_series` as the plugin would have logged them
+ * (owner settled, payload without taskId). Then VACUUM ANALYZE and a checkpoint, so that neither
+ * autovacuum nor the checkpointer picks this moment to start during the replay. Returns the cursor.
+ */
+async function seedReplay(): Promise<string> {
+  const db = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    // The plugin's tables, as the server would create them (its own migration runs again at start).
+    await migrateEventLog(db, { tasksTable: 'tasks' });
+    // json since the NUL fix, jsonb before it: the same insert serves both.
+    const [column] = await db<{ type: string }[]>`
+      SELECT format_type(atttypid, atttypmod) AS type FROM pg_attribute
+      WHERE attrelid = 'mesh_event_log'::regclass AND attname = 'payload'`;
+    const payload = (version: string) =>
+      db.unsafe(`json_build_object('version', ${version}, 'status', 'running', 'updatedFields', json_build_array('status'), 'updatedBy', 'bench-seed')::${column!.type === 'jsonb' ? 'jsonb' : 'json'}`);
+    const marker = tasks[REPLAY_TASKS]!;
+    const [first] = await db<{ cursor: string }[]>`
+      INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+      VALUES ('update', ${marker.taskId}::uuid, ${marker.ownerId}::uuid, true, ${payload('1')})
+      RETURNING mesh_log_cursor(txid, id) AS cursor`;
+    const resumed = tasks.slice(0, REPLAY_TASKS);
+    const started = performance.now();
+    await db`
+      INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+      SELECT 'update', t.task_id, t.owner_id, true, ${payload('g')}
+      FROM generate_series(1, ${REPLAY_EVENTS}::int) g
+      CROSS JOIN unnest(${resumed.map((t) => t.taskId)}::uuid[], ${resumed.map((t) => t.ownerId)}::uuid[]) WITH ORDINALITY AS t(task_id, owner_id, n)
+      ORDER BY g, t.n`;
+    const inserted = performance.now() - started;
+    await db`VACUUM ANALYZE mesh_event_log`;
+    await db`CHECKPOINT`.catch(() => {});
+    const [table] = await db<{ rows: number; size: string }[]>`
+      SELECT count(*)::int AS rows, pg_size_pretty(pg_total_relation_size('mesh_event_log')) AS size FROM mesh_event_log`;
+    process.stderr.write(`R1 seed: ${table!.rows} rows (${table!.size} with indexes), inserted in ${(inserted / 1000).toFixed(1)} s, analysed in ${((performance.now() - started - inserted) / 1000).toFixed(1)} s; since ${first!.cursor}\n`);
+    return first!.cursor;
+  } finally {
+    await db.end();
+  }
+}
+
 /** One server process of `peer`, resolved once it listens; `stop` ends it. */
-async function startServer(peer: PeerName, bus: BenchBus) {
+async function startServer(peer: PeerName, bus: BenchBus, env: Record<string, string> = {}) {
   const port = await freePort();
   const flags = process.env.BENCH_SERVER_FLAGS?.split(' ').filter(Boolean) ?? [];
   const server = spawn(process.execPath, [...flags, '--expose-gc', '--import', 'tsx', 'bench/server.ts', peer], {
-    env: { ...process.env, DATABASE_URL: url, PORT: String(port), BENCH_BUS: bus },
+    env: { ...process.env, ...env, DATABASE_URL: url, PORT: String(port), BENCH_BUS: bus },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   await new Promise<void>((resolve, reject) => {
@@ -57,15 +112,23 @@ async function startServer(peer: PeerName, bus: BenchBus) {
     server.kill('SIGTERM');
     await new Promise((r) => server.once('exit', r));
   };
-  return { port, stop };
+  return { port, pid: server.pid!, stop };
 }
 
 async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
   // W6: the clients on B, the publisher on A, events between them only through PostgreSQL.
-  const servers = workload === 'W6' ? [await startServer(peer, 'postgres'), await startServer(peer, 'postgres')] : [await startServer(peer, 'memory')];
+  // R1: one server on the PostgreSQL bus, started after the log is seeded (it reads on from the head).
+  const replay = workload === 'R1' ? { BENCH_REPLAY_SINCE: await seedReplay(), BENCH_REPLAY_TASKS: String(REPLAY_TASKS), BENCH_REPLAY_EVENTS: String(REPLAY_EVENTS) } : undefined;
+  const servers =
+    workload === 'W6'
+      ? [await startServer(peer, 'postgres'), await startServer(peer, 'postgres')]
+      : replay
+        ? [await startServer(peer, 'postgres', { BENCH_MESH_OPTIONS: JSON.stringify({ retentionPerTask: 1_000_000, ...JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') }) })]
+        : [await startServer(peer, 'memory')];
   try {
     const ports = servers.map((s) => String(s.port));
     const out = execFileSync(process.execPath, ['--import', 'tsx', 'bench/load.ts', peer, workload, ports[0]!, tasksFile, values.scale, ports.at(-1)!], {
+      env: { ...process.env, ...replay, BENCH_SERVER_PID: String(servers[0]!.pid) },
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 20,
@@ -80,6 +143,7 @@ const results = new Map<string, Record<string, number | string | boolean>>();
 for (const workload of workloads) {
   for (const peer of peers) {
     if (workload === 'W6' && !BUS_PEERS.includes(peer)) continue;
+    if (workload === 'R1' && !REPLAY_PEERS.includes(peer)) continue;
     const r = await runOne(peer, workload);
     results.set(`${workload}/${peer}`, r);
     process.stderr.write(`${workload} ${peer}: ${JSON.stringify(r)}\n`);
@@ -101,6 +165,14 @@ const rows: Row[] = [
   { label: 'W6 PostgreSQL A→B, events/s', workload: 'W6', key: 'perSecond', better: 'higher', format: fmt(0) },
   { label: 'W6 PostgreSQL A→B, p50 ms', workload: 'W6', key: 'p50', better: 'lower', format: fmt(2) },
   { label: 'W6 PostgreSQL A→B, p99 ms', workload: 'W6', key: 'p99', better: 'lower', format: fmt(2) },
+  { label: 'R1 replay, s until all replayed', workload: 'R1', key: 'replayedMs', better: 'lower', format: (v) => fmt(1)(v / 1000) },
+  { label: 'R1 replay, ms until all live', workload: 'R1', key: 'liveMs', better: 'lower', format: fmt(0) },
+  { label: 'R1 replay, events/s', workload: 'R1', key: 'perSecond', better: 'higher', format: fmt(0) },
+  { label: 'R1 replay, server RSS before MiB', workload: 'R1', key: 'rssBefore', better: 'lower', format: (v) => fmt(1)(v / 2 ** 20) },
+  { label: 'R1 replay, server peak RSS MiB', workload: 'R1', key: 'rssPeak', better: 'lower', format: (v) => fmt(1)(v / 2 ** 20) },
+  { label: 'R1 replay, /healthz p50 ms', workload: 'R1', key: 'healthzP50', better: 'lower', format: fmt(2) },
+  { label: 'R1 replay, /healthz p99 ms', workload: 'R1', key: 'healthzP99', better: 'lower', format: fmt(2) },
+  { label: 'R1 replay, /healthz max ms', workload: 'R1', key: 'healthzMax', better: 'lower', format: fmt(2) },
 ];
 const others = peers.filter((p) => p !== 'mesh');
 const header = ['measure', ...peers, ...others.map((p) => `mesh vs ${p}`)];

@@ -3,7 +3,8 @@
  * DATABASE_URL, PORT and BENCH_BUS (`memory`, the default, or `postgres`). The load generator
  * drives it over HTTP:
  * - POST /bench/publish  a plan (below): answered at once, then published;
- * - GET  /bench/memory   process.memoryUsage() after a full GC.
+ * - GET  /bench/memory   process.memoryUsage() after a full GC;
+ * - GET  /healthz        (mesh) a liveness answer, which R1 times while the server replays.
  */
 import postgres from 'postgres';
 import { PEERS, type BenchBus, type BenchTask, type Control, type Peer, type PeerName } from './peers.js';
