@@ -13,6 +13,6 @@ export type { BroadcastChannel, Delivered, TaskOutputChannel, TaskUpdatesChannel
 export type { TaskOutputEvent, TaskUpdateEvent } from './protocol/codec.js';
 export * from './protocol/schemas.js';
 export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError, MeshBusUnavailableError } from './errors.js';
-export { redactUrl, requestSerializer, safeLoggerOptions, REDACT_PATHS } from './logging.js';
+export { redactUrl, requestSerializer, safeLoggerOptions, redactPaths, REDACT_PATHS, CREDENTIAL_HEADERS } from './logging.js';
 export type { MeshEventMap, MeshEvents } from './core/events.js';
 export { selectProtocol, MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './tickets.js';

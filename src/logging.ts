@@ -32,19 +32,29 @@ export function requestSerializer(request: FastifyRequest) {
   };
 }
 
-/** pino `redact` paths for headers that carry credentials, wherever code logs them. */
-export const REDACT_PATHS = [
-  'req.headers.authorization',
-  'req.headers.cookie',
-  'req.headers["x-makima-api-key"]',
-  'req.headers["sec-websocket-protocol"]',
-  'headers.authorization',
-  'headers.cookie',
-  'headers["x-makima-api-key"]',
-  'headers["sec-websocket-protocol"]',
-];
+/** Headers that carry credentials in any host: censored by `safeLoggerOptions` whatever else it is given. */
+export const CREDENTIAL_HEADERS = ['authorization', 'cookie', 'sec-websocket-protocol'] as const;
 
-/** Logger options for Fastify or pino that keep secrets out: `Fastify({ logger: safeLoggerOptions('info') })`. */
-export function safeLoggerOptions(level: string) {
-  return { level, serializers: { req: requestSerializer }, redact: { paths: REDACT_PATHS, censor: REDACTED } };
+const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
+
+/**
+ * pino `redact` paths for the credential headers, plus the host's own (e.g. the header its API
+ * keys travel in), wherever code logs them: under `req.headers` and under `headers`.
+ */
+export function redactPaths(extraHeaders: readonly string[] = []): string[] {
+  // Node gives header names in lower case.
+  const names = [...new Set([...CREDENTIAL_HEADERS, ...extraHeaders.map((name) => name.toLowerCase())])];
+  const keys = names.map((name) => (IDENTIFIER.test(name) ? `.${name}` : `[${JSON.stringify(name)}]`));
+  return [...keys.map((key) => `req.headers${key}`), ...keys.map((key) => `headers${key}`)];
+}
+
+/** pino `redact` paths for the headers that carry credentials in any host (`redactPaths()`). */
+export const REDACT_PATHS = redactPaths();
+
+/**
+ * Logger options for Fastify or pino that keep secrets out: `Fastify({ logger: safeLoggerOptions('info') })`.
+ * `extraHeaders`: the host's own credential headers, e.g. `['x-api-key']`, censored as well.
+ */
+export function safeLoggerOptions(level: string, extraHeaders: readonly string[] = []) {
+  return { level, serializers: { req: requestSerializer }, redact: { paths: redactPaths(extraHeaders), censor: REDACTED } };
 }

@@ -21,7 +21,8 @@ import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
 import { MeshMetrics } from './metrics.js';
 import { resolveOptions, type MeshSubscriptionsOptions, type ResolvedOptions } from './options.js';
-import { MESH_PROTOCOL, MemoryTicketStore, PostgresTicketStore, TICKET_PROTOCOL_PREFIX, selectProtocol, type TicketStore } from './tickets.js';
+import { MemoryTicketStore, PostgresTicketStore, selectProtocol, type TicketStore } from './tickets.js';
+import { MESH_PROTOCOL, SUBSCRIBE_PATH, TICKETS_PATH, TICKET_PROTOCOL_PREFIX } from './protocol/wire.js';
 
 export interface Mesh {
   /** `state.task_updates` of the seed: every change of a task. */
@@ -61,8 +62,8 @@ export interface MeshStats {
   adminsAll: number;
 }
 
-export const SUBSCRIBE_PATH = '/mesh/tasks/subscribe';
-export const TICKETS_PATH = '/mesh/tickets';
+// The route paths are wire constants, shared with the client (src/protocol/wire.ts).
+export { SUBSCRIBE_PATH, TICKETS_PATH };
 
 const ErrorBody = Type.Object({ code: Type.String(), message: Type.String() });
 

@@ -11,10 +11,10 @@ import { LRUCache } from 'lru-cache';
 import type { Sql } from 'postgres';
 import type { Principal } from './options.js';
 
-/** The subprotocol every client that offers subprotocols must offer; the server selects it. */
-export const MESH_PROTOCOL = 'mesh.v1';
-/** A ticket travels as the subprotocol `mesh.ticket.<ticket>`. */
-export const TICKET_PROTOCOL_PREFIX = 'mesh.ticket.';
+import { MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './protocol/wire.js';
+
+// The subprotocol names are wire constants, shared with the client (src/protocol/wire.ts).
+export { MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX };
 
 const TICKET = /^[A-Za-z0-9_-]{43}$/;
 

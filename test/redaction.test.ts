@@ -6,7 +6,7 @@ import { Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
 import { safeLoggerOptions } from '../src/index.js';
-import { revokeApiKey } from '../src/server/api-keys.js';
+import { API_KEY_HEADER, revokeApiKey } from '../src/server/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startTestServer } from './helpers/server.js';
 import { TestClient } from './helpers/ws-client.js';
@@ -25,7 +25,7 @@ test('no key or token appears in any log line at trace level', async () => {
       done();
     },
   });
-  const server = await startTestServer({ db, loggerInstance: pino(safeLoggerOptions('trace'), sink) });
+  const server = await startTestServer({ db, loggerInstance: pino(safeLoggerOptions('trace', [API_KEY_HEADER]), sink) });
   const { ownerId, key } = await server.owner();
   const revoked = (await server.owner()).key;
   await revokeApiKey(db.sql, revoked);

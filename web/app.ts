@@ -181,7 +181,7 @@ async function signIn(candidate: string): Promise<boolean> {
   sessionStorage.setItem('mesh-key', key);
   $('sign-in').hidden = true;
   $('workspace').hidden = false;
-  client = createMeshClient({ url: location.origin, apiKey: key });
+  client = createMeshClient({ url: location.origin, apiKey: key, keyHeader: KEY_HEADER });
   client.on('status', showConnection);
   client.on('resyncRequired', () => void reload());
   client.on('lagged', (l) => l.taskId === openTaskId && openTask(l.taskId));

@@ -6,9 +6,21 @@
  * delivered, so that the app sees each event once across a dropped connection. It gives up only
  * when the server refuses the credentials (401 or 403, or close code 4401); an outage (503, a
  * network error) is retried however long it lasts.
+ *
+ * Its one runtime import is ../protocol/wire.ts, the protocol's constants, which imports nothing;
+ * everything else it imports is types only.
  */
 import type { Static } from '@sinclair/typebox';
 import type { ServerMessages } from '../protocol/schemas.js';
+import {
+  ACK_TYPES,
+  CloseCode,
+  DEFAULT_PREFIX,
+  SUBSCRIBE_PATH,
+  TICKETS_PATH,
+  UNSUBSCRIBE_FRAME,
+  type SubscriptionKind,
+} from '../protocol/wire.js';
 
 export type TaskUpdated = Static<(typeof ServerMessages)['taskUpdated']>;
 export type TaskOutput = Static<(typeof ServerMessages)['taskOutput']>;
@@ -76,7 +88,10 @@ export interface MeshClientOptions {
   protocols?: () => Promise<string[]>;
   /** Default `/api/v1`. */
   prefix?: string;
-  /** Header the key travels in when a ticket is minted. Default `x-makima-api-key`. */
+  /**
+   * The header the key travels in, as is, when a ticket is minted (e.g. `x-api-key`): whatever
+   * your server's `authenticate` reads. Without it, the key goes as `Authorization: Bearer <key>`.
+   */
   keyHeader?: string;
   /** Default `globalThis.WebSocket`; in Node 20, pass `ws`'s. */
   WebSocket?: WebSocketConstructor;
@@ -101,7 +116,7 @@ export class MeshSubscriptionError extends Error {
   }
 }
 
-type Kind = 'subscribe' | 'subscribeAll' | 'subscribeOutput';
+type Kind = SubscriptionKind;
 interface Followed {
   kind: Kind;
   taskId?: string;
@@ -111,8 +126,8 @@ interface Followed {
   ready?: { resolve: () => void; reject: (error: Error) => void };
 }
 
-const ACKS = new Set(['subscribed', 'unsubscribed', 'subscribedAll', 'unsubscribedAll', 'outputSubscribed', 'outputUnsubscribed']);
-const UNAUTHORIZED_CLOSE = 4401;
+const ACKS = new Set<string>(ACK_TYPES);
+const UNAUTHORIZED_CLOSE = CloseCode.UNAUTHORIZED;
 const OPEN = 1;
 /** Cursors remembered to drop what two overlapping replays both send. */
 const SEEN_LIMIT = 10_000;
@@ -153,15 +168,15 @@ export class MeshClient {
   /** The API's base, e.g. `https://api.example.com/api/v1`. */
   private readonly api: string;
   private current: ConnectionStatus = { state: 'connecting', attempt: 0 };
-  private readonly options: Required<Omit<MeshClientOptions, 'apiKey' | 'protocols'>> & Pick<MeshClientOptions, 'apiKey' | 'protocols'>;
+  private readonly options: Required<Omit<MeshClientOptions, 'apiKey' | 'protocols' | 'keyHeader'>> &
+    Pick<MeshClientOptions, 'apiKey' | 'protocols' | 'keyHeader'>;
 
   constructor(options: MeshClientOptions) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketImpl) throw new TypeError('no WebSocket here: pass the `ws` package as the WebSocket option');
     if (!options.apiKey && !options.protocols) throw new TypeError('give apiKey or protocols');
     this.options = {
-      prefix: '/api/v1',
-      keyHeader: 'x-makima-api-key',
+      prefix: DEFAULT_PREFIX,
       fetch: globalThis.fetch.bind(globalThis),
       initialDelayMs: 1_000,
       maxDelayMs: 30_000,
@@ -231,7 +246,7 @@ export class MeshClient {
         if (handler) followed.handlers.delete(handler);
         if (followed.handlers.size > 0 || this.followed.get(key) !== followed) return;
         this.followed.delete(key);
-        const type = { subscribe: 'unsubscribe', subscribeAll: 'unsubscribeAll', subscribeOutput: 'unsubscribeOutput' }[kind];
+        const type = UNSUBSCRIBE_FRAME[kind];
         this.send(taskId === undefined ? { type } : { type, taskId }, undefined);
       },
     };
@@ -266,7 +281,7 @@ export class MeshClient {
       return refused ? this.stop(refused, why) : this.retry(why);
     }
     if (this.stopped) return;
-    const socket = new this.options.WebSocket(`${this.api.replace(/^http/, 'ws')}/mesh/tasks/subscribe`, protocols);
+    const socket = new this.options.WebSocket(`${this.api.replace(/^http/, 'ws')}${SUBSCRIBE_PATH}`, protocols);
     this.socket = socket;
     let opened = false;
     /** The status of a refused upgrade, when the implementation says (`ws`'s error event does). */
@@ -304,10 +319,7 @@ export class MeshClient {
     if (this.options.protocols) return this.options.protocols();
     let res: Response;
     try {
-      res = await this.options.fetch(`${this.api}/mesh/tickets`, {
-        method: 'POST',
-        headers: { [this.options.keyHeader]: this.options.apiKey! },
-      });
+      res = await this.options.fetch(`${this.api}${TICKETS_PATH}`, { method: 'POST', headers: this.credentials() });
     } catch (error) {
       throw new Error(`ticket request failed: ${error instanceof Error ? error.message : String(error)}`);
     }
@@ -317,6 +329,12 @@ export class MeshClient {
       throw new HttpError(res.status, `ticket request: HTTP ${res.status}${code}`);
     }
     return ((await res.json()) as { protocols: string[] }).protocols;
+  }
+
+  /** The header that carries the key to the ticket route: `keyHeader`, or else a bearer token. */
+  private credentials(): Record<string, string> {
+    const { keyHeader, apiKey } = this.options;
+    return keyHeader ? { [keyHeader]: apiKey! } : { authorization: `Bearer ${apiKey!}` };
   }
 
   private retry(why: Failure): void {

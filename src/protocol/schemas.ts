@@ -4,7 +4,12 @@
  * The shapes are those of the Rust handler this project replaces (serde, `tag = "type"`,
  * camelCase); PROTOCOL.md explains each message.
  */
-import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Type, type Static, type TLiteral, type TSchema } from '@sinclair/typebox';
+import { RESYNC_REASONS, SUBSCRIPTION_KINDS, type ClientFrameType, type ServerFrameType } from './wire.js';
+
+/** One `Type.Literal` per name of a wire.ts list, in its order. */
+const literals = <const T extends readonly string[]>(values: T) =>
+  values.map((value) => Type.Literal(value)) as { -readonly [K in keyof T]: TLiteral<T[K]> };
 
 /** A UUID in the hyphenated form, any letter case (what serde's `Uuid` accepts from the iOS app). */
 export const UUID_PATTERN = '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$';
@@ -46,7 +51,7 @@ export const ClientMessages = {
     { $id: 'subscribeOutput', description: 'Receive `taskOutput` (live transcript) of one task the caller may see.' },
   ),
   unsubscribeOutput: withTaskId('unsubscribeOutput', 'Stop receiving `taskOutput` for one task.'),
-} as const;
+} as const satisfies Record<ClientFrameType, TSchema>;
 
 export type ClientMessageType = keyof typeof ClientMessages;
 export type ClientMessage = { [K in ClientMessageType]: Static<(typeof ClientMessages)[K]> }[ClientMessageType];
@@ -119,11 +124,11 @@ export const ServerMessages = {
   resyncRequired: Type.Object(
     {
       type: Type.Literal('resyncRequired'),
-      subscription: Type.Union([Type.Literal('subscribe'), Type.Literal('subscribeAll'), Type.Literal('subscribeOutput')], {
+      subscription: Type.Union(literals(SUBSCRIPTION_KINDS), {
         description: 'The subscription whose `since` could not be honoured; it is live from now on',
       }),
       taskId: Type.Optional(Type.String({ description: 'Its task, for `subscribe` and `subscribeOutput`' })),
-      reason: Type.Union([Type.Literal('unknownCursor'), Type.Literal('expired'), Type.Literal('tooFarBehind'), Type.Literal('unavailable')], {
+      reason: Type.Union(literals(RESYNC_REASONS), {
         description:
           'unknownCursor: not a cursor of this log; expired: the log no longer reaches back that far; tooFarBehind: more to replay than the server replays at once; unavailable: the log could not be read just now',
       }),
@@ -142,7 +147,7 @@ export const ServerMessages = {
     },
     { $id: 'error', additionalProperties: false, description: 'A frame was refused; the socket stays open.' },
   ),
-} as const;
+} as const satisfies Record<ServerFrameType, TSchema>;
 
 export type ServerMessageType = keyof typeof ServerMessages;
 export type ServerMessage = { [K in ServerMessageType]: Static<(typeof ServerMessages)[K]> }[ServerMessageType];

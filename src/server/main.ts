@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import closeWithGrace from 'close-with-grace';
 import pino from 'pino';
 import { safeLoggerOptions } from '../logging.js';
+import { API_KEY_HEADER } from './api-keys.js';
 import { buildApp } from './app.js';
 import { readConfig } from './config.js';
 import { openDatabase } from './database.js';
@@ -16,7 +17,8 @@ import { migrate } from './migrations.js';
 const SHUTDOWN_GRACE_MS = 10_000;
 
 const config = readConfig();
-const log = pino(safeLoggerOptions(config.logLevel));
+// Its API keys travel in a header of its own: censored too.
+const log = pino(safeLoggerOptions(config.logLevel, [API_KEY_HEADER]));
 
 const db = await openDatabase(config, log);
 await migrate(db.sql);
