@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import pino from 'pino';
 import postgres from 'postgres';
 import { freePort, scratchDirectory, startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
-import { migrateEventLog } from '../src/bus/postgres-schema.js';
+import { migrateEventLog } from '../src/bus/postgres/schema.js';
 import { migrate } from '../src/server/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
 

@@ -15,8 +15,8 @@ import type { MeshEvents } from './events.js';
 import { Outbound, type BackpressureLimits, type BackpressureObserver, type FlushScheduler } from './outbound.js';
 import { NO_SUCH_TASK, type OwnerAnswer, type OwnerDirectory } from './owners.js';
 import { FrameRateLimiter } from './rate-limit.js';
-import type { ReplayedPage } from './hub.js';
 import { canSee, type Subscriber, type SubscriptionIndex } from './registry.js';
+import type { ReplayedPage } from './replayed.js';
 
 export interface ConnectionContext {
   index: SubscriptionIndex<ClientConnection>;

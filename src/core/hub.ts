@@ -25,6 +25,7 @@ import type { DropReason, MeshMetrics } from '../metrics.js';
 import { ClientConnection, type ConnectionContext } from './connection.js';
 import type { MeshEvents } from './events.js';
 import { FlushScheduler } from './outbound.js';
+import type { Replayed, ReplayedPage } from './replayed.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
 import { SubscriptionIndex, canSee } from './registry.js';
 
@@ -422,21 +423,6 @@ export class MeshHub {
       this.log.error({ err: error, cursor }, 'delivering a logged event failed part-way; the events after it go on');
     }
   }
-}
-
-/** A replayed event, as a connection sends it. */
-export interface Replayed {
-  kind: 'update' | 'output';
-  taskId: string;
-  cursor: string;
-  frame: Buffer;
-}
-
-/** A page of a replay for one principal: `last`, where the next page starts; `more`, whether one may follow. */
-export interface ReplayedPage {
-  frames: Replayed[];
-  last: string;
-  more: boolean;
 }
 
 const encodeLogged = (e: LoggedEvent): Buffer =>

@@ -5,7 +5,7 @@
  * functions, operators look at the tables.
  */
 import type { Sql } from 'postgres';
-import { MAX_EVENT_BYTES, MAX_JSON_DEPTH } from '../protocol/codec.js';
+import { MAX_EVENT_BYTES, MAX_JSON_DEPTH } from '../../protocol/codec.js';
 
 /** NOTIFY channel: a wake-up only, the payload is never read. */
 export const CHANNEL = 'mesh_event_log';
