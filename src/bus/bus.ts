@@ -5,6 +5,7 @@
  */
 import type { TransactionSql } from 'postgres';
 import type { TaskOutputEvent, TaskUpdateEvent } from '../protocol/codec.js';
+import type { ResyncReason } from '../protocol/wire.js';
 
 /** An event to log. `event.ownerId` undefined: the owner is looked up on delivery. */
 export type BusEntry = { kind: 'update'; event: TaskUpdateEvent } | { kind: 'output'; event: TaskOutputEvent };
@@ -21,7 +22,7 @@ export type ReplayStream =
   | { kind: 'all'; ownerId: string | null };
 
 /** Why a replay cannot be made; the client gets `resyncRequired` with it. */
-export type ResyncReason = 'unknownCursor' | 'expired' | 'tooFarBehind' | 'unavailable';
+export type { ResyncReason };
 
 /** How much one page of a replay may hold; the first page also says how far back a replay may reach. */
 export interface PageSize {
