@@ -1,7 +1,12 @@
 /**
- * The plugin's one options type, its documented defaults, and the check that rejects unusable
- * options at registration rather than at the first connection.
+ * The plugin's options: one TypeBox schema is the source of every plain option's type, default,
+ * bounds and description (the README's options table is generated from it: `npm run
+ * options-table`); the options that are not plain data (the host's functions, its `sql` client,
+ * a prom-client Registry, the origins kept as a Set) are checked explicitly. Unusable options are
+ * rejected at registration rather than at the first connection.
  */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
 import type { FastifyRequest } from 'fastify';
 import type { Sql } from 'postgres';
 import { Registry } from 'prom-client';
@@ -23,7 +28,189 @@ export interface Principal {
 /** Maps task ids to their owner (`null`: no owner). Ids that are not tasks are left out. */
 export type OwnerResolver = (taskIds: readonly string[]) => Promise<ReadonlyMap<string, string | null>>;
 
-export interface MeshSubscriptionsOptions {
+/**
+ * A positive safe integer (or, with `infinity`, `Infinity`). `refusal` is how a bad value is
+ * described; `defaultText` how the default reads in the README.
+ */
+function positiveInteger(
+  defaultValue: number | undefined,
+  description: string,
+  extra: { infinity?: boolean; defaultText?: string } = {},
+) {
+  const annotations = {
+    description,
+    ...(defaultValue === undefined ? {} : { default: defaultValue }),
+    ...(extra.defaultText === undefined ? {} : { defaultText: extra.defaultText }),
+  };
+  const integer = { exclusiveMinimum: 0, maximum: Number.MAX_SAFE_INTEGER };
+  if (extra.infinity) {
+    return Type.Union([Type.Integer(integer), Type.Literal(Number.POSITIVE_INFINITY)], {
+      ...annotations,
+      refusal: 'a positive integer or Infinity',
+      showGot: true,
+    });
+  }
+  return Type.Integer({ ...integer, ...annotations, refusal: 'a positive integer', showGot: true });
+}
+
+/**
+ * The plain options, as resolved (every one present). Annotations besides JSON Schema's:
+ * `refusal` — what the value must be, for the MeshOptionsError (`showGot`: the message also
+ * quotes the bad value); `defaultText` — the README's wording of a default (of one that
+ * depends on other options when there is no `default`); `nullIsUnset` — `null` means "not given".
+ */
+export const PlainOptionsSchema = Type.Object({
+  prefix: Type.String({
+    pattern: '^(?:/[\\s\\S]*[^/])?$',
+    default: '/api/v1',
+    description: 'route prefix, giving `{prefix}/mesh/tasks/subscribe`',
+    refusal: '"" or a path like "/api/v1" (leading slash, no trailing slash)',
+    nullIsUnset: true,
+  }),
+  tasksTable: Type.String({
+    pattern: '^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)?$',
+    default: 'tasks',
+    description: 'table with `id uuid` and `owner_id uuid null`, used with `sql`',
+    refusal: 'a plain SQL identifier such as "tasks" or "app.tasks"',
+    nullIsUnset: true,
+  }),
+  bus: Type.Union([Type.Literal('memory'), Type.Literal('postgres')], {
+    description:
+      'where events are logged: this process only, recent events kept in memory for `since` (`memory`), or the ' +
+      'PostgreSQL log every instance on the database shares (`postgres`, needs `sql`; below)',
+    defaultText: '`postgres` with `sql`, else `memory`',
+    refusal: '"memory" or "postgres"',
+    nullIsUnset: true,
+  }),
+  migrate: Type.Boolean({
+    default: true,
+    description: "PostgreSQL bus: create/upgrade the plugin's tables and functions at start",
+    refusal: 'a boolean',
+  }),
+  tickets: Type.Boolean({
+    description:
+      'browser sign-in: `POST {prefix}/mesh/tickets` (authenticated by `authenticate`) mints single-use tickets ' +
+      'offered as the subprotocol `mesh.ticket.<ticket>` (PROTOCOL.md, "Browsers: tickets"; browsers cannot set ' +
+      'headers on an upgrade, and this keeps credentials out of URLs); needs `reauthenticate`',
+    defaultText: 'on when `reauthenticate` is given',
+    refusal: 'a boolean',
+  }),
+  lookupTimeoutMs: positiveInteger(5_000, 'an owner lookup slower than this (ms) answers `UNAVAILABLE`'),
+  maxPayload: positiveInteger(64 * 1024, 'largest client frame in bytes; larger closes the socket with 1009', {
+    defaultText: '64 KiB',
+  }),
+  maxFramesPerSecond: positiveInteger(100, 'token bucket refill per connection, frames per second; over the bucket `RATE_LIMITED`'),
+  frameBurst: positiveInteger(200, 'token bucket size per connection'),
+  floodCloseAfterMs: positiveInteger(10_000, 'a connection rate-limited this long (ms) without a 1 s pause is closed with 1008'),
+  maxSubscriptionsPerConnection: positiveInteger(
+    1_000,
+    'subscriptions (task, output, and `subscribeAll` each count one) per connection; over it `TOO_MANY_SUBSCRIPTIONS`',
+  ),
+  maxConnectionsPerPrincipal: positiveInteger(
+    100,
+    'open sockets per principal; over it the upgrade gets 429 (principals are told apart by `Principal.id`, ' +
+      'default the owner id; the example host counts per API key)',
+    { infinity: true },
+  ),
+  maxConnections: positiveInteger(
+    Number.POSITIVE_INFINITY,
+    'open sockets in total; over it the upgrade gets 503 with `Retry-After`',
+    { infinity: true },
+  ),
+  softBufferLimit: positiveInteger(
+    1024 * 1024,
+    "buffered bytes above which a socket's output is dropped (then `lagged`) and updates conflated",
+    { defaultText: '1 MiB' },
+  ),
+  hardBufferLimit: positiveInteger(8 * 1024 * 1024, 'buffered bytes above which a socket is closed with 4008; larger than `softBufferLimit`', {
+    defaultText: '8 MiB',
+  }),
+  slowConsumerTimeoutMs: positiveInteger(30_000, 'a socket backed up longer than this (ms) is closed with 4008'),
+  pingIntervalMs: positiveInteger(30_000, 'ping interval (ms); a socket that has not answered by the next ping is terminated'),
+  reauthIntervalMs: positiveInteger(
+    60_000,
+    'how often (ms) each open socket is authenticated again (`reauthenticate`, else `authenticate`); `null` closes it with 4401',
+  ),
+  shutdownTimeoutMs: positiveInteger(10_000, '`app.close()` waits this long (ms) for close handshakes, then cuts'),
+  historySize: positiveInteger(10_000, 'memory bus: how many recent events are kept for `since`'),
+  maxReplay: positiveInteger(10_000, 'most events one `since` replays; beyond it the client gets `resyncRequired` `tooFarBehind`'),
+  replayConcurrency: positiveInteger(
+    4,
+    'replay pages (at most 500 events or 256 KiB each) read at once across all sockets: resumes wait their turn ' +
+      'rather than crowd out live delivery',
+  ),
+  publishTimeoutMs: positiveInteger(
+    5_000,
+    'PostgreSQL bus: `publish()` waiting longer (ms) for the log rejects with `MeshBusUnavailableError`',
+  ),
+  retentionMs: positiveInteger(24 * 60 * 60 * 1000, 'PostgreSQL bus: events older than this (ms) are pruned', {
+    defaultText: '24 h',
+  }),
+  retentionPerTask: positiveInteger(10_000, 'PostgreSQL bus: at most this many events are kept per task (older ones pruned)'),
+  pruneIntervalMs: positiveInteger(60_000, 'PostgreSQL bus: how often (ms) the log is pruned (one instance at a time)'),
+  pollIntervalMs: positiveInteger(1_000, 'PostgreSQL bus: the log is read at least this often (ms), whatever the wake-ups'),
+  listenTimeoutMs: positiveInteger(
+    10_000,
+    'PostgreSQL bus: a LISTEN connection silent this long (ms; not even its own heartbeat) is replaced',
+  ),
+  ticketTtlMs: positiveInteger(30_000, 'how long (ms) a ticket may wait for its upgrade'),
+});
+
+export type PlainOptions = Static<typeof PlainOptionsSchema>;
+
+/** Accepted, checked, and ignored. */
+export const DeprecatedOptionsSchema = Type.Object({
+  ownerCacheSize: positiveInteger(
+    undefined,
+    'deprecated, ignored: owners are no longer cached; no cached owner decides who sees an event (PROTOCOL.md, "Who sees what")',
+  ),
+  ownerCacheTtlMs: positiveInteger(undefined, 'deprecated, ignored, as `ownerCacheSize`'),
+});
+
+/** The options that are not plain data, for the README's table (their checks are in `resolveOptions`). */
+export const EXPLICIT_OPTION_DOCS: ReadonlyArray<{ name: string; label: string; defaultText: string; description: string }> = [
+  {
+    name: 'authenticate',
+    label: '`authenticate(request)`',
+    defaultText: 'required',
+    description:
+      'decides who may open a socket: returns `{ ownerId: string | null, admin: boolean }` or `null` (401); runs on the ' +
+      'upgrade request before any 101; a throw (its store is down: no verdict) answers 503 with `Retry-After`',
+  },
+  {
+    name: 'reauthenticate',
+    label: '`reauthenticate(principal)`',
+    defaultText: '—',
+    description:
+      "re-checks an open socket's principal every `reauthIntervalMs` (same or changed principal keeps it, `null` closes " +
+      'with 4401, a throw keeps it until the next round). Given, the plugin keeps nothing of the upgrade request ' +
+      '(~1.7 KiB less per socket); absent, `authenticate` runs again on the kept request. Needed for single-use ' +
+      "credentials. The example host re-checks the key by its id (`Principal.id`)",
+  },
+  { name: 'sql', label: '`sql`', defaultText: '—', description: "the host's `postgres` client, for owner lookups" },
+  {
+    name: 'resolveOwners',
+    label: '`resolveOwners(taskIds)`',
+    defaultText: '—',
+    description:
+      'instead of a `tasks` table through `sql`: returns a `Map` of task id → owner id (`null`: no owner); ids that ' +
+      'are not tasks left out. One of the two is required',
+  },
+  {
+    name: 'allowedOrigins',
+    label: '`allowedOrigins`',
+    defaultText: '`[]` (no check)',
+    description: 'browser Origins allowed to open a socket, exact match (like `https://app.example.com`); others get 403',
+  },
+  {
+    name: 'metricsRegistry',
+    label: '`metricsRegistry`',
+    defaultText: 'a registry of its own',
+    description: "a prom-client `Registry` to put the `mesh_*` metrics in (yours); either way it is `app.mesh.metrics`",
+  },
+];
+
+export interface MeshSubscriptionsOptions extends Partial<PlainOptions> {
   /**
    * Decides who may open a socket. Runs on the upgrade request, before any 101; `null` answers 401,
    * a throw (its store is down: no verdict) answers 503 with `Retry-After`. Required: there is no
@@ -45,10 +232,13 @@ export interface MeshSubscriptionsOptions {
    * through `sql`. One of `sql` and `resolveOwners` is required.
    */
   resolveOwners?: OwnerResolver;
-  /** Route prefix. Default `/api/v1`, giving `/api/v1/mesh/tasks/subscribe`. */
-  prefix?: string;
-  /** Table holding `id uuid` and `owner_id uuid null`, used with `sql`. Default `tasks`. */
-  tasksTable?: string;
+  /** Browser Origins allowed to open a socket (exact match). Empty: no check. Default empty. */
+  allowedOrigins?: readonly string[];
+  /**
+   * A prom-client Registry to put the plugin's metrics (`mesh_*`) in, e.g. the host's own.
+   * Default: a registry of the plugin's own, at `app.mesh.metrics`.
+   */
+  metricsRegistry?: Registry;
   /**
    * @deprecated Ignored: owners are no longer cached. Who may see an event is decided from the
    * database's answer (settled when the event is logged, looked up on each subscribe), never from
@@ -57,162 +247,41 @@ export interface MeshSubscriptionsOptions {
   ownerCacheSize?: number;
   /** @deprecated Ignored, as `ownerCacheSize`. */
   ownerCacheTtlMs?: number;
-  /** How long an owner lookup may take before the subscribe fails with UNAVAILABLE. Default 5,000 ms. */
-  lookupTimeoutMs?: number;
-  /** Largest client frame in bytes; larger closes the socket with 1009. Default 64 KiB. */
-  maxPayload?: number;
-  /** Token bucket refill per connection, frames per second. Default 100. */
-  maxFramesPerSecond?: number;
-  /** Token bucket size per connection. Default 200. */
-  frameBurst?: number;
-  /** A connection rate-limited without a second's pause for this long is closed with 1008. Default 10,000 ms. */
-  floodCloseAfterMs?: number;
-  /** Subscriptions (task, output, and `subscribeAll` each count one) per connection. Default 1,000. */
-  maxSubscriptionsPerConnection?: number;
-  /** Open sockets per principal; over it the upgrade gets 429. Default 100. */
-  maxConnectionsPerPrincipal?: number;
-  /** Open sockets in total; over it the upgrade gets 503 with Retry-After. Default unlimited (`Infinity`). */
-  maxConnections?: number;
-  /** Browser Origins allowed to open a socket (exact match). Empty: no check. Default empty. */
-  allowedOrigins?: readonly string[];
-  /** Buffered bytes above which a socket's output is dropped (then `lagged`) and updates conflated. Default 1 MiB. */
-  softBufferLimit?: number;
-  /** Buffered bytes above which a socket is closed with 4008. Default 8 MiB. */
-  hardBufferLimit?: number;
-  /** A socket backed up for longer than this is closed with 4008. Default 30,000 ms. */
-  slowConsumerTimeoutMs?: number;
-  /** Ping interval; a socket that has not answered by the next ping is terminated. Default 30,000 ms. */
-  pingIntervalMs?: number;
-  /** How often each open socket is authenticated again (`reauthenticate`, else `authenticate`). Default 60,000 ms. */
-  reauthIntervalMs?: number;
-  /** How long `app.close()` waits for sockets to finish their close handshake. Default 10,000 ms. */
-  shutdownTimeoutMs?: number;
-  /**
-   * Where events are logged and how they reach the sockets. `memory`: this process only, recent
-   * events kept in memory for `since`. `postgres`: every instance on the database shares them,
-   * kept in the plugin's event log (needs `sql`). Default: `postgres` when `sql` is given, else `memory`.
-   */
-  bus?: 'memory' | 'postgres';
-  /** Memory bus: how many recent events are kept for `since`. Default 10,000. */
-  historySize?: number;
-  /** Most events one `since` replays; beyond it the client gets `resyncRequired`. Default 10,000. */
-  maxReplay?: number;
-  /**
-   * How many replay pages (of at most 500 events or 256 KiB) are read at once, across all
-   * sockets: resumes wait their turn rather than crowd out live delivery. Default 4.
-   */
-  replayConcurrency?: number;
-  /**
-   * PostgreSQL bus: how long `publish()` may wait for the log before it rejects with
-   * MeshBusUnavailableError. Default 5,000 ms.
-   */
-  publishTimeoutMs?: number;
-  /** PostgreSQL bus: create or upgrade the plugin's tables and functions at start. Default true. */
-  migrate?: boolean;
-  /** PostgreSQL bus: events older than this are pruned. Default 86,400,000 ms (24 h). */
-  retentionMs?: number;
-  /** PostgreSQL bus: at most this many events are kept per task (older ones pruned). Default 10,000. */
-  retentionPerTask?: number;
-  /** PostgreSQL bus: how often the log is pruned (one instance at a time). Default 60,000 ms. */
-  pruneIntervalMs?: number;
-  /** PostgreSQL bus: the log is read at least this often, whatever the wake-ups. Default 1,000 ms. */
-  pollIntervalMs?: number;
-  /** PostgreSQL bus: a LISTEN connection that has not heard its own heartbeat for this long is replaced. Default 10,000 ms. */
-  listenTimeoutMs?: number;
-  /**
-   * Browser sign-in: `POST {prefix}/mesh/tickets` (authenticated by `authenticate`) mints a
-   * single-use ticket that a browser presents as the WebSocket subprotocol `mesh.ticket.<ticket>`
-   * (browsers cannot set headers on an upgrade; this keeps credentials out of URLs). Needs
-   * `reauthenticate`, since a ticket cannot be presented again. Default: on when `reauthenticate`
-   * is given.
-   */
-  tickets?: boolean;
-  /** How long a ticket may wait for its upgrade. Default 30,000 ms. */
-  ticketTtlMs?: number;
-  /**
-   * A prom-client Registry to put the plugin's metrics (`mesh_*`) in, e.g. the host's own.
-   * Default: a registry of the plugin's own, at `app.mesh.metrics`.
-   */
-  metricsRegistry?: Registry;
 }
 
-export interface ResolvedOptions {
+export interface ResolvedOptions extends PlainOptions {
   authenticate: MeshSubscriptionsOptions['authenticate'];
   reauthenticate: MeshSubscriptionsOptions['reauthenticate'];
   sql: Sql<any> | undefined;
   resolveOwners: OwnerResolver | undefined;
-  prefix: string;
-  tasksTable: string;
-  lookupTimeoutMs: number;
-  maxPayload: number;
-  maxFramesPerSecond: number;
-  frameBurst: number;
-  floodCloseAfterMs: number;
-  maxSubscriptionsPerConnection: number;
-  maxConnectionsPerPrincipal: number;
-  maxConnections: number;
   allowedOrigins: ReadonlySet<string>;
-  softBufferLimit: number;
-  hardBufferLimit: number;
-  slowConsumerTimeoutMs: number;
-  pingIntervalMs: number;
-  reauthIntervalMs: number;
-  shutdownTimeoutMs: number;
-  bus: 'memory' | 'postgres';
-  historySize: number;
-  maxReplay: number;
-  replayConcurrency: number;
-  publishTimeoutMs: number;
-  migrate: boolean;
-  retentionMs: number;
-  retentionPerTask: number;
-  pruneIntervalMs: number;
-  pollIntervalMs: number;
-  listenTimeoutMs: number;
-  tickets: boolean;
-  ticketTtlMs: number;
   metricsRegistry: Registry;
 }
 
-export const DEFAULTS = {
-  prefix: '/api/v1',
-  tasksTable: 'tasks',
-  lookupTimeoutMs: 5_000,
-  maxPayload: 64 * 1024,
-  maxFramesPerSecond: 100,
-  frameBurst: 200,
-  floodCloseAfterMs: 10_000,
-  maxSubscriptionsPerConnection: 1_000,
-  maxConnectionsPerPrincipal: 100,
-  maxConnections: Number.POSITIVE_INFINITY,
+type PlainKey = keyof PlainOptions;
+/** The plain options whose default does not depend on other options. */
+type DefaultedKey = Exclude<PlainKey, 'bus' | 'tickets'>;
+
+function schemaDefaults(): Pick<PlainOptions, DefaultedKey> {
+  const defaults: Record<string, unknown> = {};
+  for (const [name, schema] of Object.entries(PlainOptionsSchema.properties) as Array<[string, TSchema]>) {
+    if ('default' in schema) defaults[name] = schema.default;
+  }
+  return defaults as Pick<PlainOptions, DefaultedKey>;
+}
+
+/** Every documented default (those of `bus` and `tickets` depend on other options). */
+export const DEFAULTS: Readonly<Pick<PlainOptions, DefaultedKey> & { allowedOrigins: readonly string[] }> = Object.freeze({
+  ...schemaDefaults(),
   allowedOrigins: [] as readonly string[],
-  softBufferLimit: 1024 * 1024,
-  hardBufferLimit: 8 * 1024 * 1024,
-  slowConsumerTimeoutMs: 30_000,
-  pingIntervalMs: 30_000,
-  reauthIntervalMs: 60_000,
-  shutdownTimeoutMs: 10_000,
-  historySize: 10_000,
-  maxReplay: 10_000,
-  replayConcurrency: 4,
-  publishTimeoutMs: 5_000,
-  migrate: true,
-  retentionMs: 24 * 60 * 60 * 1000,
-  retentionPerTask: 10_000,
-  pruneIntervalMs: 60_000,
-  pollIntervalMs: 1_000,
-  listenTimeoutMs: 10_000,
-  ticketTtlMs: 30_000,
-} as const;
+});
 
-const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/;
-
-function positiveInteger(name: string, value: unknown, fallback: number, allowInfinity = false): number {
-  if (value === undefined) return fallback;
-  if (allowInfinity && value === Number.POSITIVE_INFINITY) return value;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
-    const expected = allowInfinity ? 'a positive integer or Infinity' : 'a positive integer';
-    throw new MeshOptionsError(`option "${name}" must be ${expected}, got ${JSON.stringify(value)}`);
+/** The value of one schema-described option: `undefined` when not given, else checked against its schema. */
+function given(name: string, schema: TSchema, value: unknown): unknown {
+  if (value === undefined || (value === null && schema.nullIsUnset === true)) return undefined;
+  if (!Value.Check(schema, value)) {
+    const got = schema.showGot === true ? `, got ${JSON.stringify(value)}` : '';
+    throw new MeshOptionsError(`option "${name}" must be ${String(schema.refusal)}${got}`);
   }
   return value;
 }
@@ -243,80 +312,36 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   if (o.sql === undefined && o.resolveOwners === undefined) {
     throw new MeshOptionsError('one of "sql" or "resolveOwners" is required to check task ownership');
   }
-  const prefix = o.prefix ?? DEFAULTS.prefix;
-  if (typeof prefix !== 'string' || (prefix !== '' && (!prefix.startsWith('/') || prefix.endsWith('/')))) {
-    throw new MeshOptionsError('option "prefix" must be "" or a path like "/api/v1" (leading slash, no trailing slash)');
-  }
-  const tasksTable = o.tasksTable ?? DEFAULTS.tasksTable;
-  if (typeof tasksTable !== 'string' || !IDENTIFIER.test(tasksTable)) {
-    throw new MeshOptionsError('option "tasksTable" must be a plain SQL identifier such as "tasks" or "app.tasks"');
-  }
-  const bus = o.bus ?? (o.sql !== undefined ? 'postgres' : 'memory');
-  if (bus !== 'memory' && bus !== 'postgres') throw new MeshOptionsError('option "bus" must be "memory" or "postgres"');
-  if (bus === 'postgres' && o.sql === undefined) throw new MeshOptionsError('option bus: "postgres" needs "sql"');
-  if (o.migrate !== undefined && typeof o.migrate !== 'boolean') throw new MeshOptionsError('option "migrate" must be a boolean');
   // Not instanceof: a host may load another copy of prom-client.
   const registry = o.metricsRegistry as Partial<Registry> | undefined;
   if (registry !== undefined && (typeof registry.registerMetric !== 'function' || typeof registry.metrics !== 'function')) {
     throw new MeshOptionsError('option "metricsRegistry" must be a prom-client Registry');
   }
-  if (o.tickets !== undefined && typeof o.tickets !== 'boolean') throw new MeshOptionsError('option "tickets" must be a boolean');
-  const tickets = o.tickets ?? o.reauthenticate !== undefined;
-  if (tickets && o.reauthenticate === undefined) {
+  const plain: Record<string, unknown> = {};
+  for (const [name, schema] of Object.entries(PlainOptionsSchema.properties) as Array<[PlainKey, TSchema]>) {
+    plain[name] = given(name, schema, o[name]) ?? schema.default;
+  }
+  const resolved = plain as PlainOptions;
+  resolved.bus ??= o.sql !== undefined ? 'postgres' : 'memory';
+  if (resolved.bus === 'postgres' && o.sql === undefined) throw new MeshOptionsError('option bus: "postgres" needs "sql"');
+  resolved.tickets ??= o.reauthenticate !== undefined;
+  if (resolved.tickets && o.reauthenticate === undefined) {
     throw new MeshOptionsError('option "tickets" needs "reauthenticate": a socket opened with a single-use ticket cannot present it again');
   }
-  const softBufferLimit = positiveInteger('softBufferLimit', o.softBufferLimit, DEFAULTS.softBufferLimit);
-  const hardBufferLimit = positiveInteger('hardBufferLimit', o.hardBufferLimit, DEFAULTS.hardBufferLimit);
-  if (hardBufferLimit <= softBufferLimit) {
+  if (resolved.hardBufferLimit <= resolved.softBufferLimit) {
     throw new MeshOptionsError('option "hardBufferLimit" must be larger than "softBufferLimit"');
   }
   // Deprecated and ignored, but a malformed one is still a mistake worth saying.
-  positiveInteger('ownerCacheSize', o.ownerCacheSize, 1);
-  positiveInteger('ownerCacheTtlMs', o.ownerCacheTtlMs, 1);
+  for (const [name, schema] of Object.entries(DeprecatedOptionsSchema.properties) as Array<[keyof typeof o, TSchema]>) {
+    given(name, schema, o[name]);
+  }
   return {
+    ...resolved,
     authenticate: o.authenticate,
     reauthenticate: o.reauthenticate,
     sql: o.sql,
     resolveOwners: o.resolveOwners,
-    prefix,
-    tasksTable,
-    lookupTimeoutMs: positiveInteger('lookupTimeoutMs', o.lookupTimeoutMs, DEFAULTS.lookupTimeoutMs),
-    maxPayload: positiveInteger('maxPayload', o.maxPayload, DEFAULTS.maxPayload),
-    maxFramesPerSecond: positiveInteger('maxFramesPerSecond', o.maxFramesPerSecond, DEFAULTS.maxFramesPerSecond),
-    frameBurst: positiveInteger('frameBurst', o.frameBurst, DEFAULTS.frameBurst),
-    floodCloseAfterMs: positiveInteger('floodCloseAfterMs', o.floodCloseAfterMs, DEFAULTS.floodCloseAfterMs),
-    maxSubscriptionsPerConnection: positiveInteger(
-      'maxSubscriptionsPerConnection',
-      o.maxSubscriptionsPerConnection,
-      DEFAULTS.maxSubscriptionsPerConnection,
-    ),
-    maxConnectionsPerPrincipal: positiveInteger(
-      'maxConnectionsPerPrincipal',
-      o.maxConnectionsPerPrincipal,
-      DEFAULTS.maxConnectionsPerPrincipal,
-      true,
-    ),
-    maxConnections: positiveInteger('maxConnections', o.maxConnections, DEFAULTS.maxConnections, true),
     allowedOrigins: origins(o.allowedOrigins),
-    softBufferLimit,
-    hardBufferLimit,
-    slowConsumerTimeoutMs: positiveInteger('slowConsumerTimeoutMs', o.slowConsumerTimeoutMs, DEFAULTS.slowConsumerTimeoutMs),
-    pingIntervalMs: positiveInteger('pingIntervalMs', o.pingIntervalMs, DEFAULTS.pingIntervalMs),
-    reauthIntervalMs: positiveInteger('reauthIntervalMs', o.reauthIntervalMs, DEFAULTS.reauthIntervalMs),
-    shutdownTimeoutMs: positiveInteger('shutdownTimeoutMs', o.shutdownTimeoutMs, DEFAULTS.shutdownTimeoutMs),
-    bus,
-    historySize: positiveInteger('historySize', o.historySize, DEFAULTS.historySize),
-    maxReplay: positiveInteger('maxReplay', o.maxReplay, DEFAULTS.maxReplay),
-    replayConcurrency: positiveInteger('replayConcurrency', o.replayConcurrency, DEFAULTS.replayConcurrency),
-    publishTimeoutMs: positiveInteger('publishTimeoutMs', o.publishTimeoutMs, DEFAULTS.publishTimeoutMs),
-    migrate: o.migrate ?? DEFAULTS.migrate,
-    retentionMs: positiveInteger('retentionMs', o.retentionMs, DEFAULTS.retentionMs),
-    retentionPerTask: positiveInteger('retentionPerTask', o.retentionPerTask, DEFAULTS.retentionPerTask),
-    pruneIntervalMs: positiveInteger('pruneIntervalMs', o.pruneIntervalMs, DEFAULTS.pruneIntervalMs),
-    pollIntervalMs: positiveInteger('pollIntervalMs', o.pollIntervalMs, DEFAULTS.pollIntervalMs),
-    listenTimeoutMs: positiveInteger('listenTimeoutMs', o.listenTimeoutMs, DEFAULTS.listenTimeoutMs),
-    tickets,
-    ticketTtlMs: positiveInteger('ticketTtlMs', o.ticketTtlMs, DEFAULTS.ticketTtlMs),
     metricsRegistry: o.metricsRegistry ?? new Registry(),
   };
 }
