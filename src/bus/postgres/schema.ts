@@ -102,15 +102,32 @@ LANGUAGE sql STABLE AS $fn$
   SELECT log_id || '.' || logged_txid::text || '.' || logged_id::text FROM mesh_event_log_meta
 $fn$;
 
+-- What both publishing functions do once their payload is built: check it, settle the owner,
+-- log it, wake the readers, and answer the event's cursor.
+CREATE OR REPLACE FUNCTION mesh_log_event(fn text, kind text, task_id uuid, owner_id uuid, payload jsonb) RETURNS text
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_variable
+DECLARE
+  logged_txid xid8;
+  logged_id bigint;
+  owner_given boolean := owner_id IS NOT NULL;
+BEGIN
+  PERFORM mesh_check_event(payload, fn);
+${SETTLE_OWNER}
+  INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+  VALUES (kind, task_id, owner_id, owner_given, payload::json)
+  RETURNING mesh_event_log.txid, mesh_event_log.id INTO logged_txid, logged_id;
+  PERFORM pg_notify('${CHANNEL}', '');
+  RETURN mesh_log_cursor(logged_txid, logged_id);
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION mesh_publish_task_update(
   task_id uuid, owner_id uuid, version integer, status text, updated_fields text[], updated_by text
 ) RETURNS text LANGUAGE plpgsql AS $fn$
 #variable_conflict use_variable
 DECLARE
-  logged_txid xid8;
-  logged_id bigint;
   payload jsonb;
-  owner_given boolean := owner_id IS NOT NULL;
 BEGIN
   IF task_id IS NULL OR version IS NULL OR status IS NULL OR updated_by IS NULL THEN
     RAISE EXCEPTION 'mesh_publish_task_update: task_id, version, status and updated_by are required'
@@ -123,13 +140,7 @@ BEGIN
   payload := jsonb_build_object(
     'version', version, 'status', status,
     'updatedFields', to_jsonb(coalesce(updated_fields, '{}'::text[])), 'updatedBy', updated_by);
-  PERFORM mesh_check_event(payload, 'mesh_publish_task_update');
-${SETTLE_OWNER}
-  INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
-  VALUES ('update', task_id, owner_id, owner_given, payload::json)
-  RETURNING mesh_event_log.txid, mesh_event_log.id INTO logged_txid, logged_id;
-  PERFORM pg_notify('${CHANNEL}', '');
-  RETURN mesh_log_cursor(logged_txid, logged_id);
+  RETURN mesh_log_event('mesh_publish_task_update', 'update', task_id, owner_id, payload);
 END
 $fn$;
 
@@ -139,10 +150,7 @@ CREATE OR REPLACE FUNCTION mesh_publish_task_output(
 ) RETURNS text LANGUAGE plpgsql AS $fn$
 #variable_conflict use_variable
 DECLARE
-  logged_txid xid8;
-  logged_id bigint;
   payload jsonb;
-  owner_given boolean := owner_id IS NOT NULL;
 BEGIN
   IF task_id IS NULL OR message_type IS NULL OR content IS NULL THEN
     RAISE EXCEPTION 'mesh_publish_task_output: task_id, message_type and content are required'
@@ -159,13 +167,7 @@ BEGIN
   IF is_error IS NOT NULL THEN payload := payload || jsonb_build_object('isError', is_error); END IF;
   IF cost_usd IS NOT NULL THEN payload := payload || jsonb_build_object('costUsd', cost_usd); END IF;
   IF duration_ms IS NOT NULL THEN payload := payload || jsonb_build_object('durationMs', duration_ms); END IF;
-  PERFORM mesh_check_event(payload, 'mesh_publish_task_output');
-${SETTLE_OWNER}
-  INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
-  VALUES ('output', task_id, owner_id, owner_given, payload::json)
-  RETURNING mesh_event_log.txid, mesh_event_log.id INTO logged_txid, logged_id;
-  PERFORM pg_notify('${CHANNEL}', '');
-  RETURN mesh_log_cursor(logged_txid, logged_id);
+  RETURN mesh_log_event('mesh_publish_task_output', 'output', task_id, owner_id, payload);
 END
 $fn$;
 `;
