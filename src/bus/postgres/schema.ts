@@ -173,7 +173,7 @@ $fn$;
 `;
 
 /** `app.tasks` → `"app"."tasks"`: the option is checked to be plain identifiers. */
-export const quoteTable = (table: string): string =>
+const quoteTable = (table: string): string =>
   table
     .split('.')
     .map((part) => `"${part}"`)

@@ -9,7 +9,7 @@ import { MeshBusUnavailableError, MeshPublishError } from '../../errors.js';
 import type { ResolvedOptions } from '../../options.js';
 import type { BusEntry } from '../bus.js';
 import { isRefusedData } from './errors.js';
-import { CHANNEL, quoteTable } from './schema.js';
+import { CHANNEL } from './schema.js';
 
 export interface WriterOptions extends Pick<ResolvedOptions, 'publishTimeoutMs'> {
   /** Where a publish that names no owner finds it, in the same statement as the write (undefined: it names one). */
@@ -54,7 +54,7 @@ export class Writer {
       table === undefined
         ? sql`SELECT i.n, i.kind, i.task_id, i.owner_id, i.owner_given, i.payload FROM input i`
         : sql`SELECT i.n, i.kind, i.task_id, CASE WHEN i.owner_given THEN i.owner_id ELSE t.owner_id::uuid END, true, i.payload
-              FROM input i LEFT JOIN ${sql.unsafe(quoteTable(table))} t ON NOT i.owner_given AND t.id = i.task_id`;
+              FROM input i LEFT JOIN ${sql(table)} t ON NOT i.owner_given AND t.id = i.task_id`;
     return sql<{ cursor: string }[]>`
       WITH input AS (
         SELECT r.n, r.kind, r.task_id::uuid AS task_id, r.owner_id::uuid AS owner_id, r.owner_given::boolean AS owner_given, r.payload::json AS payload
