@@ -17,6 +17,7 @@ import type { Registry } from 'prom-client';
 import { authenticateRequest } from './auth.js';
 import { MeshEvents } from './core/events.js';
 import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core/hub.js';
+import type { HubSettings } from './core/settings.js';
 import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
 import { MeshMetrics } from './metrics.js';
@@ -188,6 +189,25 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
   }
 }
 
+/** The core's settings, from the plugin's options. */
+function hubSettings(options: ResolvedOptions): HubSettings {
+  return {
+    limits: {
+      maxPayload: options.maxPayload,
+      maxSubscriptions: options.maxSubscriptionsPerConnection,
+      maxFramesPerSecond: options.maxFramesPerSecond,
+      frameBurst: options.frameBurst,
+      floodCloseAfterMs: options.floodCloseAfterMs,
+    },
+    backpressure: { soft: options.softBufferLimit, hard: options.hardBufferLimit, timeoutMs: options.slowConsumerTimeoutMs },
+    heartbeat: { pingIntervalMs: options.pingIntervalMs },
+    reauth: { intervalMs: options.reauthIntervalMs },
+    replay: { maxEvents: options.maxReplay, concurrency: options.replayConcurrency },
+    settlesOwners: options.bus !== 'postgres' || options.resolveOwners !== undefined,
+    transactions: options.bus === 'postgres',
+  };
+}
+
 const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (app, rawOptions) => {
   const options = resolveOptions(rawOptions);
   const resolver = options.resolveOwners ?? sqlOwnerResolver(options.sql!, options.tasksTable);
@@ -220,7 +240,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
           app.log,
         )
       : new MemoryBus(options.historySize);
-  const hub: MeshHub = new MeshHub(owners, bus, events, app.log, options, metrics);
+  const hub: MeshHub = new MeshHub(owners, bus, events, app.log, hubSettings(options), options, metrics);
   const tickets: TicketStore | undefined = !options.tickets
     ? undefined
     : options.bus === 'postgres'

@@ -12,6 +12,7 @@ import pTimeout from 'p-timeout';
 import type { BusEntry, EventBus, LoggedEvent, ReplayStream, ResyncReason } from '../bus/bus.js';
 import { CloseCode, MeshBusUnavailableError, MeshPublishError } from '../errors.js';
 import type { Principal, ResolvedOptions } from '../options.js';
+import type { HubSettings } from './settings.js';
 import {
   encodeTaskOutput,
   encodeTaskUpdated,
@@ -106,29 +107,19 @@ export class MeshHub {
     private readonly bus: EventBus,
     readonly events: MeshEvents,
     private readonly log: FastifyBaseLogger,
-    private readonly options: ResolvedOptions,
+    private readonly settings: HubSettings,
+    private readonly auth: Pick<ResolvedOptions, 'authenticate' | 'reauthenticate'>,
     private readonly metrics: MeshMetrics,
   ) {
-    this.settlesOwners = options.bus !== 'postgres' || options.resolveOwners !== undefined;
-    this.replayPages = pLimit(options.replayConcurrency);
-    this.pageBytes = Math.max(1, Math.min(REPLAY_PAGE_BYTES, Math.floor(options.softBufferLimit / 2)));
+    this.settlesOwners = settings.settlesOwners;
+    this.replayPages = pLimit(settings.replay.concurrency);
+    this.pageBytes = Math.max(1, Math.min(REPLAY_PAGE_BYTES, Math.floor(settings.backpressure.soft / 2)));
     this.context = {
       index: this.index,
       history: this,
       owners,
       scheduler: new FlushScheduler(),
-      limits: {
-        maxPayload: options.maxPayload,
-        maxSubscriptions: options.maxSubscriptionsPerConnection,
-        maxFramesPerSecond: options.maxFramesPerSecond,
-        frameBurst: options.frameBurst,
-        floodCloseAfterMs: options.floodCloseAfterMs,
-        backpressure: {
-          soft: options.softBufferLimit,
-          hard: options.hardBufferLimit,
-          timeoutMs: options.slowConsumerTimeoutMs,
-        },
-      },
+      limits: { ...settings.limits, backpressure: settings.backpressure },
       events: this.events,
       metrics,
       onClosed: (c) => this.connections.delete(c),
@@ -152,14 +143,14 @@ export class MeshHub {
     this.timers.push(
       setInterval(() => {
         for (const connection of this.connections) connection.ping();
-      }, this.options.pingIntervalMs).unref(),
+      }, this.settings.heartbeat.pingIntervalMs).unref(),
       // A backed-up socket may get no new frame to notice it by: sweep, so that it is cut within
       // a second of its limit.
       setInterval(() => {
         const now = performance.now();
         for (const connection of this.connections) connection.checkStalled(now);
-      }, Math.min(SWEEP_MS, this.options.slowConsumerTimeoutMs / 2)).unref(),
-      setInterval(() => void this.reauthenticate(), this.options.reauthIntervalMs).unref(),
+      }, Math.min(SWEEP_MS, this.settings.backpressure.timeoutMs / 2)).unref(),
+      setInterval(() => void this.reauthenticate(), this.settings.reauth.intervalMs).unref(),
     );
   }
 
@@ -188,7 +179,7 @@ export class MeshHub {
   }
 
   attach(socket: WebSocket, principal: Principal, request: FastifyRequest): ClientConnection {
-    const kept = this.options.reauthenticate ? undefined : request;
+    const kept = this.auth.reauthenticate ? undefined : request;
     const connection = new ClientConnection(socket, principal, request.log, kept, this.context);
     this.connections.add(connection);
     return connection;
@@ -236,7 +227,7 @@ export class MeshHub {
    */
   async replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayedPage | { resync: ResyncReason }> {
     if (stream.kind === 'all' && !principal.admin && principal.ownerId === null) return { frames: [], last: after, more: false };
-    const limit = first ? this.options.maxReplay : undefined;
+    const limit = first ? this.settings.replay.maxEvents : undefined;
     // Bounded, so that a database gone mute cannot hold the replay slots (and the sockets) forever.
     const page = await this.replayPages(() =>
       pTimeout(this.bus.replay(stream, after, { rows: REPLAY_PAGE_ROWS, bytes: this.pageBytes, limit }), {
@@ -278,7 +269,7 @@ export class MeshHub {
 
   private async reauthenticateAll(): Promise<void> {
     const queue = [...this.connections];
-    const { authenticate, reauthenticate } = this.options;
+    const { authenticate, reauthenticate } = this.auth;
     // Sockets of one principal share one check per sweep.
     const answers = new Map<string, Promise<AuthOutcome>>();
     const check = (c: ClientConnection): Promise<AuthOutcome> => {
@@ -313,7 +304,7 @@ export class MeshHub {
 
   private publish(entry: BusEntry, options?: PublishOptions): Promise<string> {
     const sql = options?.sql;
-    if (sql !== undefined && this.options.bus !== 'postgres') {
+    if (sql !== undefined && !this.settings.transactions) {
       throw new MeshPublishError('publish(notification, { sql }) writes in a transaction: it needs the option bus: "postgres"');
     }
     const { taskId } = entry.event;
