@@ -20,7 +20,7 @@ import type { Sql } from 'postgres';
 import { Server as SocketIoServer } from 'socket.io';
 import { WebSocketServer, type WebSocket } from 'ws';
 import meshSubscriptions from '../src/index.js';
-import { frameText } from '../src/protocol/codec.js';
+import { frameText } from '../src/transport/websocket-frame.js';
 
 export interface BenchTask {
   taskId: string;

@@ -4,7 +4,7 @@
  */
 import type { Socket } from 'node:net';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { authenticateRequest, principalKey, redeemTicket, type AuthOutcome } from './auth.js';
+import { authenticateRequest, principalKey, redeemTicket, type AuthResult } from './auth.js';
 import { RETRY_AFTER_SECONDS, UpgradeError } from './errors.js';
 import type { Principal, ResolvedOptions } from './options.js';
 import type { MeshMetrics } from './metrics.js';
@@ -66,7 +66,7 @@ export class Admission {
     const socket = request.raw.socket as Placed;
     const place = request.ws ? this.reserve(socket) : undefined;
 
-    let outcome: AuthOutcome;
+    let outcome: AuthResult;
     let ticket: string | undefined;
     try {
       // A ticket is spent only by an upgrade, never by a plain GET that would be answered 426.
@@ -84,13 +84,13 @@ export class Admission {
       // left to read an answer.
       return refuse(reply, UpgradeError.UNAVAILABLE);
     }
-    if ('failed' in outcome) {
+    if (!outcome.ok && outcome.why === 'unavailable') {
       // Not a verdict on the credentials (the host's store, or the ticket store, is down): retry.
       if (place) this.giveBack(socket, place);
-      request.log.warn({ err: outcome.failed }, 'credentials could not be checked; refusing the upgrade with 503');
+      request.log.warn({ err: outcome.error }, 'credentials could not be checked; refusing the upgrade with 503');
       return refuse(reply, UpgradeError.UNAVAILABLE);
     }
-    if ('refused' in outcome) {
+    if (!outcome.ok) {
       if (place) this.giveBack(socket, place);
       this.metrics.authFailed(ticket !== undefined ? 'ticket' : 'upgrade');
       return refuse(reply, UpgradeError.UNAUTHORIZED);

@@ -4,7 +4,8 @@
  * verdict on the credentials: it keeps a new socket out with a "retry later", an open one open.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
-import type { Principal, ResolvedOptions } from './options.js';
+import type { AuthResult, Principal } from './core/ports.js';
+import type { ResolvedOptions } from './options.js';
 import { UUID_REGEX } from './protocol/schemas.js';
 import type { TicketStore } from './tickets.js';
 
@@ -20,23 +21,23 @@ function normalise(value: unknown): Principal | null {
   return principal;
 }
 
-export type AuthOutcome = { principal: Principal } | { refused: true } | { failed: unknown };
+export type { AuthResult };
 
 /** Runs one of the host's checks; a throw is reported apart from a refusal. Never throws. */
-async function outcomeOf(check: () => Promise<unknown>, name: string, log: FastifyBaseLogger): Promise<AuthOutcome> {
+async function outcomeOf(check: () => Promise<unknown>, name: string, log: FastifyBaseLogger): Promise<AuthResult> {
   let answer: unknown;
   try {
     answer = await check();
   } catch (error) {
-    return { failed: error };
+    return { ok: false, why: 'unavailable', error };
   }
   const principal = normalise(answer);
-  if (principal) return { principal };
+  if (principal) return { ok: true, principal };
   if (answer !== null) log.error(`${name} returned something that is not a Principal; refusing`);
-  return { refused: true };
+  return { ok: false, why: 'refused' };
 }
 
-export function authenticateRequest(authenticate: ResolvedOptions['authenticate'], request: FastifyRequest): Promise<AuthOutcome> {
+export function authenticateRequest(authenticate: ResolvedOptions['authenticate'], request: FastifyRequest): Promise<AuthResult> {
   return outcomeOf(() => authenticate(request), 'authenticate', request.log);
 }
 
@@ -50,9 +51,9 @@ export async function redeemTicket(
   ticket: string,
   reauthenticate: ResolvedOptions['reauthenticate'],
   log: FastifyBaseLogger,
-): Promise<AuthOutcome> {
+): Promise<AuthResult> {
   const redeemed = await outcomeOf(() => store.redeem(ticket), 'the ticket store', log);
-  if (!('principal' in redeemed) || !reauthenticate) return redeemed;
+  if (!redeemed.ok || !reauthenticate) return redeemed;
   return reauthenticatePrincipal(reauthenticate, redeemed.principal, log);
 }
 
@@ -60,15 +61,8 @@ export function reauthenticatePrincipal(
   reauthenticate: NonNullable<ResolvedOptions['reauthenticate']>,
   principal: Principal,
   log: FastifyBaseLogger,
-): Promise<AuthOutcome> {
+): Promise<AuthResult> {
   return outcomeOf(() => reauthenticate({ ...principal }), 'reauthenticate', log);
 }
 
-/** The identity the per-principal connection limit counts: never a secret. */
-export function principalKey(p: Principal): string {
-  return p.id ?? p.ownerId ?? (p.admin ? 'admin' : 'nobody');
-}
-
-export function samePrincipal(a: Principal, b: Principal): boolean {
-  return a.ownerId === b.ownerId && a.admin === b.admin && a.id === b.id;
-}
+export { principalKey, samePrincipal } from './core/principal.js';

@@ -9,7 +9,7 @@ export { meshSubscriptions };
 export { SUBSCRIBE_PATH, TICKETS_PATH, type Mesh, type MeshStats } from './plugin.js';
 export type { MeshSubscriptionsOptions, Principal, OwnerResolver } from './options.js';
 export { DEFAULTS } from './options.js';
-export type { BroadcastChannel, Delivered, TaskOutputChannel, TaskUpdatesChannel } from './core/hub.js';
+export type { BroadcastChannel, Delivered, PublishOptions, TaskOutputChannel, TaskUpdatesChannel } from './core/channels.js';
 export type { TaskOutputEvent, TaskUpdateEvent } from './protocol/codec.js';
 export * from './protocol/schemas.js';
 export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError, MeshBusUnavailableError } from './errors.js';

@@ -7,8 +7,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { MeshEvents } from './core/events.js';
 
-export type FrameOutType = 'taskUpdated' | 'taskOutput' | 'ack' | 'error' | 'lagged' | 'resyncRequired';
-export type AuthStage = 'upgrade' | 'reauthenticate' | 'ticket';
+import type { AuthStage, DropReason, FrameOutType, MetricsSink } from './core/ports.js';
 
 /** What the gauges read at scrape time. */
 export interface MetricsSource {
@@ -18,10 +17,7 @@ export interface MetricsSource {
   heldBackSeconds(): number;
 }
 
-/** Why a logged event reached no socket: unreadable from the log, invalid there, or not encodable. */
-export type DropReason = 'unreadable' | 'invalid' | 'unencodable';
-
-export class MeshMetrics {
+export class MeshMetrics implements MetricsSink {
   private readonly framesIn: Counter<'type'>;
   private readonly framesOut: Counter<'type'>;
   /** Send-path counts not yet handed to their counters (see `collect` below). */

@@ -10,23 +10,10 @@ import { Value } from '@sinclair/typebox/value';
 import type { FastifyRequest } from 'fastify';
 import type { Sql } from 'postgres';
 import { Registry } from 'prom-client';
+import type { OwnerResolver, Principal } from './core/ports.js';
 import { MeshOptionsError } from './errors.js';
 
-/** Who is on the other end of a socket, as the host's `authenticate` says. */
-export interface Principal {
-  /** The owner whose tasks this principal may see; `null` for a principal that owns nothing. */
-  ownerId: string | null;
-  /** Admins see every task, including tasks without an owner. */
-  admin: boolean;
-  /**
-   * Who this is, for the per-principal connection limit and for logs. Default: the owner id, or
-   * `admin` / `nobody`. Never put a secret here.
-   */
-  id?: string;
-}
-
-/** Maps task ids to their owner (`null`: no owner). Ids that are not tasks are left out. */
-export type OwnerResolver = (taskIds: readonly string[]) => Promise<ReadonlyMap<string, string | null>>;
+export type { OwnerResolver, Principal };
 
 /**
  * A positive safe integer (or, with `infinity`, `Infinity`). `refusal` is how a bad value is

@@ -4,21 +4,24 @@
  */
 import fastifyWebsocket from '@fastify/websocket';
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import type { ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import type { TransactionSql } from 'postgres';
 import type { WebSocket } from 'ws';
 import { Admission, refuse } from './admission.js';
 import type { EventBus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import { PostgresBus } from './bus/postgres.js';
 import type { Registry } from 'prom-client';
-import { authenticateRequest } from './auth.js';
+import { authenticateRequest, reauthenticatePrincipal } from './auth.js';
 import { MeshEvents } from './core/events.js';
-import { MeshHub, type TaskOutputChannel, type TaskUpdatesChannel } from './core/hub.js';
+import type { TaskOutputChannel, TaskUpdatesChannel } from './core/channels.js';
+import { MeshHub } from './core/hub.js';
+import type { Recheck } from './core/ports.js';
 import type { HubSettings } from './core/settings.js';
-import { OwnerDirectory, sqlOwnerResolver } from './core/owners.js';
+import { sqlOwnerResolver } from './bus/postgres/task-owners.js';
+import { adoptWebSocket, frameText } from './transport/ws.js';
+import { OwnerDirectory } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
 import { MeshMetrics } from './metrics.js';
 import { resolveOptions, type MeshSubscriptionsOptions, type ResolvedOptions } from './options.js';
@@ -26,10 +29,10 @@ import { MemoryTicketStore, PostgresTicketStore, selectProtocol, type TicketStor
 import { MESH_PROTOCOL, SUBSCRIBE_PATH, TICKETS_PATH, TICKET_PROTOCOL_PREFIX } from './protocol/wire.js';
 
 export interface Mesh {
-  /** `state.task_updates` of the seed: every change of a task. */
-  taskUpdates: TaskUpdatesChannel;
-  /** `state.task_output` of the seed: a task's live output. */
-  taskOutput: TaskOutputChannel;
+  /** Every change of a task (`state.task_updates` of the Rust server this replaces). */
+  taskUpdates: TaskUpdatesChannel<TransactionSql<any>>;
+  /** A task's live output (`state.task_output` of the Rust server). */
+  taskOutput: TaskOutputChannel<TransactionSql<any>>;
   /** Open sockets, and how many tasks / owners the subscription index holds entries for. */
   stats(): MeshStats;
   /** Slow-consumer and log-pruning events (see MeshEventMap). */
@@ -134,12 +137,8 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
         socket.close(CloseCode.INTERNAL_ERROR, 'internal error');
         return;
       }
-      // After the upgrade the HTTP response is dead weight that would live as long as the socket:
-      // @fastify/websocket leaves it assigned to the TCP socket and holds it in an error listener.
-      const raw = request.raw.socket as Socket & { _httpMessage?: ServerResponse | null };
-      raw._httpMessage?.detachSocket(raw);
-      socket.removeAllListeners('error');
-      hub.attach(socket, principal, request);
+      const adopted = adoptWebSocket(socket, request.raw.socket);
+      adopted.listen(hub.attach(adopted.socket, principal, request.log, request));
     },
   });
 
@@ -163,12 +162,12 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
       },
       handler: async (request, reply) => {
         const outcome = await authenticateRequest(options.authenticate, request);
-        if ('failed' in outcome) {
+        if (!outcome.ok && outcome.why === 'unavailable') {
           // The host's store is down: no verdict on the credentials, so "retry", never 401.
-          request.log.warn({ err: outcome.failed }, 'authenticate threw; no ticket (503)');
+          request.log.warn({ err: outcome.error }, 'authenticate threw; no ticket (503)');
           return refuse(reply, UpgradeError.UNAVAILABLE);
         }
-        if ('refused' in outcome) {
+        if (!outcome.ok) {
           metrics.authFailed('ticket');
           return refuse(reply, UpgradeError.UNAUTHORIZED);
         }
@@ -240,7 +239,10 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
           app.log,
         )
       : new MemoryBus(options.historySize);
-  const hub: MeshHub = new MeshHub(owners, bus, events, app.log, hubSettings(options), options, metrics);
+  const recheck: Recheck = options.reauthenticate
+    ? { by: 'principal', check: (principal) => reauthenticatePrincipal(options.reauthenticate!, principal, app.log) }
+    : { by: 'request', check: (request) => authenticateRequest(options.authenticate, request as FastifyRequest) };
+  const hub: MeshHub = new MeshHub({ bus, owners, events, metrics, log: app.log, frameText, recheck }, hubSettings(options));
   const tickets: TicketStore | undefined = !options.tickets
     ? undefined
     : options.bus === 'postgres'
@@ -249,9 +251,9 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   const admission = new Admission(options, metrics, tickets);
 
   app.decorate('mesh', {
-    taskUpdates: hub.taskUpdates,
-    taskOutput: hub.taskOutput,
-    stats: () => ({ connections: hub.connections.size, ...hub.index.stats() }),
+    taskUpdates: hub.channels.taskUpdates,
+    taskOutput: hub.channels.taskOutput,
+    stats: () => hub.stats(),
     events: hub.events,
     metrics: options.metricsRegistry,
     readiness: () => ({ shuttingDown: admission.closing, listening: hub.listening() }),

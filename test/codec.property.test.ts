@@ -1,15 +1,14 @@
 /**
  * Unit property of the output encoder: whatever the content and optional fields, the frame it
- * builds by splicing is byte for byte the frame JSON.stringify would give, in the seed's order.
+ * builds by splicing is character for character the text JSON.stringify would give, in the seed's order.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { encodeTaskOutput, frameText, type TaskOutputEvent } from '../src/protocol/codec.js';
+import { encodeTaskOutput, type TaskOutputEvent } from '../src/protocol/codec.js';
 
 const cursor = '0a1b2c3d.4242.17';
 const reference = (e: TaskOutputEvent) =>
-  frameText(
     JSON.stringify({
       type: 'taskOutput',
       taskId: e.taskId,
@@ -22,8 +21,7 @@ const reference = (e: TaskOutputEvent) =>
       durationMs: e.durationMs,
       isPartial: e.isPartial,
       cursor,
-    }),
-  );
+    });
 
 // Lone surrogates, controls, quotes and backslashes are what the fast path must not get wrong.
 const text = fc.oneof(

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { FlushScheduler } from '../src/core/outbound.js';
+import { FlushScheduler } from '../src/core/flush-scheduler.js';
 
 test('join reuses the last buffer for the same frames only', () => {
   const scheduler = new FlushScheduler();

@@ -3,7 +3,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { SubscriptionIndex, type Subscriber } from '../src/core/registry.js';
+import { SubscriptionIndex, type Subscriber } from '../src/core/subscription-index.js';
 import type { Principal } from '../src/options.js';
 
 function subscriber(principal: Principal): Subscriber & { got: string[] } {

@@ -3,7 +3,6 @@
  * The memory bus keeps one process's recent events; the PostgreSQL bus shares them between
  * instances and keeps them for replay. Either hands the hub each new event once, in log order.
  */
-import type { TransactionSql } from 'postgres';
 import type { TaskOutputEvent, TaskUpdateEvent } from '../protocol/codec.js';
 import type { ResyncReason } from '../protocol/wire.js';
 
@@ -38,7 +37,7 @@ export interface PageSize {
  * it), `more` whether events may follow it. Each page is read in one snapshot of the log, with
  * its check for pruning: a page is gapless from where it starts, or the answer is `expired`.
  */
-export type ReplayPage = { events: LoggedEvent[]; last: string; more: boolean } | { resync: ResyncReason };
+export type ReplayPage = { ok: true; events: LoggedEvent[]; last: string; more: boolean } | { ok: false; resync: ResyncReason };
 
 /** Receives new events in log order; resolves once they have been handed to the sockets. */
 export type BusSink = (events: readonly LoggedEvent[]) => Promise<void>;
@@ -47,11 +46,11 @@ export interface EventBus {
   /** Starts delivering new events to `sink`. */
   start(sink: BusSink): Promise<void>;
   /**
-   * Logs an event and resolves with its cursor; with `sql` (a transaction of the caller), inside
+   * Logs an event and resolves with its cursor; with `transaction` (the caller's; for the PostgreSQL bus a `postgres` TransactionSql), inside
    * that transaction: it is delivered only if and once it commits. Rejects with MeshPublishError
    * when the log refuses the event itself, MeshBusUnavailableError when the log is out of reach.
    */
-  publish(entry: BusEntry, sql?: TransactionSql<any>): Promise<string>;
+  publish(entry: BusEntry, transaction?: unknown): Promise<string>;
   /**
    * The events of `stream` after `after`, in log order, one page of them: everything the stream
    * would have delivered. Owner filtering is left to the caller.

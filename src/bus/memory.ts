@@ -35,13 +35,13 @@ export class MemoryBus implements EventBus {
 
   async replay(stream: ReplayStream, after: string, page: PageSize): Promise<ReplayPage> {
     const match = CURSOR.exec(after);
-    if (!match || match[1] !== this.epoch || Number(match[2]) > this.sequence) return { resync: 'unknownCursor' };
+    if (!match || match[1] !== this.epoch || Number(match[2]) > this.sequence) return { ok: false, resync: 'unknownCursor' };
     const from = Number(match[2]) + 1;
     const oldest = Math.max(1, this.sequence - this.size + 1);
-    if (from < oldest) return { resync: 'expired' };
+    if (from < oldest) return { ok: false, resync: 'expired' };
     if (page.limit !== undefined) {
       let count = 0;
-      for (let s = from; s <= this.sequence; s++) if (matches(stream, this.at(s)) && ++count > page.limit) return { resync: 'tooFarBehind' };
+      for (let s = from; s <= this.sequence; s++) if (matches(stream, this.at(s)) && ++count > page.limit) return { ok: false, resync: 'tooFarBehind' };
     }
     const events: LoggedEvent[] = [];
     let bytes = 0;
@@ -52,7 +52,7 @@ export class MemoryBus implements EventBus {
       events.push(e);
       bytes += e.kind === 'output' ? e.event.content.length : 64;
     }
-    return { events, last: `${this.epoch}.${s - 1}`, more: s <= this.sequence };
+    return { ok: true, events, last: `${this.epoch}.${s - 1}`, more: s <= this.sequence };
   }
 
   private at(sequence: number): LoggedEvent {

@@ -4,9 +4,8 @@
  * event loop (a reconnect storm) share one query.
  */
 import pTimeout from 'p-timeout';
-import type { Sql } from 'postgres';
 import { OwnerLookupUnavailableError } from '../errors.js';
-import type { OwnerResolver } from '../options.js';
+import type { OwnerResolver } from './ports.js';
 
 /** The lookup found no such task. */
 export const NO_SUCH_TASK = Symbol('no such task');
@@ -15,14 +14,6 @@ export type OwnerAnswer = string | null | typeof NO_SUCH_TASK;
 interface Waiter {
   resolve: (answer: OwnerAnswer) => void;
   reject: (error: unknown) => void;
-}
-
-export function sqlOwnerResolver(sql: Sql<any>, table: string): OwnerResolver {
-  return async (taskIds) => {
-    const rows = await sql<{ id: string; owner_id: string | null }[]>`
-      SELECT id::text AS id, owner_id::text AS owner_id FROM ${sql(table)} WHERE id = ANY(${taskIds as string[]}::uuid[])`;
-    return new Map(rows.map((row) => [row.id, row.owner_id]));
-  };
 }
 
 export class OwnerDirectory {

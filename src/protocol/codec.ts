@@ -1,6 +1,6 @@
 /**
- * Turns client frames into typed messages and server messages into bytes. Validators are compiled
- * once at import; every server frame is encoded once, whatever the number of recipients.
+ * Turns client frames into typed messages and server messages into JSON text. Validators are
+ * compiled once at import; every server message is encoded once, whatever the number of recipients.
  */
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import type { TSchema } from '@sinclair/typebox';
@@ -60,47 +60,20 @@ export function parseClientFrame(text: string): ParseResult {
   return { ok: true, message };
 }
 
-// Server frames. Each returns one complete WebSocket text frame (header and payload, unmasked as
-// servers send them), built once and written as is to every socket it goes to.
+// Server messages, as JSON text. The transport frames each once (src/core/frames.ts), and that
+// frame is written as is to every socket it goes to.
 
-/** RFC 6455 §5.2: FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits, no mask. */
-function frameHeader(frame: Buffer, length: number): number {
-  frame[0] = 0x81;
-  if (length < 126) {
-    frame[1] = length;
-    return 2;
-  }
-  if (length < 65536) {
-    frame[1] = 126;
-    frame.writeUInt16BE(length, 2);
-    return 4;
-  }
-  frame[1] = 127;
-  frame.writeBigUInt64BE(BigInt(length), 2);
-  return 10;
-}
-
-const headerSize = (length: number) => (length < 126 ? 2 : length < 65536 ? 4 : 10);
-
-/** One text frame holding `text`, UTF-8 encoded straight into the frame: one allocation, one copy. */
-export function frameText(text: string): Buffer {
-  const length = Buffer.byteLength(text);
-  const frame = Buffer.allocUnsafe(headerSize(length) + length);
-  frame.write(text, frameHeader(frame, length));
-  return frame;
-}
-
-const encode = (message: object): Buffer => frameText(JSON.stringify(message));
+const encode = (message: object): string => JSON.stringify(message);
 
 export type AckType = 'subscribed' | 'unsubscribed' | 'outputSubscribed' | 'outputUnsubscribed';
 
-export const encodeAck = (type: AckType, taskId: string): Buffer => encode({ type, taskId });
+export const encodeAck = (type: AckType, taskId: string): string => encode({ type, taskId });
 export const SUBSCRIBED_ALL = encode({ type: 'subscribedAll' });
 export const UNSUBSCRIBED_ALL = encode({ type: 'unsubscribedAll' });
-export const encodeLagged = (taskId: string, skipped: number, cursor: string): Buffer => encode({ type: 'lagged', taskId, skipped, cursor });
-export const encodeResyncRequired = (subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput', taskId: string | undefined, reason: string): Buffer =>
+export const encodeLagged = (taskId: string, skipped: number, cursor: string): string => encode({ type: 'lagged', taskId, skipped, cursor });
+export const encodeResyncRequired = (subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput', taskId: string | undefined, reason: string): string =>
   encode({ type: 'resyncRequired', subscription, taskId, reason });
-export const encodeError = (code: ErrorCode, message: string): Buffer => encode({ type: 'error', code, message });
+export const encodeError = (code: ErrorCode, message: string): string => encode({ type: 'error', code, message });
 
 /** A validated task update with its owner settled: `null` means admins only. */
 export interface TaskUpdateEvent {
@@ -126,7 +99,7 @@ export interface TaskOutputEvent {
   isPartial: boolean;
 }
 
-export function encodeTaskUpdated(e: TaskUpdateEvent, cursor: string): Buffer {
+export function encodeTaskUpdated(e: TaskUpdateEvent, cursor: string): string {
   return encode({
     type: 'taskUpdated',
     taskId: e.taskId,
@@ -148,7 +121,7 @@ const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
  */
 export const jsonString = (s: string): string => (NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`);
 
-export function encodeTaskOutput(e: TaskOutputEvent, cursor: string): Buffer {
+export function encodeTaskOutput(e: TaskOutputEvent, cursor: string): string {
   // JSON.stringify leaves out `undefined` members, which is the seed's skip_serializing_if. The
   // content, the one large field, is spliced in between; the field order stays the seed's.
   const head = JSON.stringify({ type: 'taskOutput', taskId: e.taskId, messageType: e.messageType });
@@ -161,7 +134,7 @@ export function encodeTaskOutput(e: TaskOutputEvent, cursor: string): Buffer {
     isPartial: e.isPartial,
     cursor,
   });
-  return frameText(`${head.slice(0, -1)},"content":${jsonString(e.content)},${tail.slice(1)}`);
+  return `${head.slice(0, -1)},"content":${jsonString(e.content)},${tail.slice(1)}`;
 }
 
 // Host-side input of `publish`.

@@ -17,7 +17,7 @@ export class Replay {
 
   async page(stream: ReplayStream, start: string, page: PageSize): Promise<ReplayPage> {
     const from = this.cursors.parse(start);
-    if (!from) return { resync: 'unknownCursor' };
+    if (!from) return { ok: false, resync: 'unknownCursor' };
     // One snapshot for the pruning check and the read: a prune that commits in between cannot
     // remove rows after `after` unnoticed.
     return this.sql.begin('isolation level repeatable read read only', async (transaction): Promise<ReplayPage> => {
@@ -29,15 +29,15 @@ export class Replay {
         LEFT JOIN LATERAL (${this.prunedFor(tx, stream)}) t ON true
         LEFT JOIN LATERAL (SELECT txid, id FROM mesh_event_log ORDER BY txid DESC, id DESC LIMIT 1) h ON true`;
       const pruned = { txid: BigInt(state!.pruned_txid), id: BigInt(state!.pruned_id) };
-      if (after(pruned, from)) return { resync: 'expired' };
-      if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from)) return { resync: 'expired' };
+      if (after(pruned, from)) return { ok: false, resync: 'expired' };
+      if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from)) return { ok: false, resync: 'expired' };
       const head = state!.head_txid === null ? pruned : { txid: BigInt(state!.head_txid), id: BigInt(state!.head_id!) };
-      if (after(from, head) && after(from, pruned)) return { resync: 'unknownCursor' };
+      if (after(from, head) && after(from, pruned)) return { ok: false, resync: 'unknownCursor' };
       const events = this.eventsOf(tx, stream, from);
       if (page.limit !== undefined) {
         const [count] = await tx<{ n: number }[]>`
           SELECT count(*)::int AS n FROM (SELECT 1 FROM ${events} LIMIT ${page.limit + 1}) c`;
-        if (count!.n > page.limit) return { resync: 'tooFarBehind' };
+        if (count!.n > page.limit) return { ok: false, resync: 'tooFarBehind' };
       }
       // The page stops at the row that takes it past `bytes`: it always holds at least one.
       const rows = await tx<(Row & { fetched: number })[]>`
@@ -51,6 +51,7 @@ export class Replay {
         FROM sized WHERE before < ${page.bytes} ORDER BY sized.txid, sized.id`;
       const last = rows.at(-1);
       return {
+        ok: true,
         events: rows.map((row) => toLogged(row, this.cursors, this.options)).filter((e): e is LoggedEvent => e !== undefined),
         last: last ? this.cursors.format(last.txid, last.id) : start,
         more: last !== undefined && (rows.length < last.fetched || last.fetched === page.rows),

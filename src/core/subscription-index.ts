@@ -2,7 +2,8 @@
  * The subscription index: which sockets want which events. Publishing walks only the matching
  * subscribers (task → sockets, owner → its `subscribeAll` sockets, admins), never every connection.
  */
-import type { Principal } from '../options.js';
+import type { Principal } from './ports.js';
+import { canSee } from './principal.js';
 
 export interface Subscriber {
   readonly principal: Principal;
@@ -16,11 +17,6 @@ export interface Subscriber {
   round: number;
   sendUpdate(taskId: string, frame: Buffer, cursor: string): void;
   sendOutput(taskId: string, frame: Buffer, cursor: string): void;
-}
-
-/** The visibility rule: admins see everything, owners their own tasks, ownerless tasks are admins'. */
-export function canSee(principal: Principal, owner: string | null): boolean {
-  return principal.admin || (owner !== null && principal.ownerId === owner);
 }
 
 /** Sends an update to `s` unless this round already did: 1 if sent, 0 if not. */

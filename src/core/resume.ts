@@ -1,0 +1,222 @@
+/**
+ * Resuming streams with `since`: what a subscription missed is replayed page by page as the
+ * client takes it, then the stream goes live, with no gap and no repeat at the seam.
+ *
+ * The subscription is in the index before the first page is read, so nothing published meanwhile
+ * falls between the two. While a stream's replay runs, its live frames are set aside, those of the
+ * current page's read only and up to a byte budget: the last page leaves out what came while it
+ * was read, and those go out right after it; past the budget they are dropped and the replay
+ * reads on instead. Afterwards the seam remembers up to which cursor the client has the stream:
+ * live frames at or before it are repeats; the first one after it ends the seam. Other streams of
+ * the socket stay live throughout.
+ *
+ * A reconnecting client sends all its subscribes at once: a burst of resumes. While the burst
+ * lasts (some frame of the socket still waits), it remembers what the socket has of task updates,
+ * so that a later replay skips it and two subscriptions covering one event (`subscribe` and
+ * `subscribeAll`) do not both carry it.
+ */
+import type { ReplayStream, ResyncReason } from '../bus/bus.js';
+import type { Frames, ResumableSubscription } from './frames.js';
+import type { History } from './history-types.js';
+import type { MetricsSink, Principal } from './ports.js';
+
+/** A stream of a socket's: `u:<task>`, `o:<task>` or `all`. */
+export type StreamKey = string;
+export const streamKey = (stream: ReplayStream): StreamKey =>
+  stream.kind === 'all' ? 'all' : `${stream.kind === 'update' ? 'u' : 'o'}:${stream.taskId}`;
+
+/** Where resumed frames go: the socket's outbound queue (src/core/outbound.ts). */
+export interface ResumeOutput {
+  replayed(kind: 'update' | 'output', taskId: string, frame: Buffer, cursor: string): void;
+  update(taskId: string, frame: Buffer): void;
+  output(taskId: string, frame: Buffer, cursor: string): void;
+  control(frame: Buffer): void;
+  startOutput(taskId: string, cursor: string): void;
+  roomFor(below: number): Promise<void>;
+}
+
+/** The socket whose streams resume. */
+export interface Resumer {
+  readonly principal: Principal;
+  /** Task ids it follows for updates, and whether it holds `subscribeAll`: which streams carry an update. */
+  readonly updates: ReadonlySet<string> | undefined;
+  readonly all: boolean;
+  isOpen(): boolean;
+}
+
+export interface ResumeSettings {
+  /** Bytes of live frames a stream sets aside during one page's read; past it they are dropped. */
+  asideBytes: number;
+  /** The next page is read once fewer bytes than this are pending on the socket. */
+  pageRoom: number;
+}
+
+/** A live frame of a resuming stream, set aside while a page is read. */
+interface Aside {
+  kind: 'update' | 'output';
+  taskId: string;
+  cursor: string;
+  frame: Buffer;
+}
+
+type Seam =
+  | { replaying: true; aside: Aside[]; asideBytes: number; overflowed: boolean }
+  | { replaying: false; floor: string };
+
+/** Live updates a burst remembers, at most: a long replay must not make it grow without end. */
+export const BURST_LIVE_LIMIT = 10_000;
+
+/**
+ * A burst of resumes: the live updates sent meanwhile (few), and per stream resumed, up to where
+ * the client now has it — a floor per stream, not a record per replayed event, so that memory
+ * does not grow with the replay.
+ */
+interface Burst {
+  live: Set<string>;
+  /** Per task: every update of it up to this cursor is with the client (a resumed `subscribe`). */
+  tasks: Map<string, string>;
+  /** Every update the principal may see up to this cursor is with the client (a resumed `subscribeAll`). */
+  all: string | undefined;
+}
+
+export class ResumeSeams {
+  /** By stream; undefined when none resumes (the usual case). */
+  private seams: Map<StreamKey, Seam> | undefined;
+  private burst: Burst | undefined;
+
+  constructor(
+    private readonly socket: Resumer,
+    private readonly history: History,
+    private readonly out: ResumeOutput,
+    private readonly frames: Frames,
+    private readonly metrics: MetricsSink,
+    private readonly settings: ResumeSettings,
+    private readonly onReplayFailed: (error: unknown) => void,
+  ) {}
+
+  /**
+   * Whether a live frame stays here rather than going out now: only when every stream of the
+   * socket that carries it is resuming and has it (or will read it). Other frames are untouched.
+   */
+  takesLive(kind: 'update' | 'output', taskId: string, cursor: string, frame: Buffer): boolean {
+    const seams = this.seams;
+    if (seams === undefined) return false;
+    const keys = kind === 'output' ? [`o:${taskId}`] : this.socket.updates?.has(taskId) ? (this.socket.all ? [`u:${taskId}`, 'all'] : [`u:${taskId}`]) : ['all'];
+    for (const key of keys) {
+      const seam = seams.get(key);
+      if (seam === undefined) return false;
+      if (!seam.replaying && this.history.compare(cursor, seam.floor) > 0) {
+        // Past the seam: this stream is live now — once no older event can still come (events
+        // waiting for their owner's lookup are delivered behind later ones of other tasks).
+        if (!this.history.behind()) this.end(key);
+        return false;
+      }
+    }
+    for (const key of keys) {
+      const seam = seams.get(key)!;
+      if (!seam.replaying || seam.overflowed) continue;
+      seam.aside.push({ kind, taskId, cursor, frame });
+      seam.asideBytes += frame.length;
+      if (seam.asideBytes > this.settings.asideBytes) {
+        seam.aside = [];
+        seam.overflowed = true;
+      }
+    }
+    return true;
+  }
+
+  /** A live update went out: a replay later in this burst must not repeat it. */
+  sentLive(cursor: string): void {
+    // Bounded: past it a later replay of the burst may repeat an update, which cursors tell apart.
+    if (this.burst !== undefined && this.burst.live.size < BURST_LIVE_LIMIT) this.burst.live.add(cursor);
+  }
+
+  /** No frame of the socket waits any more: the burst is over. */
+  burstOver(): void {
+    this.burst = undefined;
+  }
+
+  /** A stream unsubscribed: its seam goes too, lest a later subscription find it (a replay in progress keeps its own). */
+  forget(key: StreamKey): void {
+    if (this.seams?.get(key)?.replaying === false) this.end(key);
+  }
+
+  /** Replays what `stream` missed since `since`, then leaves it live. Never rejects. */
+  resume(subscription: ResumableSubscription, stream: ReplayStream, since: string): Promise<void> {
+    const key = streamKey(stream);
+    const seam: Seam & { replaying: true } = { replaying: true, aside: [], asideBytes: 0, overflowed: false };
+    (this.seams ??= new Map()).set(key, seam);
+    const burst = (this.burst ??= { live: new Set(), tasks: new Map(), all: undefined });
+    const taskId = stream.kind === 'all' ? undefined : stream.taskId;
+    const { history, out, socket } = this;
+    // Without a replay the client refetches: the stream is live from here.
+    const resync = (reason: ResyncReason) => {
+      this.end(key);
+      // `since` was no usable start: a later `lagged` points at where the live stream began.
+      if (subscription === 'subscribeOutput') out.startOutput(taskId!, history.head());
+      out.control(this.frames.resyncRequired(subscription, taskId, reason));
+      this.metrics.sent('resyncRequired');
+    };
+    // `subscribeAll` reads what the principal may see *now*: a re-authentication may change it.
+    const current = (): ReplayStream =>
+      stream.kind === 'all' ? { kind: 'all', ownerId: socket.principal.admin ? null : socket.principal.ownerId } : stream;
+    const run = async (): Promise<void> => {
+      let after = since;
+      for (let first = true; ; first = false) {
+        seam.aside = [];
+        seam.asideBytes = 0;
+        seam.overflowed = false;
+        const result = await history.replayPage(socket.principal, current(), after, first);
+        if (!socket.isOpen()) return;
+        if (!result.ok) return resync(result.resync);
+        const { page } = result;
+        let count = 0;
+        for (const frame of page.frames) {
+          if (frame.kind === 'update' && this.hasAlready(burst, frame.taskId, frame.cursor)) continue;
+          out.replayed(frame.kind, frame.taskId, frame.frame, frame.cursor);
+          count++;
+        }
+        // A stream replays one kind of event.
+        if (count > 0) this.metrics.sent(stream.kind === 'output' ? 'taskOutput' : 'taskUpdated', count);
+        after = page.last;
+        if (!page.more && !seam.overflowed) break;
+        // The next page is read once the client has taken most of this one: bounded memory per socket.
+        await out.roomFor(this.settings.pageRoom);
+        if (!socket.isOpen()) return;
+      }
+      // Caught up with the last page's snapshot; what came live while it was read is newer than
+      // it (or in it): sent now, in order, and the seam moves past it.
+      let floor = history.compare(after, since) > 0 ? after : since;
+      for (const aside of seam.aside) {
+        if (history.compare(aside.cursor, floor) <= 0) continue;
+        floor = aside.cursor;
+        if (aside.kind === 'output') out.output(aside.taskId, aside.frame, aside.cursor);
+        else if (!this.hasAlready(burst, aside.taskId, aside.cursor)) {
+          burst.live.add(aside.cursor);
+          out.update(aside.taskId, aside.frame);
+        }
+      }
+      this.seams!.set(key, { replaying: false, floor });
+      if (stream.kind === 'update') burst.tasks.set(stream.taskId, floor);
+      else if (stream.kind === 'all') burst.all = floor;
+    };
+    return run().catch((error: unknown) => {
+      if (!socket.isOpen()) return;
+      this.onReplayFailed(error);
+      resync('unavailable');
+    });
+  }
+
+  /** Whether an update is with the client already, by an earlier stream of this burst. */
+  private hasAlready(burst: Burst, taskId: string, cursor: string): boolean {
+    if (burst.live.has(cursor)) return true;
+    const task = burst.tasks.get(taskId);
+    if (task !== undefined && this.history.compare(cursor, task) <= 0) return true;
+    return burst.all !== undefined && this.history.compare(cursor, burst.all) <= 0;
+  }
+
+  private end(key: StreamKey): void {
+    this.seams?.delete(key);
+    if (this.seams?.size === 0) this.seams = undefined;
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * The one adapter between the core and `ws` / `@fastify/websocket`: everything that depends on
+ * how those libraries work inside is here, each trick named and explained once.
+ *
+ * 1. Prebuilt frames go straight to ws's TCP socket (its private `_socket`): every event is framed
+ *    once (./websocket-frame.ts) and the same bytes are written to each recipient, instead of ws
+ *    framing and copying them per socket. Backpressure is that socket's: `bufferedAmount` (ws
+ *    counts its own writes and the TCP socket's buffer there) and its `'drain'`.
+ * 2. Close frames and pings still go through ws's Sender, which writes to that same TCP socket
+ *    synchronously when nothing is compressed (the plugin's ws server has no permessage-deflate;
+ *    a host's may, but ws compresses data frames only, never control frames). Every write we make
+ *    is a whole frame, so frames never interleave. The core flushes its queue before it asks for
+ *    the close: data frames written before `close()` go out before the close frame.
+ * 3. After the upgrade, @fastify/websocket leaves the HTTP response assigned to the TCP socket and
+ *    holds it in an error listener: dead weight that would live as long as the socket. Both go.
+ * 4. ws closes a socket itself on a protocol error (invalid UTF-8, a bad frame, one too large) and
+ *    tells the code only on the error, under a symbol of its own: read it there.
+ * 5. Listeners are shared functions that find their connection on the socket (a symbol), not
+ *    closures: sockets are many, and a closure per socket per event costs memory.
+ */
+import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import WebSocket, { type RawData } from 'ws';
+import type { ClientSocket, SocketListener } from '../core/ports.js';
+
+export { frameText } from './websocket-frame.js';
+
+const LISTENER = Symbol('mesh socket listener');
+type Listened = { [LISTENER]: SocketListener };
+const listenerOf = (emitter: object): SocketListener => (emitter as Listened)[LISTENER];
+
+const { OPEN, CLOSED } = WebSocket;
+
+function asBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  return Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+}
+
+function onMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+  listenerOf(this).frame(asBuffer(data), !isBinary);
+}
+function onPong(this: WebSocket): void {
+  listenerOf(this).pong();
+}
+function onClose(this: WebSocket, code: number): void {
+  listenerOf(this).socketClosed(code);
+}
+function onError(this: WebSocket, error: Error): void {
+  const status = Object.getOwnPropertySymbols(error).find((symbol) => symbol.description === 'status-code');
+  const code = status === undefined ? undefined : (error as unknown as Record<symbol, unknown>)[status];
+  if (typeof code === 'number') listenerOf(this).protocolError(code);
+}
+function onDrain(this: Socket): void {
+  listenerOf(this).writable();
+}
+
+/** A ws socket as the core's ClientSocket. */
+class WsClientSocket implements ClientSocket {
+  constructor(
+    private readonly ws: WebSocket,
+    private readonly raw: Socket,
+  ) {}
+
+  bufferedAmount(): number {
+    return this.ws.bufferedAmount;
+  }
+
+  isOpen(): boolean {
+    return this.ws.readyState === OPEN;
+  }
+
+  write(chunk: Buffer): void {
+    this.raw.write(chunk);
+  }
+
+  writeAll(chunks: readonly Buffer[]): void {
+    this.raw.cork();
+    for (const chunk of chunks) this.raw.write(chunk);
+    this.raw.uncork();
+  }
+
+  ping(): void {
+    this.ws.ping();
+  }
+
+  close(code: number, reason: string): void {
+    this.ws.close(code, reason);
+  }
+
+  terminate(): void {
+    this.ws.terminate();
+  }
+
+  gone(): Promise<void> {
+    if (this.ws.readyState === CLOSED) return Promise.resolve();
+    return new Promise((resolve) => this.ws.once('close', () => resolve()));
+  }
+}
+
+/**
+ * Takes over a socket @fastify/websocket has just upgraded: drops what the upgrade left behind,
+ * and returns the socket for the core. Call `listen` with the connection before any await, or
+ * frames that arrive meanwhile are lost.
+ */
+export function adoptWebSocket(ws: WebSocket, upgradeSocket: Socket): { socket: ClientSocket; listen(listener: SocketListener): void } {
+  const raw = upgradeSocket as Socket & { _httpMessage?: ServerResponse | null };
+  raw._httpMessage?.detachSocket(raw);
+  ws.removeAllListeners('error');
+  const tcp = (ws as unknown as { _socket: Socket })._socket;
+  return {
+    socket: new WsClientSocket(ws, tcp),
+    listen(listener) {
+      (ws as unknown as Listened)[LISTENER] = listener;
+      (tcp as unknown as Listened)[LISTENER] = listener;
+      ws.on('message', onMessage);
+      ws.on('pong', onPong);
+      ws.on('close', onClose);
+      ws.on('error', onError);
+      tcp.on('drain', onDrain);
+    },
+  };
+}
