@@ -2,7 +2,7 @@
  * The servers the benchmark compares, each in its own process (`bench/server.ts <peer>`), each
  * publishing the same events when the load generator asks:
  * - mesh: this plugin, as a host mounts it;
- * - seed: a straight port of the Rust seed's algorithm (every socket sees every event, filters it,
+ * - seed: a straight port of the algorithm of the Rust server this replaces (the design's seed program: every socket sees every event, filters it,
  *   encodes its own JSON; one owner query per subscribe);
  * - socketio: Socket.IO 4, WebSocket transport only, a room per task (one owner query per subscribe);
  * - ceiling: raw ws, no routing: each event framed once, each tick's frames written to every socket

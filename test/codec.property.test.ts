@@ -1,6 +1,6 @@
 /**
  * Unit property of the output encoder: whatever the content and optional fields, the frame it
- * builds by splicing is character for character the text JSON.stringify would give, in the seed's order.
+ * builds by splicing is character for character the text JSON.stringify would give, in the Rust server's order.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -31,7 +31,7 @@ const text = fc.oneof(
 );
 const optional = <T>(a: fc.Arbitrary<T>) => fc.option(a, { nil: undefined });
 
-test('encodeTaskOutput equals JSON.stringify of the seed-ordered message', () => {
+test('encodeTaskOutput equals JSON.stringify of the message in the Rust server’s order', () => {
   fc.assert(
     fc.property(
       fc.record({

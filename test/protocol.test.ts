@@ -1,5 +1,5 @@
 /**
- * The wire protocol of the seed, frame by frame, over real sockets against a real database.
+ * the wire protocol of the Rust server, frame by frame, over real sockets against a real database.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -112,11 +112,11 @@ describe('bad frames get PARSE_ERROR and the socket stays open', () => {
 });
 
 describe('events', () => {
-  test('taskUpdated carries exactly the seed fields, and its cursor', async () => {
+  test('taskUpdated carries exactly the Rust server’s fields, and its cursor', async () => {
     const client = await server.connect(owner.key);
     await client.request({ type: 'subscribe', taskId });
     const cursor = await server.app.mesh.taskUpdates.publish(update(taskId.toUpperCase(), 7, { ownerId: owner.ownerId }));
-    // The seed's fields, and the cursor (an extra field: the iOS client ignores it).
+    // The Rust server's fields, and the cursor (an extra field: the iOS client ignores it).
     assert.deepEqual(await client.next(), {
       type: 'taskUpdated',
       taskId,

@@ -1,5 +1,5 @@
 /**
- * Where we deliberately differ from the seed: authentication on the upgrade, ownership checks
+ * Where we deliberately differ from the Rust server: authentication on the upgrade, ownership checks
  * that fail closed, owner-scoped subscribeAll, and owner lookups for publishers that omit it.
  */
 import assert from 'node:assert/strict';

@@ -10,6 +10,7 @@ import type { TaskOutputNotification, TaskUpdateNotification } from '../protocol
 import type { DeliveryListeners } from './delivery.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
 import type { Logger } from './ports.js';
+import { SETTLED } from './settled.js';
 
 /** An event as in-process listeners see it: validated, ids in lower case, owner settled, logged. */
 export type Delivered<E extends { ownerId: unknown }> = Omit<E, 'ownerId'> & { ownerId: string | null; cursor: string };
@@ -45,7 +46,6 @@ export interface ChannelSettings {
   transactions: boolean;
 }
 
-const SETTLED = Promise.resolve();
 function noop(): void {}
 
 export class Channels implements DeliveryListeners {

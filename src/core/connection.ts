@@ -318,9 +318,9 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
   }
 
   private roomForOneMore(): boolean {
-    const held = (this.updates?.size ?? 0) + (this.outputs?.size ?? 0) + (this.all ? 1 : 0);
+    const count = (this.updates?.size ?? 0) + (this.outputs?.size ?? 0) + (this.all ? 1 : 0);
     const max = this.context.limits.maxSubscriptions;
-    if (held < max) return true;
+    if (count < max) return true;
     this.reject(ErrorCode.TOO_MANY_SUBSCRIPTIONS, `a connection may hold ${max} subscriptions; unsubscribe first`);
     return false;
   }

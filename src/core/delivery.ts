@@ -9,6 +9,7 @@ import type { Frames } from './frames.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
 import type { DropReason, Logger, MetricsSink } from './ports.js';
 import type { Subscriber, SubscriptionIndex } from './subscription-index.js';
+import { SETTLED } from './settled.js';
 
 /** A logged event on its way to the sockets, once its owner is settled. */
 interface Pending {
@@ -22,7 +23,6 @@ export interface DeliveryListeners {
   delivered(logged: LoggedEvent, owner: string | null): void;
 }
 
-const SETTLED = Promise.resolve();
 function noop(): void {}
 
 export class DeliveryPipeline {

@@ -20,7 +20,7 @@ export interface BackpressureLimits {
 
 /** What an Outbound reports; the connection turns it into `app.mesh.events` and metrics. */
 export interface BackpressureObserver {
-  /** The socket went over the soft limit and is holding frames back. */
+  /** The socket went over the soft limit: updates are conflated, output dropped. */
   backedUp(): void;
   /** It caught up: `superseded` updates were conflated away, output of some tasks was reported lagged. */
   caughtUp(superseded: number, lagged: ReadonlyMap<string, number>): void;
@@ -86,7 +86,7 @@ export class Outbound {
       }
       this.conflated.set(taskId, frame);
       this.conflatedBytes += frame.length;
-      // Held updates are memory too: one per task, but tasks are many.
+      // Conflated updates are memory too: one per task, but tasks are many.
       if (pending + this.conflatedBytes > this.limits.hard) this.slow('buffer');
       else this.markBackedUp();
       return;
@@ -127,9 +127,9 @@ export class Outbound {
     });
   }
 
-  /** The socket took what was written: send what was held back, and wake a replay waiting for room. */
+  /** The socket took what was written: catch up, and wake a replay waiting for room. */
   socketWritable(): void {
-    this.sendHeldBack();
+    this.catchUp();
     this.checkRoom();
   }
 
@@ -211,8 +211,8 @@ export class Outbound {
     } else this.checkStalled(now);
   }
 
-  /** Once under the soft limit again, sends what was held back: the latest updates, then `lagged`. */
-  private sendHeldBack(): void {
+  /** Once under the soft limit again, sends what backing up kept: the latest updates, then `lagged`. */
+  private catchUp(): void {
     if (this.stopped || this.backedUpSince === 0 || this.pendingBytes() >= this.limits.soft) return;
     this.backedUpSince = 0;
     const conflated = this.conflated ?? new Map<string, Buffer>();

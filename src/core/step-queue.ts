@@ -7,7 +7,7 @@
 /** A step; one that returns a promise (a replay) holds later steps until it settles. */
 export type Step = () => void | Promise<void>;
 
-const SETTLED = Promise.resolve();
+import { SETTLED } from './settled.js';
 
 export interface StepQueueHooks {
   /** Whether steps should still run (false once the connection is closed: they are skipped). */

@@ -28,24 +28,24 @@ function reach(s: Subscriber, round: number, taskId: string, frame: Buffer, curs
 }
 
 /**
- * A key's subscribers: most tasks have one, so one is held as itself and a Set is made only for a
+ * A key's subscribers: most tasks have one, so one is kept as itself and a Set is made only for a
  * second (a Set per task would cost every socket of a targeted workload about 150 bytes).
  */
 type Followers<S> = S | Set<S>;
 
 function addTo<K, S extends object>(map: Map<K, Followers<S>>, key: K, s: S): void {
-  const held = map.get(key);
-  if (held === undefined) map.set(key, s);
-  else if (held instanceof Set) held.add(s);
-  else if (held !== s) map.set(key, new Set([held, s]));
+  const followers = map.get(key);
+  if (followers === undefined) map.set(key, s);
+  else if (followers instanceof Set) followers.add(s);
+  else if (followers !== s) map.set(key, new Set([followers, s]));
 }
 
 function removeFrom<K, S extends object>(map: Map<K, Followers<S>>, key: K, s: S): void {
-  const held = map.get(key);
-  if (held === s) map.delete(key);
-  else if (held instanceof Set) {
-    held.delete(s);
-    if (held.size === 1) map.set(key, held.values().next().value!);
+  const followers = map.get(key);
+  if (followers === s) map.delete(key);
+  else if (followers instanceof Set) {
+    followers.delete(s);
+    if (followers.size === 1) map.set(key, followers.values().next().value!);
   }
 }
 

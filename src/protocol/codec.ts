@@ -122,8 +122,8 @@ const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 export const jsonString = (s: string): string => (NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`);
 
 export function encodeTaskOutput(e: TaskOutputEvent, cursor: string): string {
-  // JSON.stringify leaves out `undefined` members, which is the seed's skip_serializing_if. The
-  // content, the one large field, is spliced in between; the field order stays the seed's.
+  // JSON.stringify leaves out `undefined` members, which is the Rust server's skip_serializing_if. The
+  // content, the one large field, is spliced in between; the field order stays the Rust server's.
   const head = JSON.stringify({ type: 'taskOutput', taskId: e.taskId, messageType: e.messageType });
   const tail = JSON.stringify({
     toolName: e.toolName,

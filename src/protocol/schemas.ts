@@ -85,7 +85,7 @@ export const TaskOutputFields = {
   isPartial: Type.Boolean({ description: 'A partial message, to be replaced by a later one' }),
 };
 
-/** Not in the seed's frames: old clients ignore it; new ones resume with it (`since`). */
+/** Not in the Rust server's frames: old clients ignore it; new ones resume with it (`since`). */
 const Cursor = Type.String({ description: 'Opaque position of this event in its stream; pass it as `since` to resume after it' });
 
 export const ServerMessages = {
