@@ -30,8 +30,13 @@ export const ERROR_CODE_MEANING: Record<ErrorCode, string> = {
 /** Seconds a refused client should wait, sent as `Retry-After` with the 503 answers. */
 export const RETRY_AFTER_SECONDS = 5;
 
+/**
+ * The plugin's own errors. Each has a stable `code`; the message is for people and may change.
+ */
+
 /** Raised at registration when the plugin's options are unusable. */
 export class MeshOptionsError extends TypeError {
+  readonly code = 'INVALID_OPTIONS';
   constructor(message: string) {
     super(`mesh-subscriptions: ${message}`);
     this.name = 'MeshOptionsError';
@@ -61,6 +66,7 @@ export class MeshBusUnavailableError extends Error {
 
 /** The owner directory could not answer (database down, timeout). */
 export class OwnerLookupUnavailableError extends Error {
+  readonly code = 'UNAVAILABLE';
   constructor(cause: unknown) {
     super('owner lookup unavailable', { cause });
     this.name = 'OwnerLookupUnavailableError';

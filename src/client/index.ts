@@ -136,8 +136,10 @@ const REFUSED_UPGRADE = /Unexpected server response: (\d{3})/;
 
 /** The ticket request failed with an HTTP status. */
 class HttpError extends Error {
+  readonly code = 'HTTP_ERROR';
   constructor(readonly status: number, message: string) {
     super(message);
+    this.name = 'HttpError';
   }
 }
 
