@@ -123,7 +123,7 @@ export class MeshMetrics implements MetricsSink {
     for (const reason of ['unreadable', 'invalid', 'unencodable']) this.dropped.inc({ reason }, 0);
     for (const kind of ['conflated', 'lagged', 'disconnected']) this.slow.inc({ kind }, 0);
     for (const stage of ['upgrade', 'reauthenticate', 'ticket']) this.authFailures.inc({ stage }, 0);
-    events.on('drained', ({ superseded, lagged }) => {
+    events.on('caughtUp', ({ superseded, lagged }) => {
       if (superseded > 0) this.slow.inc({ kind: 'conflated' }, superseded);
       let dropped = 0;
       for (const n of lagged.values()) dropped += n;

@@ -116,7 +116,7 @@ test('updates to a backed-up client are conflated to the latest per task', async
   }
   // All of them reached the socket while it was still backed up.
   await delivered(last);
-  const drained = once(s.server.app.mesh.events, 'drained');
+  const drained = once(s.server.app.mesh.events, 'caughtUp');
   rawOf(s.slow).resume();
   const [{ superseded }] = await drained;
 

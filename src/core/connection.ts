@@ -97,7 +97,9 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
 
   caughtUp(superseded: number, lagged: ReadonlyMap<string, number>): void {
     if (lagged.size > 0) this.context.metrics.sent('lagged', lagged.size);
-    this.context.events.emit('drained', { superseded, lagged });
+    const caughtUp = { superseded, lagged };
+    this.context.events.emit('caughtUp', caughtUp);
+    this.context.events.emit('drained', caughtUp);
   }
 
   wrote(bytes: number, frames: number): void {

@@ -4,11 +4,18 @@
  */
 import { EventEmitter } from 'node:events';
 
+export interface CaughtUp {
+  superseded: number;
+  lagged: ReadonlyMap<string, number>;
+}
+
 export interface MeshEventMap {
   /** A socket went over the soft buffer limit: its updates are conflated, its output dropped. */
   backedUp: [];
-  /** It drained: `superseded` updates were conflated away; `lagged` maps task → output frames dropped. */
-  drained: [{ superseded: number; lagged: ReadonlyMap<string, number> }];
+  /** It caught up: `superseded` updates were conflated away; `lagged` maps task → output frames dropped. */
+  caughtUp: [CaughtUp];
+  /** @deprecated The same as `caughtUp`, under its first name (emitted too, for hosts that listen to it). */
+  drained: [CaughtUp];
   /** A socket was closed with 4008: over the hard buffer limit, or backed up for too long. */
   slowConsumer: [{ why: 'buffer' | 'timeout' }];
   /** The PostgreSQL bus pruned this many events past their retention. */
