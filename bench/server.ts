@@ -73,6 +73,7 @@ async function profile(file: string): Promise<void> {
   writeFileSync(file, JSON.stringify(profile));
 }
 
+// eslint-disable-next-line prefer-const -- assigned below, once the control it is given exists
 let peer: Peer;
 let profiling: Promise<void> | undefined;
 const control: Control = (method, url, body) => {

@@ -323,7 +323,7 @@ export class MeshClient {
     try {
       res = await this.options.fetch(`${this.api}${TICKETS_PATH}`, { method: 'POST', headers: this.credentials() });
     } catch (error) {
-      throw new Error(`ticket request failed: ${error instanceof Error ? error.message : String(error)}`);
+      throw new Error(`ticket request failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
     }
     if (res.status !== 201) {
       const body = (await res.json().catch(() => undefined)) as { code?: unknown } | undefined;

@@ -112,6 +112,7 @@ export function encodeTaskUpdated(e: TaskUpdateEvent, cursor: string): string {
 }
 
 /** What JSON.stringify would escape in a string: quote, backslash, controls, surrogates (lone ones). */
+// eslint-disable-next-line no-control-regex -- control characters are exactly what must be found
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
 /**
