@@ -53,10 +53,6 @@ test('the core reaches outside itself only for the protocol, the bus interface a
   assert.deepEqual([...files].filter((f) => !allowed(f)).map((f) => path.relative(SRC, f)), []);
 });
 
-test('the protocol module the client shares imports nothing', () => {
-  assert.deepEqual(importsOf(path.join(SRC, 'protocol', 'wire.ts')), []);
-});
-
 test('only the ws adapter and the plugin know ws', () => {
   const knowing: string[] = [];
   const walk = (dir: string) => {
