@@ -89,12 +89,12 @@ export class Writer {
       const batch = this.queue;
       this.queue = [];
       const outcome = await this.bounded(this.insert(this.sql, batch.map((item) => item.entry)));
-      if ('rows' in outcome) {
+      if (outcome.ok) {
         batch.forEach((item, i) => item.resolve(outcome.rows[i]!.cursor));
       } else if (batch.length > 1 && isRefusedData(outcome.error)) {
         for (const item of batch) {
           const one = await this.bounded(this.insert(this.sql, [item.entry]));
-          if ('rows' in one) item.resolve(one.rows[0]!.cursor);
+          if (one.ok) item.resolve(one.rows[0]!.cursor);
           else item.reject(isRefusedData(one.error) ? refused(one.error) : new MeshBusUnavailableError(one.error));
         }
       } else {
@@ -109,11 +109,11 @@ export class Writer {
    * A statement's rows, or why it failed, within `publishTimeoutMs`. Past it, the statement may
    * still commit later: the publisher is told the log is out of reach, and a retry may log twice.
    */
-  private bounded<T>(statement: Promise<T>): Promise<{ rows: T } | { error: unknown }> {
+  private bounded<T>(statement: Promise<T>): Promise<{ ok: true; rows: T } | { ok: false; error: unknown }> {
     const { publishTimeoutMs } = this.options;
     return pTimeout(statement, { milliseconds: publishTimeoutMs, message: `the event log did not answer within ${publishTimeoutMs} ms` }).then(
-      (rows) => ({ rows }),
-      (error: unknown) => ({ error }),
+      (rows) => ({ ok: true, rows }) as const,
+      (error: unknown) => ({ ok: false, error }) as const,
     );
   }
 }
