@@ -2,12 +2,10 @@
  * The Fastify plugin: decorates the host with `mesh` (the broadcast channels) and serves the
  * WebSocket route in an encapsulated child context.
  */
-import fastifyWebsocket from '@fastify/websocket';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import type { TransactionSql } from 'postgres';
-import type { WebSocket } from 'ws';
 import { Admission, refuse } from './admission.js';
 import type { EventBus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
@@ -20,7 +18,7 @@ import { MeshHub } from './core/hub.js';
 import type { Recheck } from './core/ports.js';
 import type { HubSettings } from './core/settings.js';
 import { sqlOwnerResolver } from './bus/postgres/task-owners.js';
-import { adoptWebSocket, frameText } from './transport/ws.js';
+import { adoptWebSocket, ensureWebSocketServer, frameText } from './transport/ws.js';
 import { OwnerDirectory } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
 import { MeshMetrics } from './metrics.js';
@@ -95,15 +93,7 @@ interface RouteOptions {
 }
 
 async function routes(child: FastifyInstance, { settings: options, hub, admission, tickets, metrics }: RouteOptions): Promise<void> {
-  if (!child.hasDecorator('websocketServer')) {
-    await child.register(fastifyWebsocket, {
-      options: { maxPayload: options.maxPayload, perMessageDeflate: false, handleProtocols: selectProtocol },
-      // Our own preClose (below, on the host) closes our sockets with 1001 and waits for them.
-      preClose(done) {
-        this.websocketServer.close(() => done());
-      },
-    });
-  }
+  await ensureWebSocketServer(child, { maxPayload: options.maxPayload, handleProtocols: selectProtocol });
 
   child.route({
     method: 'GET',
@@ -130,7 +120,7 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
       const { status, code, message } = UpgradeError.UPGRADE_REQUIRED;
       return reply.code(status).header('upgrade', 'websocket').send({ code, message });
     },
-    wsHandler: (socket: WebSocket, request) => {
+    wsHandler: (socket, request) => {
       const principal = admission.principalOf(request);
       if (!principal) {
         // Unreachable while the hook guards the route; closing keeps it fail-closed if that changes.

@@ -15,9 +15,13 @@
  *    holds it in an error listener: dead weight that would live as long as the socket. Both go.
  * 4. ws closes a socket itself on a protocol error (invalid UTF-8, a bad frame, one too large) and
  *    tells the code only on the error, under a symbol of its own: read it there.
- * 5. Listeners are shared functions that find their connection on the socket (a symbol), not
+ * 5. The plugin's routes use the host's ws server when the host registered @fastify/websocket
+ *    itself; otherwise one of their own, without permessage-deflate (see 2).
+ * 6. Listeners are shared functions that find their connection on the socket (a symbol), not
  *    closures: sockets are many, and a closure per socket per event costs memory.
  */
+import fastifyWebsocket from '@fastify/websocket';
+import type { FastifyInstance } from 'fastify';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import WebSocket, { type RawData } from 'ws';
@@ -119,4 +123,23 @@ export function adoptWebSocket(ws: WebSocket, upgradeSocket: Socket): { socket: 
       tcp.on('drain', onDrain);
     },
   };
+}
+
+/**
+ * Registers @fastify/websocket in the plugin's context, unless the host has (then its server,
+ * with its settings, serves our route too: `maxPayload` is then enforced by the core as well).
+ */
+export async function ensureWebSocketServer(
+  context: FastifyInstance,
+  options: { maxPayload: number; handleProtocols: (protocols: Set<string>) => string | false },
+): Promise<void> {
+  if (context.hasDecorator('websocketServer')) return;
+  await context.register(fastifyWebsocket, {
+    options: { maxPayload: options.maxPayload, perMessageDeflate: false, handleProtocols: options.handleProtocols },
+    // The plugin's own preClose, on the host, closes its sockets with 1001 and waits for them; this
+    // one only closes the server.
+    preClose(done) {
+      this.websocketServer.close(() => done());
+    },
+  });
 }
