@@ -7,7 +7,7 @@
 import { stringify } from 'yaml';
 import { CLOSE_CODE_MEANING, CloseCode, ERROR_CODE_MEANING, ErrorCode, UpgradeError } from '../src/errors.js';
 import { ClientMessages, ServerMessages } from '../src/protocol/schemas.js';
-import { PACKAGE_VERSION } from '../src/server/app.js';
+import { PACKAGE_VERSION } from '../example/src/app.js';
 
 export const ASYNCAPI_FILE = new URL('../openapi/asyncapi.yaml', import.meta.url);
 

@@ -9,7 +9,7 @@ import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
-import { scratchDirectory } from '../src/server/embedded-postgres.js';
+import { scratchDirectory } from '../example/src/embedded-postgres.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 
 const run = promisify(execFile);
