@@ -4,6 +4,7 @@
  */
 import swagger from '@fastify/swagger';
 import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import fastifyStatic from '@fastify/static';
 import { collectDefaultMetrics } from 'prom-client';
 import swaggerUi from '@fastify/swagger-ui';
@@ -26,7 +27,8 @@ export interface AppOptions {
   webRoot?: string;
 }
 
-export const PACKAGE_VERSION = '0.1.0';
+/** The version of the mesh-subscriptions library this host mounts, from its package.json. */
+export const PACKAGE_VERSION = (createRequire(import.meta.url)('mesh-subscriptions/package.json') as { version: string }).version;
 
 /** How long /readyz waits for `SELECT 1`. */
 const READINESS_TIMEOUT_MS = 2_000;
