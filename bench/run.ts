@@ -17,9 +17,9 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import postgres from 'postgres';
-import { freePort, scratchDirectory, startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
+import { freePort, scratchDirectory, startEmbeddedPostgres } from '../example/src/embedded-postgres.js';
 import { migrateEventLog } from '../src/bus/postgres/schema.js';
-import { migrate } from '../src/server/migrations.js';
+import { migrate } from '../example/src/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
 
 const { values } = parseArgs({

@@ -4,10 +4,13 @@
  * server: it receives the client's frames and sends its own. `npm run asyncapi` writes it; a test
  * fails when the committed openapi/asyncapi.yaml is stale.
  */
+import { createRequire } from 'node:module';
 import { stringify } from 'yaml';
 import { CLOSE_CODE_MEANING, CloseCode, ERROR_CODE_MEANING, ErrorCode, UpgradeError } from '../src/errors.js';
 import { ClientMessages, ServerMessages } from '../src/protocol/schemas.js';
-import { PACKAGE_VERSION } from '../src/server/app.js';
+
+/** The library's version, from its package.json. */
+const PACKAGE_VERSION = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
 
 export const ASYNCAPI_FILE = new URL('../openapi/asyncapi.yaml', import.meta.url);
 

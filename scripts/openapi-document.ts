@@ -3,7 +3,7 @@
  * because no route runs.
  */
 import postgres from 'postgres';
-import { buildApp } from '../src/server/app.js';
+import { buildApp } from '../example/src/app.js';
 
 export const OPENAPI_FILE = new URL('../openapi/openapi.json', import.meta.url);
 

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import pino from 'pino';
-import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
+import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../example/src/embedded-postgres.js';
 
 const log = pino({ level: process.env.LOG_LEVEL || 'warn' }, pino.destination(2));
 const requested = process.argv.slice(2);

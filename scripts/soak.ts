@@ -12,9 +12,9 @@ import { parseArgs } from 'node:util';
 import pino from 'pino';
 import postgres from 'postgres';
 import WebSocket from 'ws';
-import { createApiKey } from '../src/server/api-keys.js';
-import { freePort, scratchDirectory, startEmbeddedPostgres } from '../src/server/embedded-postgres.js';
-import { migrate } from '../src/server/migrations.js';
+import { createApiKey } from '../example/src/api-keys.js';
+import { freePort, scratchDirectory, startEmbeddedPostgres } from '../example/src/embedded-postgres.js';
+import { migrate } from '../example/src/migrations.js';
 
 const { values } = parseArgs({
   options: {
@@ -53,7 +53,7 @@ const owners = await Promise.all(
 
 // The server under test, in its own process so that its RSS is its own.
 const port = await freePort();
-const server = spawn(process.execPath, ['--import', 'tsx', 'src/server/main.ts'], {
+const server = spawn(process.execPath, ['--import', 'tsx', 'example/src/main.ts'], {
   env: { ...process.env, DATABASE_URL: url, PORT: String(port), LOG_LEVEL: 'warn' },
   stdio: ['ignore', 'inherit', 'inherit'],
 });

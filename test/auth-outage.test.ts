@@ -10,7 +10,7 @@ import type { FastifyRequest } from 'fastify';
 import WebSocket from 'ws';
 import { createMeshClient, type ConnectionStatus, type MeshClient } from '../src/client/index.js';
 import type { Principal } from '../src/index.js';
-import { apiKeyAuthenticator, apiKeyReauthenticator, revokeApiKey } from '../src/server/api-keys.js';
+import { apiKeyAuthenticator, apiKeyReauthenticator, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { TestClient, refusal } from './helpers/ws-client.js';

@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import { createMeshClient, MeshSubscriptionError, type ConnectionStatus, type MeshClient, type MeshClientOptions } from '../src/client/index.js';
-import { createApiKey, revokeApiKey } from '../src/server/api-keys.js';
+import { createApiKey, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startServerProcess } from './helpers/process.js';
 import { startTestServer, type TestServer } from './helpers/server.js';

@@ -10,8 +10,8 @@ import type { Socket } from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { buildWeb } from '../scripts/build-web.js';
-import { scratchDirectory } from '../src/server/embedded-postgres.js';
+import { buildWeb } from '../example/scripts/build-web.js';
+import { scratchDirectory } from '../example/src/embedded-postgres.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 
 const CHROMIUM = '/usr/bin/chromium';

@@ -13,16 +13,19 @@ test('Dockerfile: valid, multi-stage, production dependencies only, non-root, HE
   const text = await readFile('Dockerfile', 'utf8');
   assert.deepEqual(validate(text).map((d) => `${d.range.start.line + 1}: ${d.message}`), []);
   assert.ok((text.match(/^FROM /gm) ?? []).length >= 2, 'multi-stage');
-  assert.match(text, /npm install --omit=dev/);
   const deps = text.slice(text.indexOf(' AS deps'), text.lastIndexOf('\nFROM '));
+  assert.match(deps, /npm ci --omit=dev --workspace example --include-workspace-root/, 'the library\'s and the example host\'s production dependencies');
+  assert.match(deps, /COPY example\/package\.json/, 'the example workspace is known to the install');
+  assert.doesNotMatch(text, /writeFile|> *package\.json/, 'no package.json rewritten: the workspaces say what to install');
   assert.match(deps, /COPY patches/, 'the driver patch reaches the production dependencies');
-  const pkg = JSON.parse(await readFile('package.json', 'utf8')) as { exampleServerDependencies: string[] };
-  assert.ok(pkg.exampleServerDependencies.includes('patch-package'), 'patch-package installed there to apply it');
+  const example = JSON.parse(await readFile('example/package.json', 'utf8')) as { dependencies: Record<string, string> };
+  assert.ok(example.dependencies['patch-package'], 'patch-package installed there to apply it');
   const final = text.slice(text.lastIndexOf('\nFROM '));
   assert.doesNotMatch(final, /npm (ci|install)/, 'nothing installed in the final stage: it copies the production node_modules');
   assert.match(final, /^USER node$/m);
   assert.match(final, /^HEALTHCHECK .*\n.*\/healthz/m);
   assert.match(final, /COPY openapi/, 'the AsyncAPI document the server serves');
+  assert.match(final, /^CMD \[.*"example\/dist\/main\.js"\]$/m, 'the example host, built');
 });
 
 test('docker-compose.yml: PostgreSQL and two instances of the server on it', async () => {

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
 import postgres from 'postgres';
-import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
+import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../example/src/embedded-postgres.js';
 
 const log = pino({ level: 'silent' });
 let scratch: string;
@@ -70,8 +70,14 @@ const checkout = fileURLToPath(new URL('..', import.meta.url));
  */
 async function copyIntoClosedFolder(outer: string): Promise<string> {
   const app = path.join(outer, 'app');
-  const skipped = new Set(['node_modules', '.git', '.data', 'dist', 'test-artifacts']);
-  await cp(checkout, app, { recursive: true, filter: (src) => !skipped.has(path.relative(checkout, src).split(path.sep)[0]!) });
+  const skipped = ['node_modules', '.git', '.data', 'dist', 'test-artifacts', 'example/node_modules', 'example/.data', 'example/dist'];
+  await cp(checkout, app, {
+    recursive: true,
+    filter: (src) => {
+      const relative = path.relative(checkout, src).split(path.sep).join('/');
+      return !skipped.some((skip) => relative === skip || relative.startsWith(`${skip}/`));
+    },
+  });
   await mkdir(path.join(app, 'node_modules'));
   for (const entry of await readdir(path.join(checkout, 'node_modules'))) {
     const from = path.join(checkout, 'node_modules', entry);
@@ -84,12 +90,12 @@ async function copyIntoClosedFolder(outer: string): Promise<string> {
 
 type LogLine = { level: number; msg: string; [field: string]: unknown };
 
-/** `node src/server/main.ts` in `cwd` without DATABASE_URL, until /healthz answers; then SIGTERM. */
+/** `node example/src/main.ts` in `cwd` without DATABASE_URL, until /healthz answers; then SIGTERM. */
 async function runExampleServer(cwd: string): Promise<LogLine[]> {
   const env: NodeJS.ProcessEnv = { ...process.env, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', SHUTDOWN_DRAIN_MS: '0' };
   delete env.DATABASE_URL;
   delete env.DATA_DIR;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server/main.ts'], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', 'example/src/main.ts'], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: LogLine[] = [];
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
@@ -171,7 +177,7 @@ describe('from a checkout in a folder only its owner can enter (mktemp -d)', () 
 import { rm } from 'node:fs/promises';
 import pino from 'pino';
 import postgres from 'postgres';
-import { scratchDirectory, startEmbeddedPostgres } from './src/server/embedded-postgres.js';
+import { scratchDirectory, startEmbeddedPostgres } from './example/src/embedded-postgres.js';
 const scratch = await scratchDirectory('probe');
 const db = await startEmbeddedPostgres({ dir: scratch, log: pino({ level: 'silent' }) });
 const sql = postgres(db.url, { max: 1 });

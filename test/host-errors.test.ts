@@ -10,8 +10,8 @@ import { after, before, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import postgres from 'postgres';
 import { MeshBusUnavailableError, MeshPublishError } from '../src/index.js';
-import { buildApp, isDatabaseUnavailable } from '../src/server/app.js';
-import { freePort } from '../src/server/embedded-postgres.js';
+import { buildApp, isDatabaseUnavailable } from '../example/src/app.js';
+import { freePort } from '../example/src/embedded-postgres.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 
 let db: TestDatabase;

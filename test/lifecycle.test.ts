@@ -8,7 +8,7 @@ import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import { CloseCode } from '../src/index.js';
-import { createApiKey, revokeApiKey } from '../src/server/api-keys.js';
+import { createApiKey, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startServerProcess } from './helpers/process.js';
 import { startTestServer } from './helpers/server.js';

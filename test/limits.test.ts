@@ -7,7 +7,7 @@ import { Writable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
 import pino from 'pino';
 import { CloseCode, type MeshSubscriptionsOptions } from '../src/index.js';
-import { apiKeyAuthenticator } from '../src/server/api-keys.js';
+import { apiKeyAuthenticator } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { TestClient, refusal } from './helpers/ws-client.js';

@@ -11,7 +11,7 @@ import Fastify from 'fastify';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import meshSubscriptions from '../src/index.js';
-import { revokeApiKey } from '../src/server/api-keys.js';
+import { revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { deliveries } from './helpers/delivered.js';
 import { startServerProcess } from './helpers/process.js';

@@ -15,10 +15,10 @@ import Fastify from 'fastify';
 import pino from 'pino';
 import postgres from 'postgres';
 import meshSubscriptions, { MeshBusUnavailableError, type MeshSubscriptionsOptions } from '../src/index.js';
-import { buildApp } from '../src/server/app.js';
-import { createApiKey } from '../src/server/api-keys.js';
-import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
-import { migrate } from '../src/server/migrations.js';
+import { buildApp } from '../example/src/app.js';
+import { createApiKey } from '../example/src/api-keys.js';
+import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../example/src/embedded-postgres.js';
+import { migrate } from '../example/src/migrations.js';
 import { TestClient } from './helpers/ws-client.js';
 
 const log = pino({ level: 'silent' });

@@ -5,11 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { cp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
-import { scratchDirectory } from '../src/server/embedded-postgres.js';
+import { scratchDirectory } from '../example/src/embedded-postgres.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 
 const run = promisify(execFile);
@@ -40,6 +40,20 @@ test('the tarball holds dist/ with declarations, the README, the licence and pac
     assert.ok(files.includes(needed), needed);
   }
   assert.deepEqual(files.filter((f) => /^dist\/(server|web)\/|\.map$|\.test\.|\.data|key/i.test(f)), []);
+});
+
+test('nothing of the example host (example/: its server, dashboard, scripts, dependencies) is in the tarball', async () => {
+  assert.deepEqual(files.filter((f) => /^example\/|^dist\/(server|web)\/|\.(html|css)$/.test(f)), []);
+  // None of its modules, under any folder of dist/.
+  const modules = new Set((await readdir(path.join(root, 'example/src'))).map((f) => f.replace(/\.ts$/, '')));
+  assert.deepEqual(files.filter((f) => modules.has(path.basename(f).replace(/\.(js|d\.ts)$/, ''))), []);
+  // The packed manifest: no list of the example's packages, and none of them as a dependency.
+  const { stdout } = await run('tar', ['-xOzf', tarball, 'package/package.json'], { maxBuffer: 16 << 20 });
+  const manifest = JSON.parse(stdout) as { dependencies: Record<string, string>; exampleServerDependencies?: unknown };
+  assert.equal(manifest.exampleServerDependencies, undefined);
+  for (const name of ['@fastify/static', '@fastify/swagger', '@fastify/swagger-ui', 'close-with-grace', 'embedded-postgres', 'mesh-subscriptions-example']) {
+    assert.equal(manifest.dependencies[name], undefined, name);
+  }
 });
 
 test('a scratch Fastify app installs the tarball, type-checks against it, and exchanges frames', { timeout: 300_000 }, async () => {

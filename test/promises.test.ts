@@ -15,7 +15,7 @@ import { PostgresBus } from '../src/bus/postgres.js';
 import { MeshBusUnavailableError, MeshPublishError } from '../src/errors.js';
 import { DEFAULTS } from '../src/options.js';
 import { MAX_EVENT_BYTES } from '../src/protocol/codec.js';
-import { hashKey } from '../src/server/api-keys.js';
+import { hashKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { deliveries } from './helpers/delivered.js';
 import { startTestServer, type TestServer } from './helpers/server.js';

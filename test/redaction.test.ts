@@ -6,7 +6,7 @@ import { Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
 import { safeLoggerOptions } from '../src/index.js';
-import { API_KEY_HEADER, revokeApiKey } from '../src/server/api-keys.js';
+import { API_KEY_HEADER, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startTestServer } from './helpers/server.js';
 import { TestClient } from './helpers/ws-client.js';

@@ -16,9 +16,9 @@ import { after, before, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import pino from 'pino';
 import postgres from 'postgres';
-import { createApiKey } from '../src/server/api-keys.js';
-import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/server/embedded-postgres.js';
-import { migrate } from '../src/server/migrations.js';
+import { createApiKey } from '../example/src/api-keys.js';
+import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '../example/src/embedded-postgres.js';
+import { migrate } from '../example/src/migrations.js';
 import { startServerProcess, type ServerProcess } from './helpers/process.js';
 import { TestClient, type Frame } from './helpers/ws-client.js';
 

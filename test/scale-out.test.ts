@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import postgres from 'postgres';
-import { createApiKey } from '../src/server/api-keys.js';
+import { createApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startServerProcess, type ServerProcess } from './helpers/process.js';
 import { startTestServer, type TestServer } from './helpers/server.js';

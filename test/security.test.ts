@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { revokeApiKey } from '../src/server/api-keys.js';
+import { revokeApiKey } from '../example/src/api-keys.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { TestClient, refusal, type Frame } from './helpers/ws-client.js';
 
@@ -131,7 +131,7 @@ describe('subscribeAll is scoped to what the principal may see', () => {
   });
 
   test('a principal that owns nothing and is no admin sees nothing', async () => {
-    const { createApiKey } = await import('../src/server/api-keys.js');
+    const { createApiKey } = await import('../example/src/api-keys.js');
     const nobody = await createApiKey(server.db.sql, { ownerId: null, admin: false });
     const client = await server.connect(nobody);
     assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });

@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import Fastify from 'fastify';
 import pino from 'pino';
 import meshSubscriptions, { MeshOptionsError } from '../src/index.js';
-import { hashKey, revokeApiKey } from '../src/server/api-keys.js';
+import { hashKey, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { TestClient } from './helpers/ws-client.js';

@@ -3,7 +3,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import postgres, { type Sql } from 'postgres';
-import { migrate } from '../../src/server/migrations.js';
+import { migrate } from '../../example/src/migrations.js';
 
 export interface TestDatabase {
   url: string;

@@ -1,5 +1,5 @@
 /**
- * The example server as a process of its own (`src/server/main.ts`), on a free port, against a
+ * The example server as a process of its own (`example/src/main.ts`), on a free port, against a
  * given database: what an operator runs, several times for scale-out.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -14,7 +14,7 @@ export interface ServerProcess {
 }
 
 export async function startServerProcess(databaseUrl: string, env: Record<string, string> = {}): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'example/src/main.ts'], {
     env: { ...process.env, DATABASE_URL: databaseUrl, PORT: '0', LOG_LEVEL: 'info', SHUTDOWN_DRAIN_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

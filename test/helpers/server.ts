@@ -4,8 +4,8 @@
 import { randomUUID } from 'node:crypto';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import type { MeshSubscriptionsOptions } from '../../src/index.js';
-import { buildApp } from '../../src/server/app.js';
-import { createApiKey } from '../../src/server/api-keys.js';
+import { buildApp } from '../../example/src/app.js';
+import { createApiKey } from '../../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 import { TestClient } from './ws-client.js';
 

@@ -5,7 +5,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Sql, TransactionSql } from 'postgres';
-import { TaskOutputFields, UUID_REGEX, Uuid, type Principal } from '../index.js';
+import { TaskOutputFields, UUID_REGEX, Uuid, type Principal } from 'mesh-subscriptions';
 
 const Task = Type.Object(
   {

@@ -1,6 +1,8 @@
 /**
  * Builds the dashboard (web/) into a folder the example server serves: `tsx scripts/build-web.ts
- * <out>` (npm run build writes dist/web). One bundle, no CDN, nothing fetched at run time.
+ * <out>` (the example's `npm run build` writes example/dist/web). One bundle, no CDN, nothing
+ * fetched at run time. `mesh-subscriptions/client` is bundled from the library's source (esbuild
+ * follows the tsconfig `paths`), so the library need not be built first.
  */
 import { copyFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';

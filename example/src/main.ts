@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import closeWithGrace from 'close-with-grace';
 import pino from 'pino';
-import { safeLoggerOptions } from '../logging.js';
+import { safeLoggerOptions } from 'mesh-subscriptions';
 import { API_KEY_HEADER } from './api-keys.js';
 import { buildApp } from './app.js';
 import { readConfig } from './config.js';
@@ -22,8 +22,8 @@ const log = pino(safeLoggerOptions(config.logLevel, [API_KEY_HEADER]));
 
 const db = await openDatabase(config, log);
 await migrate(db.sql);
-// The dashboard that `npm run build` bundles next to this file (dist/web); absent under `npm run dev`.
-const web = fileURLToPath(new URL('../web', import.meta.url));
+// The dashboard that `npm run build` bundles next to this file (example/dist/web); absent under `npm run dev`.
+const web = fileURLToPath(new URL('./web', import.meta.url));
 if (!existsSync(path.join(web, 'index.html'))) log.warn({ web }, 'no dashboard built here: `npm run build` makes one');
 const app = await buildApp({ sql: db.sql, loggerInstance: log, webRoot: existsSync(web) ? web : undefined });
 

@@ -4,12 +4,13 @@
  */
 import swagger from '@fastify/swagger';
 import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import fastifyStatic from '@fastify/static';
 import { collectDefaultMetrics } from 'prom-client';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import postgres, { type Sql } from 'postgres';
-import meshSubscriptions, { type MeshSubscriptionsOptions } from '../index.js';
+import meshSubscriptions, { type MeshSubscriptionsOptions } from 'mesh-subscriptions';
 import { API_KEY_HEADER, apiKeyAuthenticator, apiKeyReauthenticator } from './api-keys.js';
 import { ApiError, taskRoutes } from './tasks-routes.js';
 
@@ -26,7 +27,8 @@ export interface AppOptions {
   webRoot?: string;
 }
 
-export const PACKAGE_VERSION = '0.1.0';
+/** The version of the mesh-subscriptions library this host mounts, from its package.json. */
+export const PACKAGE_VERSION = (createRequire(import.meta.url)('mesh-subscriptions/package.json') as { version: string }).version;
 
 /** How long /readyz waits for `SELECT 1`. */
 const READINESS_TIMEOUT_MS = 2_000;
@@ -156,7 +158,8 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {},
   await app.register(meshSubscriptions, { sql, authenticate, reauthenticate, bus: 'postgres', ...mesh, prefix: API_PREFIX });
   await app.register(taskRoutes, { sql, authenticate, prefix: API_PREFIX });
 
-  // The AsyncAPI document of the WebSocket protocol, as committed (a test keeps it current).
+  // The AsyncAPI document of the WebSocket protocol, as committed at the top of the repository
+  // (openapi/, two folders up from src/ and dist/; a test keeps it current).
   const asyncapi = await readFile(new URL('../../openapi/asyncapi.yaml', import.meta.url), 'utf8').catch(() => undefined);
   if (asyncapi) {
     app.get('/asyncapi.yaml', { schema: { hide: true } }, async (_request, reply) => reply.type('application/yaml').send(asyncapi));

@@ -3,7 +3,7 @@
  * change them, and follow a task's output as a transcript. Built by scripts/build-web.ts; it talks
  * to the server only through its REST routes and `mesh-subscriptions/client`.
  */
-import { createMeshClient, type ConnectionStatus, type MeshClient, type Subscription, type TaskOutput, type TaskUpdated } from '../src/client/index.js';
+import { createMeshClient, type ConnectionStatus, type MeshClient, type Subscription, type TaskOutput, type TaskUpdated } from 'mesh-subscriptions/client';
 
 interface Task {
   id: string;

@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
 import type { Sql } from 'postgres';
-import type { Principal } from '../index.js';
+import type { Principal } from 'mesh-subscriptions';
 
 export const API_KEY_HEADER = 'x-makima-api-key';
 
