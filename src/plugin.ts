@@ -71,8 +71,8 @@ const ErrorBody = Type.Object({ code: Type.String(), message: Type.String() });
 
 const ROUTE_DESCRIPTION = [
   'Upgrades to a WebSocket that streams task updates and live task output. Authenticate on the',
-  'upgrade (the host decides how; the example server takes `x-makima-api-key` or',
-  '`Authorization: Bearer`). Then send JSON text frames: `subscribe`, `unsubscribe`,',
+  'upgrade (the host decides how, in its `authenticate`; browsers use a ticket, below). Then send',
+  'JSON text frames: `subscribe`, `unsubscribe`,',
   '`subscribeAll`, `unsubscribeAll`, `subscribeOutput`, `unsubscribeOutput` (the task-scoped ones',
   'with `taskId`). The server answers each with an ack, streams `taskUpdated` and `taskOutput`,',
   'and reports refused frames as `error` with a stable `code`. See PROTOCOL.md.',
