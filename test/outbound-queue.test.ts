@@ -276,8 +276,8 @@ describe('Outbound: over the soft limit', () => {
     assert.deepEqual(socket.frames(), ['o:t2@0021', lagged('t1', 2, '0010')]);
   });
 
-  test('forgetOutput: no `lagged` for a task no longer followed', async () => {
-    const { socket, outbound } = setup();
+  test('forgetOutput: no `lagged` for a task no longer followed, and none reported', async () => {
+    const { socket, observer, outbound } = setup();
     outbound.startOutput('t1', '0010');
     outbound.startOutput('t2', '0020');
     socket.buffered = LIMITS.soft;
@@ -288,6 +288,8 @@ describe('Outbound: over the soft limit', () => {
     outbound.socketWritable();
     await turn();
     assert.deepEqual(socket.frames(), [lagged('t2', 1, '0020')]);
+    // What the caught-up report counts as `lagged` frames sent is what was sent.
+    assert.deepEqual(observer.caught.at(-1)?.lagged, new Map([['t2', 1]]));
   });
 
   test('replayed frames ignore the soft limit, and a replayed output moves the `lagged` cursor', async () => {

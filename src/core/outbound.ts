@@ -225,8 +225,9 @@ export class Outbound {
     for (const frame of conflated.values()) this.push(frame);
     for (const [taskId, count] of skipped) {
       const cursor = this.lastOutput?.get(taskId);
-      // A task unsubscribed meanwhile has no cursor left, and no stream to resume.
-      if (cursor !== undefined) this.push(this.frames.lagged(taskId, count, cursor));
+      // A task unsubscribed meanwhile has no cursor left, and no stream to resume: no `lagged`.
+      if (cursor === undefined) skipped.delete(taskId);
+      else this.push(this.frames.lagged(taskId, count, cursor));
     }
     this.observer.caughtUp(superseded, skipped);
   }

@@ -9,6 +9,8 @@ export type Step = () => void | Promise<void>;
 
 import { SETTLED } from './settled.js';
 
+function noop(): void {}
+
 export interface StepQueueHooks {
   /** Whether steps should still run (false once the connection is closed: they are skipped). */
   running(): boolean;
@@ -49,6 +51,9 @@ export class StepQueue {
    * batch), in its place among the steps: `then` or `otherwise` runs once every step ahead is done.
    */
   await<T>(answer: Promise<T>, then: (value: T) => void | Promise<void>, otherwise: (error: unknown) => void | Promise<void>): void {
+    // Handled now: it may reject while steps ahead still wait, before the chain reaches it, and an
+    // unhandled rejection ends the process. The chain below still gets the rejection.
+    answer.catch(noop);
     const onValue = (value: T) => this.finish(() => then(value));
     const onError = (error: unknown) => this.finish(() => otherwise(error));
     // Nothing waiting ahead of it (a subscribe storm: one frame per socket): no chain to join.
