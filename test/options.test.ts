@@ -22,37 +22,36 @@ test('defaults resolve from the schema to the documented values', () => {
     prefix: '/api/v1',
     tasksTable: 'tasks',
     bus: 'memory',
-    migrate: true,
-    tickets: false,
-    lookupTimeoutMs: 5_000,
-    maxPayload: 64 * 1024,
-    maxFramesPerSecond: 100,
-    frameBurst: 200,
-    floodCloseAfterMs: 10_000,
-    maxSubscriptionsPerConnection: 1_000,
-    maxConnectionsPerPrincipal: 100,
-    maxConnections: Number.POSITIVE_INFINITY,
-    softBufferLimit: 1024 * 1024,
-    hardBufferLimit: 8 * 1024 * 1024,
-    slowConsumerTimeoutMs: 30_000,
-    pingIntervalMs: 30_000,
-    reauthIntervalMs: 60_000,
-    shutdownTimeoutMs: 10_000,
-    historySize: 10_000,
-    maxReplay: 10_000,
-    replayConcurrency: 4,
-    publishTimeoutMs: 5_000,
-    retentionMs: 24 * 60 * 60 * 1000,
-    retentionPerTask: 10_000,
-    pruneIntervalMs: 60_000,
-    pollIntervalMs: 1_000,
-    listenTimeoutMs: 10_000,
-    ticketTtlMs: 30_000,
+    limits: {
+      maxPayload: 64 * 1024,
+      maxFramesPerSecond: 100,
+      frameBurst: 200,
+      floodCloseAfterMs: 10_000,
+      maxSubscriptionsPerConnection: 1_000,
+      maxConnectionsPerPrincipal: 100,
+      maxConnections: Number.POSITIVE_INFINITY,
+    },
+    backpressure: { soft: 1024 * 1024, hard: 8 * 1024 * 1024, timeoutMs: 30_000 },
+    heartbeat: { intervalMs: 30_000 },
+    reauth: { intervalMs: 60_000 },
+    replay: { historySize: 10_000, maxEvents: 10_000, concurrency: 4 },
+    owners: { lookupTimeoutMs: 5_000 },
+    postgres: {
+      migrate: true,
+      publishTimeoutMs: 5_000,
+      retentionMs: 24 * 60 * 60 * 1000,
+      retentionPerTask: 10_000,
+      pruneIntervalMs: 60_000,
+      pollIntervalMs: 1_000,
+      listenTimeoutMs: 10_000,
+    },
+    tickets: { enabled: false, ttlMs: 30_000 },
+    shutdown: { timeoutMs: 10_000 },
   });
   assert.equal(allowedOrigins.size, 0);
   assert.equal(typeof metricsRegistry.metrics, 'function');
   assert.deepEqual(DEFAULTS.allowedOrigins, []);
-  assert.equal(DEFAULTS.maxPayload, 64 * 1024);
+  assert.equal(DEFAULTS.limits.maxPayload, 64 * 1024);
 });
 
 test('null means "not given" for prefix, tasksTable and bus, and is refused for numbers and booleans, as before', () => {
@@ -62,7 +61,7 @@ test('null means "not given" for prefix, tasksTable and bus, and is refused for 
   assert.throws(() => resolveOptions({ ...base, maxPayload: 2 ** 53 }), /"maxPayload" must be a positive integer, got 9007199254740992/);
   assert.throws(() => resolveOptions({ ...base, migrate: null }), /"migrate" must be a boolean/);
   assert.throws(() => resolveOptions({ ...base, ownerCacheTtlMs: 0 }), /"ownerCacheTtlMs" must be a positive integer, got 0/);
-  assert.equal(resolveOptions({ ...base, maxConnections: Number.POSITIVE_INFINITY, ownerCacheSize: 5 }).maxConnections, Number.POSITIVE_INFINITY);
+  assert.equal(resolveOptions({ ...base, maxConnections: Number.POSITIVE_INFINITY, ownerCacheSize: 5 }).limits.maxConnections, Number.POSITIVE_INFINITY);
   assert.throws(() => resolveOptions({ ...base, prefix: '/' }), /"prefix" must be "" or a path like "\/api\/v1"/);
   assert.equal(resolveOptions({ ...base, prefix: '' }).prefix, '');
 });
