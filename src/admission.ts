@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { authenticateRequest, principalKey, redeemTicket, type AuthResult } from './auth.js';
 import { RETRY_AFTER_SECONDS, UpgradeError } from './errors.js';
-import type { Principal, ResolvedOptions } from './options.js';
+import type { LimitsOptions, Principal, ResolvedOptions } from './options.js';
 import type { MeshMetrics } from './metrics.js';
 import { offeredTicket, type TicketStore } from './tickets.js';
 
@@ -32,6 +32,14 @@ function givePlaceBack(this: Placed): void {
   if (place) place.admission.release(place);
 }
 
+/**
+ * What admission is built with: the connection counts of the options group `limits`, the allowed
+ * Origins, and the host's checks.
+ */
+export interface AdmissionOptions extends Pick<ResolvedOptions, 'allowedOrigins' | 'authenticate' | 'reauthenticate'> {
+  limits: Pick<LimitsOptions, 'maxConnections' | 'maxConnectionsPerPrincipal'>;
+}
+
 export class Admission {
   closing = false;
   /** Places held: admitted sockets and upgrades still being authenticated. */
@@ -41,7 +49,7 @@ export class Admission {
   private readonly admitted = new WeakMap<FastifyRequest, Principal>();
 
   constructor(
-    private readonly options: ResolvedOptions,
+    private readonly options: AdmissionOptions,
     private readonly metrics: MeshMetrics,
     /** Where browser tickets are redeemed; undefined when tickets are off. */
     private readonly tickets?: TicketStore,
@@ -60,7 +68,7 @@ export class Admission {
       request.log.info({ origin }, 'upgrade refused: Origin not allowed');
       return refuse(reply, UpgradeError.ORIGIN_NOT_ALLOWED);
     }
-    if (this.total >= options.maxConnections) return refuse(reply, UpgradeError.SERVER_BUSY);
+    if (this.total >= options.limits.maxConnections) return refuse(reply, UpgradeError.SERVER_BUSY);
     // Taken here, in the same turn as the check, so that concurrent upgrades waiting on
     // `authenticate` cannot all pass it. A plain GET (answered 426) takes none.
     const socket = request.raw.socket as Placed;
@@ -97,7 +105,7 @@ export class Admission {
     }
     // From this check to the count below, no await: the per-principal limit cannot be overshot.
     const key = principalKey(outcome.principal);
-    if ((this.perPrincipal.get(key) ?? 0) >= options.maxConnectionsPerPrincipal) {
+    if ((this.perPrincipal.get(key) ?? 0) >= options.limits.maxConnectionsPerPrincipal) {
       if (place) this.giveBack(socket, place);
       return refuse(reply, UpgradeError.TOO_MANY_CONNECTIONS);
     }
@@ -107,7 +115,7 @@ export class Admission {
     place.key = key;
   };
 
-  /** Takes a place under `maxConnections` for an upgrade; its TCP socket's end gives it back. */
+  /** Takes a place under `limits.maxConnections` for an upgrade; its TCP socket's end gives it back. */
   private reserve(socket: Placed): Place {
     const place: Place = { admission: this, key: undefined, held: true };
     this.total++;

@@ -1,11 +1,15 @@
 /**
  * The plugin's options: one TypeBox schema is the source of every plain option's type, default,
- * bounds and description (the README's options table is generated from it: `npm run
- * options-table`); the options that are not plain data (the host's functions, its `sql` client,
- * a prom-client Registry, the origins kept as a Set) are checked explicitly. Unusable options are
- * rejected at registration rather than at the first connection.
+ * bounds, description and refusal text, grouped by the part of the plugin that reads them
+ * (`limits`, `backpressure`, `heartbeat`, `reauth`, `replay`, `owners`, `postgres`, `tickets`,
+ * `shutdown`; a few host-integration options at the top level). The README's options tables are
+ * generated from it (`npm run options-table`). The flat names from before the groups
+ * (`maxPayload` for `limits.maxPayload`, …) are still accepted: FLAT_OPTION_NAMES. The options
+ * that are not plain data (the host's functions, its `sql` client, a prom-client Registry, the
+ * origins kept as a Set) are checked explicitly. Unusable options are rejected at registration
+ * rather than at the first connection.
  */
-import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { KindGuard, Type, type Static, type TObject, type TProperties, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { FastifyRequest } from 'fastify';
 import type { Sql } from 'postgres';
@@ -41,10 +45,20 @@ function positiveInteger(
 }
 
 /**
- * The plain options, as resolved (every one present). Annotations besides JSON Schema's:
- * `refusal` — what the value must be, for the MeshOptionsError (`showGot`: the message also
- * quotes the bad value); `defaultText` — the README's wording of a default (of one that
- * depends on other options when there is no `default`); `nullIsUnset` — `null` means "not given".
+ * A group of options: an object whose keys are its options. A key the group does not have is
+ * refused (a misspelt one would otherwise fall back to its default unseen).
+ */
+function group<T extends TProperties>(description: string, properties: T) {
+  return Type.Object(properties, { description, additionalProperties: false });
+}
+
+/**
+ * The plain options, grouped, as resolved (every one present). A few host-integration options
+ * stay at the top level; every other one is in the group of the part of the plugin that reads it.
+ * Annotations besides JSON Schema's: `refusal` — what the value must be, for the
+ * MeshOptionsError (`showGot`: the message also quotes the bad value); `defaultText` — the
+ * README's wording of a default (of one that depends on other options when there is no
+ * `default`); `nullIsUnset` — `null` means "not given".
  */
 export const PlainOptionsSchema = Type.Object({
   prefix: Type.String({
@@ -64,86 +78,150 @@ export const PlainOptionsSchema = Type.Object({
   bus: Type.Union([Type.Literal('memory'), Type.Literal('postgres')], {
     description:
       'where events are logged: this process only, recent events kept in memory for `since` (`memory`), or the ' +
-      'PostgreSQL log every instance on the database shares (`postgres`, needs `sql`; below)',
+      'PostgreSQL log every instance on the database shares (`postgres`, needs `sql`; its options are the group `postgres`)',
     defaultText: '`postgres` with `sql`, else `memory`',
     refusal: '"memory" or "postgres"',
     nullIsUnset: true,
   }),
-  migrate: Type.Boolean({
-    default: true,
-    description: "PostgreSQL bus: create/upgrade the plugin's tables and functions at start",
-    refusal: 'a boolean',
+  limits: group('what one connection may send and hold, and how many sockets may be open', {
+    maxPayload: positiveInteger(64 * 1024, 'largest client frame in bytes; larger closes the socket with 1009', {
+      defaultText: '64 KiB',
+    }),
+    maxFramesPerSecond: positiveInteger(100, 'token bucket refill per connection, frames per second; over the bucket `RATE_LIMITED`'),
+    frameBurst: positiveInteger(200, 'token bucket size per connection'),
+    floodCloseAfterMs: positiveInteger(10_000, 'a connection rate-limited this long (ms) without a 1 s pause is closed with 1008'),
+    maxSubscriptionsPerConnection: positiveInteger(
+      1_000,
+      'subscriptions (task, output, and `subscribeAll` each count one) per connection; over it `TOO_MANY_SUBSCRIPTIONS`',
+    ),
+    maxConnectionsPerPrincipal: positiveInteger(
+      100,
+      'open sockets per principal; over it the upgrade gets 429 (principals are told apart by `Principal.id`, ' +
+        'default the owner id; the example host counts per API key)',
+      { infinity: true },
+    ),
+    maxConnections: positiveInteger(
+      Number.POSITIVE_INFINITY,
+      'open sockets in total; over it the upgrade gets 503 with `Retry-After`',
+      { infinity: true },
+    ),
   }),
-  tickets: Type.Boolean({
-    description:
-      'browser sign-in: `POST {prefix}/mesh/tickets` (authenticated by `authenticate`) mints single-use tickets ' +
-      'offered as the subprotocol `mesh.ticket.<ticket>` (PROTOCOL.md, "Browsers: tickets"; browsers cannot set ' +
-      'headers on an upgrade, and this keeps credentials out of URLs); needs `reauthenticate`',
-    defaultText: 'on when `reauthenticate` is given',
-    refusal: 'a boolean',
+  backpressure: group('how much may wait for a socket that reads slower than its events come, and for how long', {
+    soft: positiveInteger(1024 * 1024, "buffered bytes above which a socket's output is dropped (then `lagged`) and updates conflated", {
+      defaultText: '1 MiB',
+    }),
+    hard: positiveInteger(8 * 1024 * 1024, 'buffered bytes above which a socket is closed with 4008; larger than `backpressure.soft`', {
+      defaultText: '8 MiB',
+    }),
+    timeoutMs: positiveInteger(30_000, 'a socket backed up longer than this (ms) is closed with 4008'),
   }),
-  lookupTimeoutMs: positiveInteger(5_000, 'an owner lookup slower than this (ms) answers `UNAVAILABLE`'),
-  maxPayload: positiveInteger(64 * 1024, 'largest client frame in bytes; larger closes the socket with 1009', {
-    defaultText: '64 KiB',
+  heartbeat: group("the server's pings, which find dead sockets", {
+    intervalMs: positiveInteger(30_000, 'ping interval (ms); a socket that has not answered by the next ping is terminated'),
   }),
-  maxFramesPerSecond: positiveInteger(100, 'token bucket refill per connection, frames per second; over the bucket `RATE_LIMITED`'),
-  frameBurst: positiveInteger(200, 'token bucket size per connection'),
-  floodCloseAfterMs: positiveInteger(10_000, 'a connection rate-limited this long (ms) without a 1 s pause is closed with 1008'),
-  maxSubscriptionsPerConnection: positiveInteger(
-    1_000,
-    'subscriptions (task, output, and `subscribeAll` each count one) per connection; over it `TOO_MANY_SUBSCRIPTIONS`',
-  ),
-  maxConnectionsPerPrincipal: positiveInteger(
-    100,
-    'open sockets per principal; over it the upgrade gets 429 (principals are told apart by `Principal.id`, ' +
-      'default the owner id; the example host counts per API key)',
-    { infinity: true },
-  ),
-  maxConnections: positiveInteger(
-    Number.POSITIVE_INFINITY,
-    'open sockets in total; over it the upgrade gets 503 with `Retry-After`',
-    { infinity: true },
-  ),
-  softBufferLimit: positiveInteger(
-    1024 * 1024,
-    "buffered bytes above which a socket's output is dropped (then `lagged`) and updates conflated",
-    { defaultText: '1 MiB' },
-  ),
-  hardBufferLimit: positiveInteger(8 * 1024 * 1024, 'buffered bytes above which a socket is closed with 4008; larger than `softBufferLimit`', {
-    defaultText: '8 MiB',
+  reauth: group('open sockets are authenticated again, on an interval', {
+    intervalMs: positiveInteger(
+      60_000,
+      'how often (ms) each open socket is authenticated again (`reauthenticate`, else `authenticate`); `null` closes it with 4401',
+    ),
   }),
-  slowConsumerTimeoutMs: positiveInteger(30_000, 'a socket backed up longer than this (ms) is closed with 4008'),
-  pingIntervalMs: positiveInteger(30_000, 'ping interval (ms); a socket that has not answered by the next ping is terminated'),
-  reauthIntervalMs: positiveInteger(
-    60_000,
-    'how often (ms) each open socket is authenticated again (`reauthenticate`, else `authenticate`); `null` closes it with 4401',
-  ),
-  shutdownTimeoutMs: positiveInteger(10_000, '`app.close()` waits this long (ms) for close handshakes, then cuts'),
-  historySize: positiveInteger(10_000, 'memory bus: how many recent events are kept for `since`'),
-  maxReplay: positiveInteger(10_000, 'most events one `since` replays; beyond it the client gets `resyncRequired` `tooFarBehind`'),
-  replayConcurrency: positiveInteger(
-    4,
-    'replay pages (at most 500 events or 256 KiB each) read at once across all sockets: resumes wait their turn ' +
-      'rather than crowd out live delivery',
-  ),
-  publishTimeoutMs: positiveInteger(
-    5_000,
-    'PostgreSQL bus: `publish()` waiting longer (ms) for the log rejects with `MeshBusUnavailableError`',
-  ),
-  retentionMs: positiveInteger(24 * 60 * 60 * 1000, 'PostgreSQL bus: events older than this (ms) are pruned', {
-    defaultText: '24 h',
+  replay: group('resuming with `since` (how far back, how much at once)', {
+    historySize: positiveInteger(10_000, 'memory bus: how many recent events are kept for `since`'),
+    maxEvents: positiveInteger(10_000, 'most events one `since` replays; beyond it the client gets `resyncRequired` `tooFarBehind`'),
+    concurrency: positiveInteger(
+      4,
+      'replay pages (at most 500 events or 256 KiB each) read at once across all sockets: resumes wait their turn ' +
+        'rather than crowd out live delivery',
+    ),
   }),
-  retentionPerTask: positiveInteger(10_000, 'PostgreSQL bus: at most this many events are kept per task (older ones pruned)'),
-  pruneIntervalMs: positiveInteger(60_000, 'PostgreSQL bus: how often (ms) the log is pruned (one instance at a time)'),
-  pollIntervalMs: positiveInteger(1_000, 'PostgreSQL bus: the log is read at least this often (ms), whatever the wake-ups'),
-  listenTimeoutMs: positiveInteger(
-    10_000,
-    'PostgreSQL bus: a LISTEN connection silent this long (ms; not even its own heartbeat) is replaced',
-  ),
-  ticketTtlMs: positiveInteger(30_000, 'how long (ms) a ticket may wait for its upgrade'),
+  owners: group('owner lookups, through `sql` and `tasksTable` or through `resolveOwners`', {
+    lookupTimeoutMs: positiveInteger(5_000, 'an owner lookup slower than this (ms) answers `UNAVAILABLE`'),
+  }),
+  postgres: group('the PostgreSQL bus (`bus: "postgres"`); unused with the memory bus', {
+    migrate: Type.Boolean({
+      default: true,
+      description: "create/upgrade the plugin's tables and functions at start",
+      refusal: 'a boolean',
+    }),
+    publishTimeoutMs: positiveInteger(5_000, '`publish()` waiting longer (ms) for the log rejects with `MeshBusUnavailableError`'),
+    retentionMs: positiveInteger(24 * 60 * 60 * 1000, 'events older than this (ms) are pruned', { defaultText: '24 h' }),
+    retentionPerTask: positiveInteger(10_000, 'at most this many events are kept per task (older ones pruned)'),
+    pruneIntervalMs: positiveInteger(60_000, 'how often (ms) the log is pruned (one instance at a time)'),
+    pollIntervalMs: positiveInteger(1_000, 'the log is read at least this often (ms), whatever the wake-ups'),
+    listenTimeoutMs: positiveInteger(10_000, 'a LISTEN connection silent this long (ms; not even its own heartbeat) is replaced'),
+  }),
+  tickets: group('browser sign-in with single-use tickets', {
+    enabled: Type.Boolean({
+      description:
+        '`POST {prefix}/mesh/tickets` (authenticated by `authenticate`) mints single-use tickets offered as the ' +
+        'subprotocol `mesh.ticket.<ticket>` (PROTOCOL.md, "Browsers: tickets"; browsers cannot set headers on an ' +
+        'upgrade, and this keeps credentials out of URLs); needs `reauthenticate`',
+      defaultText: 'on when `reauthenticate` is given',
+      refusal: 'a boolean',
+    }),
+    ttlMs: positiveInteger(30_000, 'how long (ms) a ticket may wait for its upgrade'),
+  }),
+  shutdown: group('how long `app.close()` waits for the sockets', {
+    timeoutMs: positiveInteger(10_000, '`app.close()` waits this long (ms) for close handshakes, then cuts'),
+  }),
 });
 
 export type PlainOptions = Static<typeof PlainOptionsSchema>;
+
+type Properties = (typeof PlainOptionsSchema)['properties'];
+/** The names of the groups: the plain options that are objects of options. */
+export type GroupName = { [K in keyof Properties]: Properties[K] extends TObject ? K : never }[keyof Properties];
+/** The plain options that are not in a group. */
+type TopLevelName = Exclude<keyof PlainOptions, GroupName>;
+
+export type LimitsOptions = PlainOptions['limits'];
+export type PostgresOptions = PlainOptions['postgres'];
+export type TicketsOptions = PlainOptions['tickets'];
+
+/**
+ * The compatible form: each option's name from before the options were grouped, and the grouped
+ * option it stands for. A host may give either, not both. (`tickets` is both a flat name and a
+ * group: a boolean there is `tickets.enabled`, an object the group.)
+ */
+export const FLAT_OPTION_NAMES = {
+  maxPayload: 'limits.maxPayload',
+  maxFramesPerSecond: 'limits.maxFramesPerSecond',
+  frameBurst: 'limits.frameBurst',
+  floodCloseAfterMs: 'limits.floodCloseAfterMs',
+  maxSubscriptionsPerConnection: 'limits.maxSubscriptionsPerConnection',
+  maxConnectionsPerPrincipal: 'limits.maxConnectionsPerPrincipal',
+  maxConnections: 'limits.maxConnections',
+  softBufferLimit: 'backpressure.soft',
+  hardBufferLimit: 'backpressure.hard',
+  slowConsumerTimeoutMs: 'backpressure.timeoutMs',
+  pingIntervalMs: 'heartbeat.intervalMs',
+  reauthIntervalMs: 'reauth.intervalMs',
+  historySize: 'replay.historySize',
+  maxReplay: 'replay.maxEvents',
+  replayConcurrency: 'replay.concurrency',
+  lookupTimeoutMs: 'owners.lookupTimeoutMs',
+  migrate: 'postgres.migrate',
+  publishTimeoutMs: 'postgres.publishTimeoutMs',
+  retentionMs: 'postgres.retentionMs',
+  retentionPerTask: 'postgres.retentionPerTask',
+  pruneIntervalMs: 'postgres.pruneIntervalMs',
+  pollIntervalMs: 'postgres.pollIntervalMs',
+  listenTimeoutMs: 'postgres.listenTimeoutMs',
+  tickets: 'tickets.enabled',
+  ticketTtlMs: 'tickets.ttlMs',
+  shutdownTimeoutMs: 'shutdown.timeoutMs',
+} as const satisfies Record<string, GroupedPath>;
+
+/** `group.option`, for every option of every group. */
+type GroupedPath = { [G in GroupName]: `${G}.${keyof PlainOptions[G] & string}` }[GroupName];
+type FlatName = keyof typeof FLAT_OPTION_NAMES;
+/** The type of the grouped option a path names. */
+type AtPath<P> = P extends `${infer G extends GroupName}.${infer K}` ? (K extends keyof PlainOptions[G] ? PlainOptions[G][K] : never) : never;
+type FlatOptions = { [F in FlatName]?: AtPath<(typeof FLAT_OPTION_NAMES)[F]> };
+type GroupedOptions = { [G in GroupName]?: Partial<PlainOptions[G]> };
+/** Every plain option a host may give: the top-level ones, the groups, and the flat names (`tickets` is both). */
+type PlainInput = Partial<Pick<PlainOptions, TopLevelName>> & {
+  [K in FlatName | GroupName]?: (K extends FlatName ? FlatOptions[K] : never) | (K extends GroupName ? GroupedOptions[K] : never);
+};
 
 /** Accepted, checked, and ignored. */
 export const DeprecatedOptionsSchema = Type.Object({
@@ -169,7 +247,7 @@ export const EXPLICIT_OPTION_DOCS: ReadonlyArray<{ name: string; label: string; 
     label: '`reauthenticate(principal)`',
     defaultText: '—',
     description:
-      "re-checks an open socket's principal every `reauthIntervalMs` (same or changed principal keeps it, `null` closes " +
+      "re-checks an open socket's principal every `reauth.intervalMs` (same or changed principal keeps it, `null` closes " +
       'with 4401, a throw keeps it until the next round). Given, the plugin keeps nothing of the upgrade request ' +
       '(~1.7 KiB less per socket); absent, `authenticate` runs again on the kept request. Needed for single-use ' +
       "credentials. The example host re-checks the key by its id (`Principal.id`)",
@@ -197,7 +275,12 @@ export const EXPLICIT_OPTION_DOCS: ReadonlyArray<{ name: string; label: string; 
   },
 ];
 
-export interface MeshSubscriptionsOptions extends Partial<PlainOptions> {
+/**
+ * What a host gives `app.register(meshSubscriptions, …)`: the options of the README's table. The
+ * plain ones grouped (`limits: { maxPayload }`), or by their flat names from before the groups
+ * (`maxPayload`): either, not both, for one option.
+ */
+export interface MeshSubscriptionsOptions extends PlainInput {
   /**
    * Decides who may open a socket. Runs on the upgrade request, before any 101; `null` answers 401,
    * a throw (its store is down: no verdict) answers 503 with `Retry-After`. Required: there is no
@@ -205,7 +288,7 @@ export interface MeshSubscriptionsOptions extends Partial<PlainOptions> {
    */
   authenticate: (request: FastifyRequest) => Promise<Principal | null>;
   /**
-   * Checks an open socket's principal again every `reauthIntervalMs`: the same principal (or a
+   * Checks an open socket's principal again every `reauth.intervalMs`: the same principal (or a
    * changed one) keeps the socket, `null` closes it with 4401, a throw keeps it until the next
    * round. When given, the plugin keeps nothing of the upgrade request (about 1.7 KiB per socket);
    * without it, `authenticate` is run again on the kept upgrade request. A host whose credentials
@@ -236,6 +319,7 @@ export interface MeshSubscriptionsOptions extends Partial<PlainOptions> {
   ownerCacheTtlMs?: number;
 }
 
+/** The options as the plugin uses them: grouped, every plain one present. */
 export interface ResolvedOptions extends PlainOptions {
   authenticate: MeshSubscriptionsOptions['authenticate'];
   reauthenticate: MeshSubscriptionsOptions['reauthenticate'];
@@ -245,23 +329,45 @@ export interface ResolvedOptions extends PlainOptions {
   metricsRegistry: Registry;
 }
 
-type PlainKey = keyof PlainOptions;
-/** The plain options whose default does not depend on other options. */
-type DefaultedKey = Exclude<PlainKey, 'bus' | 'tickets'>;
+const isGroup = (schema: TSchema): schema is TObject => KindGuard.IsObject(schema);
+const isObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
 
-function schemaDefaults(): Pick<PlainOptions, DefaultedKey> {
-  const defaults: Record<string, unknown> = {};
-  for (const [name, schema] of Object.entries(PlainOptionsSchema.properties) as Array<[string, TSchema]>) {
-    if ('default' in schema) defaults[name] = schema.default;
-  }
-  return defaults as Pick<PlainOptions, DefaultedKey>;
+/** Each grouped path's flat name. */
+const FLAT_NAME_OF: ReadonlyMap<string, FlatName> = new Map(
+  (Object.entries(FLAT_OPTION_NAMES) as Array<[FlatName, GroupedPath]>).map(([flat, path]) => [path, flat]),
+);
+
+/** The flat name of a grouped option, if it has one (for the README's table). */
+export function flatNameOf(group: string, option: string): string | undefined {
+  return FLAT_NAME_OF.get(`${group}.${option}`);
 }
 
-/** Every documented default (those of `bus` and `tickets` depend on other options). */
-export const DEFAULTS: Readonly<Pick<PlainOptions, DefaultedKey> & { allowedOrigins: readonly string[] }> = Object.freeze({
-  ...schemaDefaults(),
-  allowedOrigins: [] as readonly string[],
-});
+/** The defaults of the plain options (those of `bus` and `tickets.enabled` depend on other options). */
+type Defaults = Omit<PlainOptions, 'bus' | 'tickets'> & { tickets: Omit<TicketsOptions, 'enabled'> };
+type ReadonlyGroups<T> = { readonly [K in keyof T]: T[K] extends object ? Readonly<T[K]> : T[K] };
+
+function schemaDefaults(): Record<string, unknown> {
+  const defaults: Record<string, unknown> = {};
+  for (const [name, schema] of Object.entries(PlainOptionsSchema.properties) as Array<[string, TSchema]>) {
+    if (isGroup(schema)) {
+      const inGroup: Record<string, unknown> = {};
+      for (const [option, s] of Object.entries(schema.properties)) if ('default' in s) inGroup[option] = s.default;
+      defaults[name] = Object.freeze(inGroup);
+    } else if ('default' in schema) {
+      defaults[name] = schema.default;
+    }
+  }
+  defaults.allowedOrigins = Object.freeze([]);
+  return Object.freeze(defaults);
+}
+
+/**
+ * Every documented default, grouped as the options are (`DEFAULTS.limits.maxPayload`), frozen;
+ * those of `bus` and `tickets.enabled` depend on other options. A group spreads into a whole
+ * group: `limits: { ...DEFAULTS.limits, maxConnections: 10 }`.
+ */
+export const DEFAULTS: ReadonlyGroups<Defaults & { allowedOrigins: readonly string[] }> = schemaDefaults() as never;
 
 /** The value of one schema-described option: `undefined` when not given, else checked against its schema. */
 function given(name: string, schema: TSchema, value: unknown): unknown {
@@ -281,9 +387,56 @@ function origins(value: unknown): ReadonlySet<string> {
   return new Set(value as string[]);
 }
 
+/**
+ * The plain options, from the grouped and the flat forms: each checked against its schema under
+ * the name the host gave it, the default for one given in neither form. `named` gets the name
+ * each grouped option was given under (flat or grouped), for the checks across options.
+ */
+function plainOptions(o: Record<string, unknown>, named: Map<string, string>): PlainOptions {
+  const plain: Record<string, unknown> = {};
+  for (const [name, schema] of Object.entries(PlainOptionsSchema.properties) as Array<[string, TSchema]>) {
+    if (!isGroup(schema)) {
+      plain[name] = given(name, schema, o[name]) ?? schema.default;
+      continue;
+    }
+    const options = Object.keys(schema.properties);
+    const raw = o[name];
+    // A group whose name is a flat name too (`tickets`): a value that is not an object is the flat form.
+    const flatHere = Object.hasOwn(FLAT_OPTION_NAMES, name) ? FLAT_OPTION_NAMES[name as FlatName] : undefined;
+    if (raw !== undefined && !isObject(raw)) {
+      const flatSchema = flatHere && schema.properties[flatHere.slice(name.length + 1)];
+      if (!flatSchema || !Value.Check(flatSchema, raw)) {
+        const flatForm = flatSchema ? `, or ${String(flatSchema.refusal)} (the flat form of "${flatHere}")` : '';
+        throw new MeshOptionsError(`option "${name}" must be an object of the ${name} options (${options.join(', ')})${flatForm}`);
+      }
+    }
+    const grouped = isObject(raw) ? raw : {};
+    for (const key of Object.keys(grouped)) {
+      if (!Object.hasOwn(schema.properties, key)) {
+        throw new MeshOptionsError(`option "${name}.${key}" is unknown: the ${name} options are ${options.join(', ')}`);
+      }
+    }
+    const values: Record<string, unknown> = {};
+    for (const option of options) {
+      const s = schema.properties[option]!;
+      const path = `${name}.${option}`;
+      const flat = FLAT_NAME_OF.get(path);
+      const fromGroup = given(path, s, grouped[option]);
+      const fromFlat = flat === undefined || (flat === name && isObject(raw)) ? undefined : given(flat, s, o[flat]);
+      if (fromGroup !== undefined && fromFlat !== undefined) {
+        throw new MeshOptionsError(`options "${flat}" and "${path}" are one option, given twice: keep one (the grouped "${path}" is preferred)`);
+      }
+      named.set(path, fromFlat !== undefined ? flat! : path);
+      values[option] = fromGroup ?? fromFlat ?? s.default;
+    }
+    plain[name] = values;
+  }
+  return plain as PlainOptions;
+}
+
 export function resolveOptions(raw: unknown): ResolvedOptions {
   if (typeof raw !== 'object' || raw === null) throw new MeshOptionsError('options must be an object');
-  const o = raw as Partial<MeshSubscriptionsOptions>;
+  const o = raw as Partial<MeshSubscriptionsOptions> & Record<string, unknown>;
   if (typeof o.authenticate !== 'function') {
     throw new MeshOptionsError('option "authenticate" (request) => Promise<Principal | null> is required');
   }
@@ -304,22 +457,21 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   if (registry !== undefined && (typeof registry.registerMetric !== 'function' || typeof registry.metrics !== 'function')) {
     throw new MeshOptionsError('option "metricsRegistry" must be a prom-client Registry');
   }
-  const plain: Record<string, unknown> = {};
-  for (const [name, schema] of Object.entries(PlainOptionsSchema.properties) as Array<[PlainKey, TSchema]>) {
-    plain[name] = given(name, schema, o[name]) ?? schema.default;
-  }
-  const resolved = plain as PlainOptions;
+  const named = new Map<string, string>();
+  const resolved = plainOptions(o, named);
   resolved.bus ??= o.sql !== undefined ? 'postgres' : 'memory';
   if (resolved.bus === 'postgres' && o.sql === undefined) throw new MeshOptionsError('option bus: "postgres" needs "sql"');
-  resolved.tickets ??= o.reauthenticate !== undefined;
-  if (resolved.tickets && o.reauthenticate === undefined) {
-    throw new MeshOptionsError('option "tickets" needs "reauthenticate": a socket opened with a single-use ticket cannot present it again');
+  resolved.tickets.enabled ??= o.reauthenticate !== undefined;
+  if (resolved.tickets.enabled && o.reauthenticate === undefined) {
+    throw new MeshOptionsError(
+      `option "${named.get('tickets.enabled')}" needs "reauthenticate": a socket opened with a single-use ticket cannot present it again`,
+    );
   }
-  if (resolved.hardBufferLimit <= resolved.softBufferLimit) {
-    throw new MeshOptionsError('option "hardBufferLimit" must be larger than "softBufferLimit"');
+  if (resolved.backpressure.hard <= resolved.backpressure.soft) {
+    throw new MeshOptionsError(`option "${named.get('backpressure.hard')}" must be larger than "${named.get('backpressure.soft')}"`);
   }
   // Deprecated and ignored, but a malformed one is still a mistake worth saying.
-  for (const [name, schema] of Object.entries(DeprecatedOptionsSchema.properties) as Array<[keyof typeof o, TSchema]>) {
+  for (const [name, schema] of Object.entries(DeprecatedOptionsSchema.properties) as Array<[string, TSchema]>) {
     given(name, schema, o[name]);
   }
   return {

@@ -84,8 +84,15 @@ const Ticket = Type.Object({
   protocols: Type.Array(Type.String(), { description: 'The subprotocols to pass to `new WebSocket(url, protocols)`.' }),
 });
 
+/** What the routes read of the options: the prefix, `limits.maxPayload` (for ws) and `authenticate` (for tickets). */
+interface RouteSettings {
+  prefix: string;
+  maxPayload: number;
+  authenticate: ResolvedOptions['authenticate'];
+}
+
 interface RouteOptions {
-  settings: ResolvedOptions;
+  settings: RouteSettings;
   hub: MeshHub;
   admission: Admission;
   tickets: TicketStore | undefined;
@@ -178,20 +185,21 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
   }
 }
 
-/** The core's settings, from the plugin's options. */
+/** The core's settings, from the plugin's options groups (the connection counts of `limits` are admission's). */
 function hubSettings(options: ResolvedOptions): HubSettings {
+  const { limits, backpressure, heartbeat, reauth, replay } = options;
   return {
     limits: {
-      maxPayload: options.maxPayload,
-      maxSubscriptions: options.maxSubscriptionsPerConnection,
-      maxFramesPerSecond: options.maxFramesPerSecond,
-      frameBurst: options.frameBurst,
-      floodCloseAfterMs: options.floodCloseAfterMs,
+      maxPayload: limits.maxPayload,
+      maxSubscriptions: limits.maxSubscriptionsPerConnection,
+      maxFramesPerSecond: limits.maxFramesPerSecond,
+      frameBurst: limits.frameBurst,
+      floodCloseAfterMs: limits.floodCloseAfterMs,
     },
-    backpressure: { soft: options.softBufferLimit, hard: options.hardBufferLimit, timeoutMs: options.slowConsumerTimeoutMs },
-    heartbeat: { pingIntervalMs: options.pingIntervalMs },
-    reauth: { intervalMs: options.reauthIntervalMs },
-    replay: { maxEvents: options.maxReplay, concurrency: options.replayConcurrency },
+    backpressure: { soft: backpressure.soft, hard: backpressure.hard, timeoutMs: backpressure.timeoutMs },
+    heartbeat: { pingIntervalMs: heartbeat.intervalMs },
+    reauth: { intervalMs: reauth.intervalMs },
+    replay: { maxEvents: replay.maxEvents, concurrency: replay.concurrency },
     settlesOwners: options.bus !== 'postgres' || options.resolveOwners !== undefined,
     transactions: options.bus === 'postgres',
   };
@@ -200,7 +208,7 @@ function hubSettings(options: ResolvedOptions): HubSettings {
 const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (app, rawOptions) => {
   const options = resolveOptions(rawOptions);
   const resolver = options.resolveOwners ?? sqlOwnerResolver(options.sql!, options.tasksTable);
-  const owners = new OwnerDirectory(resolver, options.lookupTimeoutMs);
+  const owners = new OwnerDirectory(resolver, options.owners.lookupTimeoutMs);
   const events = new MeshEvents();
   // The gauges read the hub at scrape time, by when it exists.
   const metrics: MeshMetrics = new MeshMetrics(
@@ -217,7 +225,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
       ? new PostgresBus(
           options.sql!,
           {
-            ...options,
+            ...options.postgres,
             // The log's SQL settles owners from the tasks table, unless they come from `resolveOwners`.
             tasksTable: options.resolveOwners === undefined ? options.tasksTable : undefined,
             onDropped: (reason, cursor, error) => hub.dropped(reason, cursor, error),
@@ -228,17 +236,22 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
           },
           app.log,
         )
-      : new MemoryBus(options.historySize);
-  const recheck: Recheck = options.reauthenticate
-    ? { by: 'principal', check: (principal) => reauthenticatePrincipal(options.reauthenticate!, principal, app.log) }
-    : { by: 'request', check: (request) => authenticateRequest(options.authenticate, request as FastifyRequest) };
+      : new MemoryBus(options.replay.historySize);
+  const { authenticate, reauthenticate } = options;
+  const recheck: Recheck = reauthenticate
+    ? { by: 'principal', check: (principal) => reauthenticatePrincipal(reauthenticate, principal, app.log) }
+    : { by: 'request', check: (request) => authenticateRequest(authenticate, request as FastifyRequest) };
   const hub: MeshHub = new MeshHub({ bus, owners, events, metrics, log: app.log, frameText, recheck }, hubSettings(options));
-  const tickets: TicketStore | undefined = !options.tickets
+  const tickets: TicketStore | undefined = !options.tickets.enabled
     ? undefined
     : options.bus === 'postgres'
-      ? new PostgresTicketStore(options.sql!, options.ticketTtlMs)
-      : new MemoryTicketStore(options.ticketTtlMs);
-  const admission = new Admission(options, metrics, tickets);
+      ? new PostgresTicketStore(options.sql!, options.tickets)
+      : new MemoryTicketStore(options.tickets);
+  const admission = new Admission(
+    { limits: options.limits, allowedOrigins: options.allowedOrigins, authenticate, reauthenticate },
+    metrics,
+    tickets,
+  );
 
   app.decorate('mesh', {
     taskUpdates: hub.channels.taskUpdates,
@@ -255,7 +268,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   // On the host, so that it also runs when the host registered @fastify/websocket itself.
   app.addHook('preClose', async () => {
     admission.closing = true;
-    await hub.shutdown(options.shutdownTimeoutMs);
+    await hub.shutdown(options.shutdown.timeoutMs);
     await hub.stopBus();
   });
   app.addHook('onReady', async () => hub.start());
@@ -263,7 +276,13 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   app.addHook('onClose', async () => metrics.unregister());
 
   // Not spread: `prefix` is a reserved register option and would prefix the route twice.
-  await app.register(routes, { settings: options, hub, admission, tickets, metrics });
+  await app.register(routes, {
+    settings: { prefix: options.prefix, maxPayload: options.limits.maxPayload, authenticate },
+    hub,
+    admission,
+    tickets,
+    metrics,
+  });
 };
 
 export default fp(meshSubscriptions, { name: 'mesh-subscriptions', fastify: '5.x' });

@@ -2,14 +2,14 @@
  * Single-use tickets, the browser's way in: browsers cannot set headers on a WebSocket upgrade,
  * and a key in the URL ends up in proxies' and servers' access logs. An authenticated HTTP call
  * mints a ticket; the browser offers it as a WebSocket subprotocol, which no access log records,
- * within `ticketTtlMs`, once. Only a ticket's SHA-256 is stored, so whoever reads the store (a
+ * within `tickets.ttlMs`, once. Only a ticket's SHA-256 is stored, so whoever reads the store (a
  * database dump) cannot sign in with what it holds. With the PostgreSQL bus the store is a table,
  * so a ticket minted on one instance opens a socket on any other.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Sql } from 'postgres';
-import type { Principal } from './options.js';
+import type { Principal, TicketsOptions } from './options.js';
 
 import { MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './protocol/wire.js';
 
@@ -43,11 +43,16 @@ export function selectProtocol(protocols: Set<string>): string | false {
   return protocols.has(MESH_PROTOCOL) ? MESH_PROTOCOL : false;
 }
 
+/** What a ticket store is built with: the options group `tickets` (whether it exists at all is the plugin's). */
+export type TicketStoreOptions = Pick<TicketsOptions, 'ttlMs'>;
+
 /** One process: tickets in a bounded map that forgets them at expiry. */
 export class MemoryTicketStore implements TicketStore {
   private readonly tickets: LRUCache<string, Principal>;
+  private readonly ttlMs: number;
 
-  constructor(private readonly ttlMs: number) {
+  constructor({ ttlMs }: TicketStoreOptions) {
+    this.ttlMs = ttlMs;
     // Bounded so that a caller minting in a loop cannot grow it without end; the oldest go first.
     this.tickets = new LRUCache({ max: 100_000, ttl: ttlMs, ttlAutopurge: false });
   }
@@ -69,10 +74,14 @@ export class MemoryTicketStore implements TicketStore {
 
 /** Every instance on the database: tickets in `mesh_ws_tickets` (created with the event log). */
 export class PostgresTicketStore implements TicketStore {
+  private readonly ttlMs: number;
+
   constructor(
     private readonly sql: Sql<any>,
-    private readonly ttlMs: number,
-  ) {}
+    { ttlMs }: TicketStoreOptions,
+  ) {
+    this.ttlMs = ttlMs;
+  }
 
   async mint(principal: Principal) {
     const ticket = newTicket();

@@ -11,7 +11,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql, TransactionSql } from 'postgres';
-import type { ResolvedOptions } from '../options.js';
+import type { PostgresOptions } from '../options.js';
 import type { BusEntry, BusSink, EventBus, PageSize, ReplayPage, ReplayStream } from './bus.js';
 import { Cursors } from './postgres/cursor.js';
 import { Listener } from './postgres/listener.js';
@@ -21,11 +21,11 @@ import { Retention } from './postgres/retention.js';
 import { migrateEventLog } from './postgres/schema.js';
 import { Writer } from './postgres/writer.js';
 
-export interface PostgresBusOptions
-  extends Pick<
-    ResolvedOptions,
-    'migrate' | 'retentionMs' | 'retentionPerTask' | 'pruneIntervalMs' | 'pollIntervalMs' | 'listenTimeoutMs' | 'publishTimeoutMs'
-  > {
+/**
+ * What the bus is built with: the options group `postgres` (each part takes its own options of
+ * it), where owners are settled, and the callbacks the plugin reports through.
+ */
+export interface PostgresBusOptions extends PostgresOptions {
   /**
    * Where a publish that names no owner finds it, in the same statement as the write; undefined
    * when the hub settles owners itself (`resolveOwners`) before publishing.

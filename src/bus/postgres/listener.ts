@@ -7,10 +7,10 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import postgres, { type Options, type Sql } from 'postgres';
-import type { ResolvedOptions } from '../../options.js';
+import type { PostgresOptions } from '../../options.js';
 import { CHANNEL } from './schema.js';
 
-export interface ListenerOptions extends Pick<ResolvedOptions, 'listenTimeoutMs'> {
+export interface ListenerOptions extends Pick<PostgresOptions, 'listenTimeoutMs'> {
   /** Called when the LISTEN connection is back after it dropped or went silent. */
   onListenerRestarted?: () => void;
 }

@@ -7,13 +7,13 @@
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql } from 'postgres';
-import type { ResolvedOptions } from '../../options.js';
+import type { PostgresOptions } from '../../options.js';
 import type { BusSink, LoggedEvent } from '../bus.js';
 import type { Cursors, Position } from './cursor.js';
 import type { Wakeable } from './listener.js';
 import { toLogged, type Row, type RowOptions } from './rows.js';
 
-export interface ReaderOptions extends Pick<ResolvedOptions, 'pollIntervalMs'>, RowOptions {
+export interface ReaderOptions extends Pick<PostgresOptions, 'pollIntervalMs'>, RowOptions {
   /** Called when a read stops at events that wait behind a transaction still running. */
   onHeldBack?: () => void;
   /** Called after each read: the age of the newest event read (0: none), and whether no wake-up had announced them. */

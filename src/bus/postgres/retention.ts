@@ -6,9 +6,9 @@
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql } from 'postgres';
-import type { ResolvedOptions } from '../../options.js';
+import type { PostgresOptions } from '../../options.js';
 
-export interface RetentionOptions extends Pick<ResolvedOptions, 'retentionMs' | 'retentionPerTask'> {
+export interface RetentionOptions extends Pick<PostgresOptions, 'retentionMs' | 'retentionPerTask'> {
   /** Called after each pruning round that removed rows. */
   onPruned?: (rows: number) => void;
 }

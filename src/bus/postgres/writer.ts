@@ -6,12 +6,12 @@
 import pTimeout from 'p-timeout';
 import type { Sql, TransactionSql } from 'postgres';
 import { MeshBusUnavailableError, MeshPublishError } from '../../errors.js';
-import type { ResolvedOptions } from '../../options.js';
+import type { PostgresOptions } from '../../options.js';
 import type { BusEntry } from '../bus.js';
 import { isRefusedData } from './errors.js';
 import { CHANNEL } from './schema.js';
 
-export interface WriterOptions extends Pick<ResolvedOptions, 'publishTimeoutMs'> {
+export interface WriterOptions extends Pick<PostgresOptions, 'publishTimeoutMs'> {
   /** Where a publish that names no owner finds it, in the same statement as the write (undefined: it names one). */
   tasksTable: string | undefined;
 }
