@@ -87,7 +87,7 @@ export class MeshHub {
     this.timers.push(
       setInterval(() => {
         for (const connection of this.connections) connection.ping();
-      }, settings.heartbeat.pingIntervalMs).unref(),
+      }, settings.heartbeat.intervalMs).unref(),
       // A backed-up socket may get no new frame to notice it by: sweep, so that it is cut within
       // a second of its limit.
       setInterval(() => {

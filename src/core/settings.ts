@@ -17,7 +17,7 @@ export interface SessionLimits {
 export interface HubSettings {
   limits: SessionLimits;
   backpressure: BackpressureLimits;
-  heartbeat: { pingIntervalMs: number };
+  heartbeat: { intervalMs: number };
   reauth: { intervalMs: number };
   replay: { maxEvents: number; concurrency: number };
   /** Whether the hub settles a publish's owner before logging it; otherwise the log's own SQL does. */
