@@ -15,4 +15,4 @@ export * from './protocol/schemas.js';
 export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError, MeshBusUnavailableError } from './errors.js';
 export { redactUrl, requestSerializer, safeLoggerOptions, redactPaths, REDACT_PATHS, CREDENTIAL_HEADERS } from './logging.js';
 export type { MeshEventMap, MeshEvents } from './core/events.js';
-export { selectProtocol, MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './tickets.js';
+export { selectProtocol, MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './auth/tickets.js';

@@ -6,12 +6,12 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import type { TransactionSql } from 'postgres';
-import { Admission, refuse } from './admission.js';
+import { Admission, refuse } from './auth/admission.js';
 import type { EventBus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import { PostgresBus } from './bus/postgres.js';
 import type { Registry } from 'prom-client';
-import { authenticateRequest, reauthenticatePrincipal } from './auth.js';
+import { authenticateRequest, reauthenticatePrincipal } from './auth/authenticate.js';
 import { MeshEvents } from './core/events.js';
 import type { TaskOutputChannel, TaskUpdatesChannel } from './core/channels.js';
 import { MeshHub } from './core/hub.js';
@@ -23,7 +23,7 @@ import { OwnerDirectory } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
 import { MeshMetrics } from './metrics.js';
 import { resolveOptions, type MeshSubscriptionsOptions, type ResolvedOptions } from './options.js';
-import { MemoryTicketStore, PostgresTicketStore, selectProtocol, type TicketStore } from './tickets.js';
+import { MemoryTicketStore, PostgresTicketStore, selectProtocol, type TicketStore } from './auth/tickets.js';
 import { MESH_PROTOCOL, SUBSCRIBE_PATH, TICKETS_PATH, TICKET_PROTOCOL_PREFIX } from './protocol/wire.js';
 
 export interface Mesh {

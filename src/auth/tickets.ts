@@ -9,9 +9,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Sql } from 'postgres';
-import type { Principal, TicketsOptions } from './options.js';
+import type { Principal, TicketsOptions } from '../options.js';
 
-import { MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './protocol/wire.js';
+import { MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from '../protocol/wire.js';
 
 // The subprotocol names are wire constants, shared with the client (src/protocol/wire.ts).
 export { MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX };

@@ -4,10 +4,10 @@
  */
 import type { Socket } from 'node:net';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { authenticateRequest, principalKey, redeemTicket, type AuthResult } from './auth.js';
-import { RETRY_AFTER_SECONDS, UpgradeError } from './errors.js';
-import type { LimitsOptions, Principal, ResolvedOptions } from './options.js';
-import type { MeshMetrics } from './metrics.js';
+import { authenticateRequest, principalKey, redeemTicket, type AuthResult } from './authenticate.js';
+import { RETRY_AFTER_SECONDS, UpgradeError } from '../errors.js';
+import type { LimitsOptions, Principal, ResolvedOptions } from '../options.js';
+import type { MeshMetrics } from '../metrics.js';
 import { offeredTicket, type TicketStore } from './tickets.js';
 
 export type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
@@ -20,7 +20,8 @@ export type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
 interface Place {
   admission: Admission;
   key: string | undefined;
-  held: boolean;
+  /** Whether it still counts (until the socket ends, or the upgrade is refused). */
+  taken: boolean;
 }
 
 // The place is found on the socket by one shared listener (no closure per socket).
@@ -29,7 +30,7 @@ type Placed = Socket & { [PLACE]?: Place };
 
 function givePlaceBack(this: Placed): void {
   const place = this[PLACE];
-  if (place) place.admission.release(place);
+  if (place) place.admission.vacate(place);
 }
 
 /**
@@ -42,7 +43,7 @@ export interface AdmissionOptions extends Pick<ResolvedOptions, 'allowedOrigins'
 
 export class Admission {
   closing = false;
-  /** Places held: admitted sockets and upgrades still being authenticated. */
+  /** Places taken: admitted sockets and upgrades still being authenticated. */
   private total = 0;
   private readonly perPrincipal = new Map<string, number>();
   /** The principal of each admitted upgrade request, from the hook to the socket handler. */
@@ -87,7 +88,7 @@ export class Admission {
       if (place) this.giveBack(socket, place);
       throw error;
     }
-    if (place && !place.held) {
+    if (place && !place.taken) {
       // The client went away while it was authenticated: its place is back already, and nobody is
       // left to read an answer.
       return refuse(reply, UpgradeError.UNAVAILABLE);
@@ -117,7 +118,7 @@ export class Admission {
 
   /** Takes a place under `limits.maxConnections` for an upgrade; its TCP socket's end gives it back. */
   private reserve(socket: Placed): Place {
-    const place: Place = { admission: this, key: undefined, held: true };
+    const place: Place = { admission: this, key: undefined, taken: true };
     this.total++;
     socket[PLACE] = place;
     socket.once('close', givePlaceBack);
@@ -126,14 +127,15 @@ export class Admission {
 
   /** A refused upgrade's place, given back now rather than when its socket closes. */
   private giveBack(socket: Placed, place: Place): void {
-    this.release(place);
+    this.vacate(place);
     socket.removeListener('close', givePlaceBack);
     if (socket[PLACE] === place) delete socket[PLACE];
   }
 
-  release(place: Place): void {
-    if (!place.held) return;
-    place.held = false;
+  /** The place no longer counts: its socket ended, or its upgrade was refused. */
+  vacate(place: Place): void {
+    if (!place.taken) return;
+    place.taken = false;
     this.total--;
     if (place.key === undefined) return;
     const left = (this.perPrincipal.get(place.key) ?? 1) - 1;

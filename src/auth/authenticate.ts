@@ -4,9 +4,9 @@
  * verdict on the credentials: it keeps a new socket out with a "retry later", an open one open.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
-import type { AuthResult, Principal } from './core/ports.js';
-import type { ResolvedOptions } from './options.js';
-import { UUID_REGEX } from './protocol/schemas.js';
+import type { AuthResult, Principal } from '../core/ports.js';
+import type { ResolvedOptions } from '../options.js';
+import { UUID_REGEX } from '../protocol/schemas.js';
 import type { TicketStore } from './tickets.js';
 
 
@@ -65,4 +65,4 @@ export function reauthenticatePrincipal(
   return outcomeOf(() => reauthenticate({ ...principal }), 'reauthenticate', log);
 }
 
-export { principalKey, samePrincipal } from './core/principal.js';
+export { principalKey, samePrincipal } from '../core/principal.js';
