@@ -12,7 +12,14 @@ import { connect, type WireClient } from './wire.js';
 
 export type Workload = 'W1' | 'W2' | 'W3' | 'W5' | 'W6' | 'R1';
 
-const [peer, workload, portText, tasksFile, scaleText, publishPortText] = process.argv.slice(2) as [PeerName, Workload, string, string, string?, string?];
+const [peer, workload, portText, tasksFile, scaleText, publishPortText] = process.argv.slice(2) as [
+  PeerName,
+  Workload,
+  string,
+  string,
+  string?,
+  string?,
+];
 const port = Number(portText);
 const publishPort = Number(publishPortText ?? portText);
 const scale = Number(scaleText ?? 1);
@@ -150,9 +157,13 @@ async function latency(clients: WireClient[], plan: PublishPlan) {
  * `/healthz` and VmRSS every `interval` ms until `stop`, which returns its samples.
  */
 async function watch(interval: number) {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/poll.ts', String(port), process.env.BENCH_SERVER_PID!, String(interval)], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', 'bench/poll.ts', String(port), process.env.BENCH_SERVER_PID!, String(interval)],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   let out = '';
   child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
   await until(() => out.includes('ready\n'), 30_000);
@@ -160,7 +171,12 @@ async function watch(interval: number) {
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
     await exited;
-    return JSON.parse(out.trim().split('\n').pop()!) as { rss: [number, number, number, number][]; healthz: [number, number, number][]; unanswered: number; hwm: number };
+    return JSON.parse(out.trim().split('\n').pop()!) as {
+      rss: [number, number, number, number][];
+      healthz: [number, number, number][];
+      unanswered: number;
+      hwm: number;
+    };
   };
 }
 
@@ -284,7 +300,10 @@ if (workload === 'W1') {
   const rssDuring = samples.rss.filter(([at]) => during(at)).map(([, v]) => v);
   const health = samples.healthz.filter(([at]) => during(at));
   const healthMs = health.map(([, ms]) => ms).sort((a, b) => a - b);
-  const healthBefore = samples.healthz.filter(([at]) => at < replayStart).map(([, ms]) => ms).sort((a, b) => a - b);
+  const healthBefore = samples.healthz
+    .filter(([at]) => at < replayStart)
+    .map(([, ms]) => ms)
+    .sort((a, b) => a - b);
   const finished = doneAt.filter((t) => t >= 0).sort((a, b) => a - b);
   // CPU over the replay, in cores: the server process's own, and the whole machine's (PostgreSQL,
   // this generator, and whatever else runs on it).

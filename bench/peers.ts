@@ -110,7 +110,8 @@ export async function seedPeer(sql: Sql<any>, control: Control): Promise<Peer> {
   const bus = new EventEmitter();
   bus.setMaxListeners(0);
   const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
-  const lookup = async (taskId: string) => (await sql`SELECT owner_id::text AS owner_id FROM tasks WHERE id = ${taskId}`)[0]?.owner_id ?? null;
+  const lookup = async (taskId: string) =>
+    (await sql`SELECT owner_id::text AS owner_id FROM tasks WHERE id = ${taskId}`)[0]?.owner_id ?? null;
   wss.on('connection', (ws: WebSocket) => {
     const tasks = new Map<string, string | null>();
     const outputs = new Map<string, string | null>();
@@ -119,7 +120,15 @@ export async function seedPeer(sql: Sql<any>, control: Control): Promise<Peer> {
     const onUpdate = (n: ReturnType<typeof update> & { ownerId: string }) => {
       const sub = tasks.get(n.taskId);
       const forward = all || (sub !== undefined && (sub === null || sub === n.ownerId));
-      if (forward) send({ type: 'taskUpdated', taskId: n.taskId, version: n.version, status: n.status, updatedFields: n.updatedFields, updatedBy: n.updatedBy });
+      if (forward)
+        send({
+          type: 'taskUpdated',
+          taskId: n.taskId,
+          version: n.version,
+          status: n.status,
+          updatedFields: n.updatedFields,
+          updatedBy: n.updatedBy,
+        });
     };
     const onOutput = (n: ReturnType<typeof output> & { ownerId: string }) => {
       const sub = outputs.get(n.taskId);
@@ -150,7 +159,9 @@ export async function seedPeer(sql: Sql<any>, control: Control): Promise<Peer> {
       }
     });
   });
-  const server = plainServer(control, (request, socket, head) => wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)));
+  const server = plainServer(control, (request, socket, head) =>
+    wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)),
+  );
   return {
     listen: (port) => listenOn(server, port),
     publishUpdate: (task, version, stamp) => bus.emit('update', { ...update(task, version, stamp), ownerId: task.ownerId }),
@@ -166,10 +177,13 @@ export async function socketIoPeer(sql: Sql<any>, control: Control, bus: BenchBu
   if (bus === 'postgres') {
     // The adapter's own set-up: a pg pool, and its table for payloads over NOTIFY's 8000 bytes.
     pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
-    await pool.query('CREATE TABLE IF NOT EXISTS socket_io_attachments (id bigserial UNIQUE, created_at timestamptz DEFAULT now(), payload bytea)');
+    await pool.query(
+      'CREATE TABLE IF NOT EXISTS socket_io_attachments (id bigserial UNIQUE, created_at timestamptz DEFAULT now(), payload bytea)',
+    );
     io.adapter(createAdapter(pool));
   }
-  const lookup = async (taskId: string) => (await sql`SELECT owner_id::text AS owner_id FROM tasks WHERE id = ${taskId}`)[0]?.owner_id ?? null;
+  const lookup = async (taskId: string) =>
+    (await sql`SELECT owner_id::text AS owner_id FROM tasks WHERE id = ${taskId}`)[0]?.owner_id ?? null;
   io.on('connection', (socket) => {
     socket.on('subscribe', async ({ taskId }: { taskId: string }) => {
       await lookup(taskId);
@@ -188,7 +202,11 @@ export async function socketIoPeer(sql: Sql<any>, control: Control, bus: BenchBu
   });
   return {
     listen: (port) => listenOn(server, port),
-    publishUpdate: (task, version, stamp) => void io.to(task.taskId).to('all').emit('taskUpdated', update(task, version, stamp)),
+    publishUpdate: (task, version, stamp) =>
+      void io
+        .to(task.taskId)
+        .to('all')
+        .emit('taskUpdated', update(task, version, stamp)),
     publishOutput: (task, content) => void io.to(`output:${task.taskId}`).emit('taskOutput', output(task, content)),
     close: async () => {
       await new Promise<void>((resolve) => void io.close(() => resolve()));
@@ -223,7 +241,9 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
     if (tick.length === 0) setImmediate(flush);
     tick.push(frameText(JSON.stringify(message)));
   };
-  const server = plainServer(control, (request, socket, head) => wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)));
+  const server = plainServer(control, (request, socket, head) =>
+    wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)),
+  );
   return {
     listen: (port) => listenOn(server, port),
     publishUpdate: (task, version, stamp) => {

@@ -16,7 +16,9 @@ let total = 0;
 profile.samples.forEach((id, i) => {
   const delta = profile.timeDeltas[i] ?? 0;
   const frame = byId.get(id)!.callFrame;
-  const where = frame.url ? `${frame.url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/(src|bench)\//, '$1/')}:${frame.lineNumber + 1}` : '';
+  const where = frame.url
+    ? `${frame.url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/(src|bench)\//, '$1/')}:${frame.lineNumber + 1}`
+    : '';
   const key = `${frame.functionName || '(anonymous)'} ${where}`;
   self.set(key, (self.get(key) ?? 0) + delta);
   total += delta;

@@ -70,7 +70,9 @@ async function seedReplay(): Promise<string> {
       SELECT format_type(atttypid, atttypmod) AS type FROM pg_attribute
       WHERE attrelid = 'mesh_event_log'::regclass AND attname = 'payload'`;
     const payload = (version: string) =>
-      db.unsafe(`json_build_object('version', ${version}, 'status', 'running', 'updatedFields', json_build_array('status'), 'updatedBy', 'bench-seed')::${column!.type === 'jsonb' ? 'jsonb' : 'json'}`);
+      db.unsafe(
+        `json_build_object('version', ${version}, 'status', 'running', 'updatedFields', json_build_array('status'), 'updatedBy', 'bench-seed')::${column!.type === 'jsonb' ? 'jsonb' : 'json'}`,
+      );
     const marker = tasks[REPLAY_TASKS]!;
     const [first] = await db<{ cursor: string }[]>`
       INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
@@ -89,7 +91,9 @@ async function seedReplay(): Promise<string> {
     await db`CHECKPOINT`.catch(() => {});
     const [table] = await db<{ rows: number; size: string }[]>`
       SELECT count(*)::int AS rows, pg_size_pretty(pg_total_relation_size('mesh_event_log')) AS size FROM mesh_event_log`;
-    process.stderr.write(`R1 seed: ${table!.rows} rows (${table!.size} with indexes), inserted in ${(inserted / 1000).toFixed(1)} s, analysed in ${((performance.now() - started - inserted) / 1000).toFixed(1)} s; since ${first!.cursor}\n`);
+    process.stderr.write(
+      `R1 seed: ${table!.rows} rows (${table!.size} with indexes), inserted in ${(inserted / 1000).toFixed(1)} s, analysed in ${((performance.now() - started - inserted) / 1000).toFixed(1)} s; since ${first!.cursor}\n`,
+    );
     return first!.cursor;
   } finally {
     await db.end();
@@ -118,21 +122,32 @@ async function startServer(peer: PeerName, bus: BenchBus, env: Record<string, st
 async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
   // W6: the clients on B, the publisher on A, events between them only through PostgreSQL.
   // R1: one server on the PostgreSQL bus, started after the log is seeded (it reads on from the head).
-  const replay = workload === 'R1' ? { BENCH_REPLAY_SINCE: await seedReplay(), BENCH_REPLAY_TASKS: String(REPLAY_TASKS), BENCH_REPLAY_EVENTS: String(REPLAY_EVENTS) } : undefined;
+  const replay =
+    workload === 'R1'
+      ? { BENCH_REPLAY_SINCE: await seedReplay(), BENCH_REPLAY_TASKS: String(REPLAY_TASKS), BENCH_REPLAY_EVENTS: String(REPLAY_EVENTS) }
+      : undefined;
   const servers =
     workload === 'W6'
       ? [await startServer(peer, 'postgres'), await startServer(peer, 'postgres')]
       : replay
-        ? [await startServer(peer, 'postgres', { BENCH_MESH_OPTIONS: JSON.stringify({ retentionPerTask: 1_000_000, ...JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') }) })]
+        ? [
+            await startServer(peer, 'postgres', {
+              BENCH_MESH_OPTIONS: JSON.stringify({ retentionPerTask: 1_000_000, ...JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') }),
+            }),
+          ]
         : [await startServer(peer, 'memory')];
   try {
     const ports = servers.map((s) => String(s.port));
-    const out = execFileSync(process.execPath, ['--import', 'tsx', 'bench/load.ts', peer, workload, ports[0]!, tasksFile, values.scale, ports.at(-1)!], {
-      env: { ...process.env, ...replay, BENCH_SERVER_PID: String(servers[0]!.pid) },
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'inherit'],
-      maxBuffer: 1 << 20,
-    });
+    const out = execFileSync(
+      process.execPath,
+      ['--import', 'tsx', 'bench/load.ts', peer, workload, ports[0]!, tasksFile, values.scale, ports.at(-1)!],
+      {
+        env: { ...process.env, ...replay, BENCH_SERVER_PID: String(servers[0]!.pid) },
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'inherit'],
+        maxBuffer: 1 << 20,
+      },
+    );
     return JSON.parse(out.trim().split('\n').pop()!);
   } finally {
     await Promise.all(servers.map((s) => s.stop()));
@@ -192,7 +207,9 @@ for (const row of rows.filter((r) => workloads.includes(r.workload))) {
   lines.push([row.label, ...peers.map((p) => row.format(value(p))), ...others.map(ratio)]);
 }
 const widths = header.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
-print(`machine: ${cpus().length} × ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; scale ${values.scale}`);
+print(
+  `machine: ${cpus().length} × ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; scale ${values.scale}`,
+);
 print('ratios: how many times better mesh is (>1× = mesh better); n/a = not measured');
 print();
 for (const [i, l] of lines.entries()) {

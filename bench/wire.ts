@@ -17,7 +17,12 @@ export interface WireClient {
 }
 
 /** `onText` is in place before the handshake ends: a server may send frames in the same packet as its 101. */
-export function connect(port: number, path: string, headers: Record<string, string> = {}, onText?: (payload: Buffer, self: WireClient) => void): Promise<WireClient> {
+export function connect(
+  port: number,
+  path: string,
+  headers: Record<string, string> = {},
+  onText?: (payload: Buffer, self: WireClient) => void,
+): Promise<WireClient> {
   return new Promise((resolve, reject) => {
     const socket = tcpConnect({ host: '127.0.0.1', port, noDelay: true });
     const key = randomBytes(16).toString('base64');

@@ -60,7 +60,13 @@ export function asyncApiDocument(): string {
     // The error frame's code is one of the table's: say so in the schema too.
     if (name === 'error') payload.properties.code.enum = Object.values(ErrorCode);
     schemas[name] = payload;
-    messages[name] = { name, title: name, summary: schema.description ?? name, contentType: 'application/json', payload: { $ref: `#/components/schemas/${name}` } };
+    messages[name] = {
+      name,
+      title: name,
+      summary: schema.description ?? name,
+      contentType: 'application/json',
+      payload: { $ref: `#/components/schemas/${name}` },
+    };
     channelMessages[name] = { $ref: `#/components/messages/${name}` };
     operations[`${action}${name[0]!.toUpperCase()}${name.slice(1)}`] = {
       action,
@@ -81,7 +87,11 @@ export function asyncApiDocument(): string {
         host: 'localhost:8080',
         protocol: 'ws',
         description: 'The example server (`npm start`); use wss behind TLS.',
-        security: [{ $ref: '#/components/securitySchemes/apiKey' }, { $ref: '#/components/securitySchemes/bearer' }, { $ref: '#/components/securitySchemes/ticket' }],
+        security: [
+          { $ref: '#/components/securitySchemes/apiKey' },
+          { $ref: '#/components/securitySchemes/bearer' },
+          { $ref: '#/components/securitySchemes/ticket' },
+        ],
       },
     },
     channels: {

@@ -13,9 +13,13 @@ import { scratchDirectory, startEmbeddedPostgres, type EmbeddedDatabase } from '
 
 const log = pino({ level: process.env.LOG_LEVEL || 'warn' }, pino.destination(2));
 const requested = process.argv.slice(2);
-const files = requested.length > 0
-  ? requested
-  : (await readdir('test')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => path.join('test', f));
+const files =
+  requested.length > 0
+    ? requested
+    : (await readdir('test'))
+        .filter((f) => f.endsWith('.test.ts'))
+        .sort()
+        .map((f) => path.join('test', f));
 
 let embedded: EmbeddedDatabase | undefined;
 let scratch: string | undefined;

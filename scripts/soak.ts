@@ -46,7 +46,9 @@ const owners = await Promise.all(
   Array.from({ length: OWNERS }, async () => {
     const ownerId = crypto.randomUUID();
     const key = await createApiKey(sql, { ownerId, admin: false });
-    const tasks = await sql<{ id: string }[]>`INSERT INTO tasks (owner_id, name) SELECT ${ownerId}, 'soak' FROM generate_series(1, 2) RETURNING id::text AS id`;
+    const tasks = await sql<
+      { id: string }[]
+    >`INSERT INTO tasks (owner_id, name) SELECT ${ownerId}, 'soak' FROM generate_series(1, 2) RETURNING id::text AS id`;
     return { ownerId, key, tasks: tasks.map((t) => t.id) };
   }),
 );
@@ -58,9 +60,12 @@ const server = spawn(process.execPath, ['--import', 'tsx', 'example/src/main.ts'
   stdio: ['ignore', 'inherit', 'inherit'],
 });
 const base = `http://127.0.0.1:${port}`;
-for (let ready = false; !ready; ) {
+for (let ready = false; !ready;) {
   if (server.exitCode !== null) throw new Error(`server exited (${server.exitCode})`);
-  ready = await fetch(`${base}/healthz`).then((r) => r.ok, () => false);
+  ready = await fetch(`${base}/healthz`).then(
+    (r) => r.ok,
+    () => false,
+  );
   if (!ready) await new Promise((r) => setTimeout(r, 200));
 }
 const wsUrl = `${base.replace('http', 'ws')}/api/v1/mesh/tasks/subscribe`;
@@ -202,7 +207,9 @@ async function publish(): Promise<void> {
   }
 }
 
-print(`soak: ${CONNECTIONS} connections (${GOOD} well-behaved, ${CHURN} churning, ${FLOODERS} flooding, ${STALLED} stalled), ${values.minutes} min, ${PATCH_RATE} PATCH/s`);
+print(
+  `soak: ${CONNECTIONS} connections (${GOOD} well-behaved, ${CHURN} churning, ${FLOODERS} flooding, ${STALLED} stalled), ${values.minutes} min, ${PATCH_RATE} PATCH/s`,
+);
 print('t(s)  conns  frames        errors  churned  floodCloses  slowCloses  gaps  serverRSS(MiB)');
 const workers = [
   ...Array.from({ length: CHURN }, (_, i) => churn(i)),
@@ -251,7 +258,9 @@ const mean = (xs: typeof warm) => xs.reduce((a, s) => a + s.rss, 0) / xs.length;
 const growth = warm.length > 2 ? (mean(last) - mean(first)) / mean(first) : 0;
 const flat = growth < 0.1;
 print('');
-print(`RSS after warm-up: first third ${mean(first).toFixed(1)} MiB, last third ${mean(last).toFixed(1)} MiB (${(growth * 100).toFixed(1)}%): ${flat ? 'flat' : 'GROWING'}`);
+print(
+  `RSS after warm-up: first third ${mean(first).toFixed(1)} MiB, last third ${mean(last).toFixed(1)} MiB (${(growth * 100).toFixed(1)}%): ${flat ? 'flat' : 'GROWING'}`,
+);
 print(`well-behaved clients: ${GOOD}, out-of-order or missing versions: ${stats.gaps}, streams not at the final version: ${lost}`);
 print(`verdict: ${flat && lost === 0 && stats.gaps === 0 ? 'PASS' : 'FAIL'}`);
 

@@ -38,7 +38,14 @@ export class MeshMetrics implements MetricsSink {
     events: MeshEvents,
   ) {
     const registers = [registry];
-    new Gauge({ name: 'mesh_connections', help: 'Open WebSocket connections', registers, collect() { this.set(source.connections()); } });
+    new Gauge({
+      name: 'mesh_connections',
+      help: 'Open WebSocket connections',
+      registers,
+      collect() {
+        this.set(source.connections());
+      },
+    });
     new Gauge({
       name: 'mesh_subscriptions',
       help: 'Subscriptions held by open connections, by kind (task: subscribe, all: subscribeAll, output: subscribeOutput)',
@@ -48,7 +55,12 @@ export class MeshMetrics implements MetricsSink {
         for (const [kind, n] of Object.entries(source.subscriptions())) this.set({ kind }, n);
       },
     });
-    this.framesIn = new Counter({ name: 'mesh_frames_received_total', help: 'Client frames received, by type (invalid: not a valid frame)', labelNames: ['type'], registers });
+    this.framesIn = new Counter({
+      name: 'mesh_frames_received_total',
+      help: 'Client frames received, by type (invalid: not a valid frame)',
+      labelNames: ['type'],
+      registers,
+    });
     const pending = this.pending;
     this.framesOut = new Counter({
       name: 'mesh_frames_sent_total',
@@ -71,7 +83,12 @@ export class MeshMetrics implements MetricsSink {
       },
     });
     this.errors = new Counter({ name: 'mesh_errors_total', help: 'error frames sent, by code', labelNames: ['code'], registers });
-    this.closes = new Counter({ name: 'mesh_closes_total', help: 'Close frames the server sent, by close code', labelNames: ['code'], registers });
+    this.closes = new Counter({
+      name: 'mesh_closes_total',
+      help: 'Close frames the server sent, by close code',
+      labelNames: ['code'],
+      registers,
+    });
     this.slow = new Counter({
       name: 'mesh_slow_consumer_events_total',
       help: 'Slow readers: updates conflated away, output frames dropped (then lagged), sockets disconnected',

@@ -23,11 +23,7 @@ export type { OwnerResolver, Principal };
  * A positive safe integer (or, with `infinity`, `Infinity`). `refusal` is how a bad value is
  * described; `defaultText` how the default reads in the README.
  */
-function positiveInteger(
-  defaultValue: number | undefined,
-  description: string,
-  extra: { infinity?: boolean; defaultText?: string } = {},
-) {
+function positiveInteger(defaultValue: number | undefined, description: string, extra: { infinity?: boolean; defaultText?: string } = {}) {
   const annotations = {
     description,
     ...(defaultValue === undefined ? {} : { default: defaultValue }),
@@ -100,11 +96,9 @@ export const PlainOptionsSchema = Type.Object({
         'default the owner id; the example host counts per API key)',
       { infinity: true },
     ),
-    maxConnections: positiveInteger(
-      Number.POSITIVE_INFINITY,
-      'open sockets in total; over it the upgrade gets 503 with `Retry-After`',
-      { infinity: true },
-    ),
+    maxConnections: positiveInteger(Number.POSITIVE_INFINITY, 'open sockets in total; over it the upgrade gets 503 with `Retry-After`', {
+      infinity: true,
+    }),
   }),
   backpressure: group('how much may wait for a socket that reads slower than its events come, and for how long', {
     soft: positiveInteger(1024 * 1024, "buffered bytes above which a socket's output is dropped (then `lagged`) and updates conflated", {
@@ -215,7 +209,11 @@ export const FLAT_OPTION_NAMES = {
 type GroupedPath = { [G in GroupName]: `${G}.${keyof PlainOptions[G] & string}` }[GroupName];
 type FlatName = keyof typeof FLAT_OPTION_NAMES;
 /** The type of the grouped option a path names. */
-type AtPath<P> = P extends `${infer G extends GroupName}.${infer K}` ? (K extends keyof PlainOptions[G] ? PlainOptions[G][K] : never) : never;
+type AtPath<P> = P extends `${infer G extends GroupName}.${infer K}`
+  ? K extends keyof PlainOptions[G]
+    ? PlainOptions[G][K]
+    : never
+  : never;
 type FlatOptions = { [F in FlatName]?: AtPath<(typeof FLAT_OPTION_NAMES)[F]> };
 type GroupedOptions = { [G in GroupName]?: Partial<PlainOptions[G]> };
 /** Every plain option a host may give: the top-level ones, the groups, and the flat names (`tickets` is both). */
@@ -250,7 +248,7 @@ export const EXPLICIT_OPTION_DOCS: ReadonlyArray<{ name: string; label: string; 
       "re-checks an open socket's principal every `reauth.intervalMs` (same or changed principal keeps it, `null` closes " +
       'with 4401, a throw keeps it until the next round). Given, the plugin keeps nothing of the upgrade request ' +
       '(~1.7 KiB less per socket); absent, `authenticate` runs again on the kept request. Needed for single-use ' +
-      "credentials. The example host re-checks the key by its id (`Principal.id`)",
+      'credentials. The example host re-checks the key by its id (`Principal.id`)',
   },
   { name: 'sql', label: '`sql`', defaultText: '—', description: "the host's `postgres` client, for owner lookups" },
   {
@@ -271,7 +269,7 @@ export const EXPLICIT_OPTION_DOCS: ReadonlyArray<{ name: string; label: string; 
     name: 'metricsRegistry',
     label: '`metricsRegistry`',
     defaultText: 'a registry of its own',
-    description: "a prom-client `Registry` to put the `mesh_*` metrics in (yours); either way it is `app.mesh.metrics`",
+    description: 'a prom-client `Registry` to put the `mesh_*` metrics in (yours); either way it is `app.mesh.metrics`',
   },
 ];
 
@@ -330,8 +328,7 @@ export interface ResolvedOptions extends PlainOptions {
 }
 
 const isGroup = (schema: TSchema): schema is TObject => KindGuard.IsObject(schema);
-const isObject = (value: unknown): value is Record<string, unknown> =>
-  typeof value === 'object' && value !== null && !Array.isArray(value);
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 
 /** Each grouped path's flat name. */
 const FLAT_NAME_OF: ReadonlyMap<string, FlatName> = new Map(
@@ -424,7 +421,9 @@ function plainOptions(o: Record<string, unknown>, named: Map<string, string>): P
       const fromGroup = given(path, s, grouped[option]);
       const fromFlat = flat === undefined || (flat === name && isObject(raw)) ? undefined : given(flat, s, o[flat]);
       if (fromGroup !== undefined && fromFlat !== undefined) {
-        throw new MeshOptionsError(`options "${flat}" and "${path}" are one option, given twice: keep one (the grouped "${path}" is preferred)`);
+        throw new MeshOptionsError(
+          `options "${flat}" and "${path}" are one option, given twice: keep one (the grouped "${path}" is preferred)`,
+        );
       }
       named.set(path, fromFlat !== undefined ? flat! : path);
       values[option] = fromGroup ?? fromFlat ?? s.default;

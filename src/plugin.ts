@@ -152,7 +152,8 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
           201: { description: 'A ticket, valid once until `expiresAt`.', ...Ticket },
           401: { description: 'Missing, unknown or revoked credentials: do not retry with them.', ...ErrorBody },
           503: {
-            description: '`UNAVAILABLE`: the credentials could not be checked, or the ticket not stored, right now (the database is down); retry after `Retry-After` seconds.',
+            description:
+              '`UNAVAILABLE`: the credentials could not be checked, or the ticket not stored, right now (the database is down); retry after `Retry-After` seconds.',
             ...ErrorBody,
           },
         },

@@ -35,7 +35,9 @@ function closure(start: string[]): { files: Set<string>; packages: Map<string, s
   return { files, packages };
 }
 
-const coreFiles = readdirSync(path.join(SRC, 'core')).filter((f) => f.endsWith('.ts')).map((f) => path.join(SRC, 'core', f));
+const coreFiles = readdirSync(path.join(SRC, 'core'))
+  .filter((f) => f.endsWith('.ts'))
+  .map((f) => path.join(SRC, 'core', f));
 
 test('the core imports no socket library, web framework, database driver or metrics library', () => {
   const { packages } = closure(coreFiles);
@@ -50,7 +52,10 @@ test('the core reaches outside itself only for the protocol, the bus interface a
     const relative = path.relative(SRC, file);
     return relative.startsWith('core/') || relative.startsWith('protocol/') || relative === 'bus/bus.ts' || relative === 'errors.ts';
   };
-  assert.deepEqual([...files].filter((f) => !allowed(f)).map((f) => path.relative(SRC, f)), []);
+  assert.deepEqual(
+    [...files].filter((f) => !allowed(f)).map((f) => path.relative(SRC, f)),
+    [],
+  );
 });
 
 test('only the ws adapter knows ws and @fastify/websocket', () => {
@@ -59,7 +64,8 @@ test('only the ws adapter knows ws and @fastify/websocket', () => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) {
       const full = path.join(dir, entry.name);
       if (entry.isDirectory()) walk(full);
-      else if (entry.name.endsWith('.ts') && importsOf(full).some((s) => s === 'ws' || s === '@fastify/websocket')) knowing.push(path.relative(SRC, full));
+      else if (entry.name.endsWith('.ts') && importsOf(full).some((s) => s === 'ws' || s === '@fastify/websocket'))
+        knowing.push(path.relative(SRC, full));
     }
   };
   walk(SRC);

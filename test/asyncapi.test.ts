@@ -14,17 +14,34 @@ import { startTestServer } from './helpers/server.js';
 test('the AsyncAPI document is valid, with every frame in both directions, the codes and the auth options', async () => {
   const { document, diagnostics } = await new Parser().parse(asyncApiDocument());
   const errors = diagnostics.filter((d) => d.severity === 0);
-  assert.deepEqual(errors.map((d) => `${d.path.join('.')}: ${d.message}`), []);
+  assert.deepEqual(
+    errors.map((d) => `${d.path.join('.')}: ${d.message}`),
+    [],
+  );
   assert.ok(document);
   assert.equal(document.version(), '3.1.0');
-  const actions = new Map(document.operations().all().map((op) => [op.messages().all()[0]!.name(), op.action()]));
+  const actions = new Map(
+    document
+      .operations()
+      .all()
+      .map((op) => [op.messages().all()[0]!.name(), op.action()]),
+  );
   for (const name of Object.keys(ClientMessages)) assert.equal(actions.get(name), 'receive', name);
   for (const name of Object.keys(ServerMessages)) assert.equal(actions.get(name), 'send', name);
   const error = document.components().messages().get('error')!.payload()!.properties()!.code!.enum();
   assert.deepEqual(error, Object.values(ErrorCode));
   const description = document.info().description()!;
   for (const code of Object.values(CloseCode)) assert.match(description, new RegExp(`\`${code}\``));
-  assert.deepEqual(Object.keys(document.components().securitySchemes().all().reduce((o, s) => ({ ...o, [s.id()]: 1 }), {})).sort(), ['apiKey', 'bearer', 'ticket']);
+  assert.deepEqual(
+    Object.keys(
+      document
+        .components()
+        .securitySchemes()
+        .all()
+        .reduce((o, s) => ({ ...o, [s.id()]: 1 }), {}),
+    ).sort(),
+    ['apiKey', 'bearer', 'ticket'],
+  );
 });
 
 test('the committed openapi/asyncapi.yaml is current (run `npm run asyncapi`)', async () => {

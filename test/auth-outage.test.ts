@@ -97,7 +97,6 @@ test('redeeming a ticket while reauthenticate throws → 503 UNAVAILABLE with Re
   } finally {
     down.reauthenticate = false;
   }
-
 });
 
 test('the ticket store fails (its table out of reach) → 503 UNAVAILABLE on redeem and on mint; the ticket is not spent', async () => {
@@ -168,7 +167,14 @@ test('the client retries through an outage at the ticket request and at the upgr
   }
   await statusWhere(c, (s) => s.state === 'open');
   await subscription.ready; // acked by the server, so the event below is not published before it
-  await server.app.mesh.taskUpdates.publish({ taskId: task, ownerId, version: 7, status: 'running', updatedFields: ['status'], updatedBy: 't' });
+  await server.app.mesh.taskUpdates.publish({
+    taskId: task,
+    ownerId,
+    version: 7,
+    status: 'running',
+    updatedFields: ['status'],
+    updatedBy: 't',
+  });
   assert.equal(await received, 7);
   c.close();
 });

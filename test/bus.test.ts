@@ -178,8 +178,14 @@ describe('publishing from SQL', () => {
 
   test('a NULL where a value is required, or a cost that is not finite, is refused with a clear error', async () => {
     const taskId = await a.task(null);
-    await assert.rejects(db.sql`SELECT mesh_publish_task_update(${taskId}::uuid, NULL, NULL, 'x', NULL, 'y')`, /version, status and updated_by are required/);
-    await assert.rejects(db.sql`SELECT mesh_publish_task_output(NULL, NULL, 'assistant', 'x', NULL, NULL, NULL, NULL, NULL, NULL)`, /are required/);
+    await assert.rejects(
+      db.sql`SELECT mesh_publish_task_update(${taskId}::uuid, NULL, NULL, 'x', NULL, 'y')`,
+      /version, status and updated_by are required/,
+    );
+    await assert.rejects(
+      db.sql`SELECT mesh_publish_task_output(NULL, NULL, 'assistant', 'x', NULL, NULL, NULL, NULL, NULL, NULL)`,
+      /are required/,
+    );
     await assert.rejects(
       db.sql`SELECT mesh_publish_task_output(${taskId}::uuid, NULL, 'result', 'x', NULL, NULL, NULL, 'NaN'::float8, NULL, NULL)`,
       /cost_usd must be a finite number/,
@@ -204,26 +210,33 @@ test('the LISTEN backend killed mid-stream: no gap, no duplicate', async () => {
   })();
   const got = versions(await take(client, total));
   await publishing;
-  assert.deepEqual(got, Array.from({ length: total }, (_, i) => i + 1));
+  assert.deepEqual(
+    got,
+    Array.from({ length: total }, (_, i) => i + 1),
+  );
   assert.equal(client.pending.length, 0);
   await client.close();
 });
 
-test('a lost wake-up costs latency, not the event: the periodic read delivers a row that came with no NOTIFY', { timeout: 20_000 }, async () => {
-  const polling = await startTestServer({ db, mesh: { bus: 'postgres', pollIntervalMs: 100 } });
-  const admin = await polling.admin();
-  const taskId = await a.task(null);
-  const client = await polling.connect(admin.key);
-  await client.request({ type: 'subscribe', taskId });
-  // Written as the SQL functions write, minus their pg_notify: no instance is woken.
-  await db.sql`
+test(
+  'a lost wake-up costs latency, not the event: the periodic read delivers a row that came with no NOTIFY',
+  { timeout: 20_000 },
+  async () => {
+    const polling = await startTestServer({ db, mesh: { bus: 'postgres', pollIntervalMs: 100 } });
+    const admin = await polling.admin();
+    const taskId = await a.task(null);
+    const client = await polling.connect(admin.key);
+    await client.request({ type: 'subscribe', taskId });
+    // Written as the SQL functions write, minus their pg_notify: no instance is woken.
+    await db.sql`
     INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
     VALUES ('update', ${taskId}::uuid, NULL, true, ${db.sql.json({ version: 7, status: 'running', updatedFields: ['status'], updatedBy: 'sql' })})`;
-  const frame = await client.next();
-  assert.deepEqual([frame.type, frame.taskId, frame.version], ['taskUpdated', taskId, 7]);
-  await client.close();
-  await polling.close();
-});
+    const frame = await client.next();
+    assert.deepEqual([frame.type, frame.taskId, frame.version], ['taskUpdated', taskId, 7]);
+    await client.close();
+    await polling.close();
+  },
+);
 
 describe('resume', () => {
   for (const [subscription, follow] of [
@@ -251,10 +264,16 @@ describe('resume', () => {
       })();
       const again = await b.connect(key);
       const ack = await again.request({ ...follow(taskId), since: before.at(-1)!.cursor });
-      assert.equal(ack.type, subscription === 'subscribeAll' ? 'subscribedAll' : subscription === 'subscribe' ? 'subscribed' : 'outputSubscribed');
+      assert.equal(
+        ack.type,
+        subscription === 'subscribeAll' ? 'subscribedAll' : subscription === 'subscribe' ? 'subscribed' : 'outputSubscribed',
+      );
       const after = await take(again, total - 10);
       await publishing;
-      assert.deepEqual([...before, ...after].map(seq), Array.from({ length: total }, (_, i) => i + 1));
+      assert.deepEqual(
+        [...before, ...after].map(seq),
+        Array.from({ length: total }, (_, i) => i + 1),
+      );
       assert.equal(new Set(after.map((f) => f.cursor)).size, after.length);
       assert.equal(again.pending.length, 0);
       await again.close();
@@ -268,11 +287,16 @@ describe('resume', () => {
     // the ids cross the next power of ten, where '10' sorts before '9' as text.
     const [{ max }] = (await db.sql`SELECT coalesce(max(id), 0)::int AS max FROM mesh_event_log`) as unknown as [{ max: number }];
     const count = 10 ** String(max + 1).length - max + 5;
-    const cursors = await Promise.all(Array.from({ length: count }, (_, i) => a.app.mesh.taskUpdates.publish(update(taskId, ownerId, i + 1))));
+    const cursors = await Promise.all(
+      Array.from({ length: count }, (_, i) => a.app.mesh.taskUpdates.publish(update(taskId, ownerId, i + 1))),
+    );
     assert.equal(new Set(cursors.map((c) => c.split('.')[1])).size, 1, 'one transaction');
     const client = await b.connect(key);
     await client.request({ type: 'subscribe', taskId, since: cursors[0] });
-    assert.deepEqual(versions(await take(client, count - 1)), Array.from({ length: count - 1 }, (_, i) => i + 2));
+    assert.deepEqual(
+      versions(await take(client, count - 1)),
+      Array.from({ length: count - 1 }, (_, i) => i + 2),
+    );
     await client.close();
   });
 
@@ -304,9 +328,18 @@ describe('resume', () => {
     const frames = await take(again, 3 + 39 * 2);
     await live;
     const expected = Array.from({ length: 39 }, (_, i) => i + 2);
-    assert.deepEqual(frames.filter((f) => f.type === 'taskUpdated').map((f) => f.version), expected);
-    assert.deepEqual(frames.filter((f) => f.type === 'taskOutput').map((f) => Number(f.content)), expected);
-    assert.deepEqual(frames.filter((f) => !['taskUpdated', 'taskOutput'].includes(f.type)).map((f) => f.type), ['subscribed', 'subscribedAll', 'outputSubscribed']);
+    assert.deepEqual(
+      frames.filter((f) => f.type === 'taskUpdated').map((f) => f.version),
+      expected,
+    );
+    assert.deepEqual(
+      frames.filter((f) => f.type === 'taskOutput').map((f) => Number(f.content)),
+      expected,
+    );
+    assert.deepEqual(
+      frames.filter((f) => !['taskUpdated', 'taskOutput'].includes(f.type)).map((f) => f.type),
+      ['subscribed', 'subscribedAll', 'outputSubscribed'],
+    );
     assert.equal(again.pending.length, 0);
     await again.close();
   });
@@ -355,7 +388,9 @@ test('retention by age: events older than retentionMs are pruned, younger ones k
   await db.sql`UPDATE mesh_event_log SET created_at = now() - interval '2 hours' WHERE task_id = ${taskId} AND (payload->>'version')::int <= 3`;
   const pruning = await startTestServer({ db, mesh: { bus: 'postgres', retentionMs: 60 * 60 * 1000, pruneIntervalMs: 50 } });
   const left = async () =>
-    (await db.sql<{ v: number }[]>`SELECT (payload->>'version')::int AS v FROM mesh_event_log WHERE task_id = ${taskId} ORDER BY v`).map((r) => r.v);
+    (await db.sql<{ v: number }[]>`SELECT (payload->>'version')::int AS v FROM mesh_event_log WHERE task_id = ${taskId} ORDER BY v`).map(
+      (r) => r.v,
+    );
   await prunedUntil(pruning, async () => (await left()).length <= 3);
   assert.deepEqual(await left(), [4, 5, 6]);
   const client = await b.connect(key);

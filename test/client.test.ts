@@ -7,7 +7,13 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { createMeshClient, MeshSubscriptionError, type ConnectionStatus, type MeshClient, type MeshClientOptions } from '../src/client/index.js';
+import {
+  createMeshClient,
+  MeshSubscriptionError,
+  type ConnectionStatus,
+  type MeshClient,
+  type MeshClientOptions,
+} from '../src/client/index.js';
 import { createApiKey, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startServerProcess } from './helpers/process.js';
@@ -72,8 +78,22 @@ test('typed events and per-task handlers; a refused subscription rejects its rea
   await c.subscribeOutput(two, (e) => output.push(e.content)).ready;
   const refused = c.subscribe(await server.task(null)).ready;
   await assert.rejects(refused, (e: MeshSubscriptionError) => e instanceof MeshSubscriptionError && e.code === 'NOT_FOUND');
-  await server.app.mesh.taskUpdates.publish({ taskId: one, ownerId, version: 3, status: 'running', updatedFields: ['status'], updatedBy: 't' });
-  await server.app.mesh.taskUpdates.publish({ taskId: two, ownerId, version: 1, status: 'done', updatedFields: ['status'], updatedBy: 't' });
+  await server.app.mesh.taskUpdates.publish({
+    taskId: one,
+    ownerId,
+    version: 3,
+    status: 'running',
+    updatedFields: ['status'],
+    updatedBy: 't',
+  });
+  await server.app.mesh.taskUpdates.publish({
+    taskId: two,
+    ownerId,
+    version: 1,
+    status: 'done',
+    updatedFields: ['status'],
+    updatedBy: 't',
+  });
   await server.app.mesh.taskOutput.publish({ taskId: two, ownerId, messageType: 'assistant', content: 'hello', isPartial: false });
   await Promise.all([perTask.complete, all.complete, output.complete]);
   assert.deepEqual(perTask.values, [3]);
@@ -82,49 +102,53 @@ test('typed events and per-task handlers; a refused subscription rejects its rea
   c.close();
 });
 
-test('a server restart mid-stream: the client reconnects and resumes each subscription, no gap, no duplicate', { timeout: 90_000 }, async () => {
-  let process1 = await startServerProcess(db.url);
-  const port = new URL(process1.url).port;
-  const key = await createApiKey(db.sql, { ownerId: null, admin: true });
-  const [task] = await db.sql<{ id: string }[]>`INSERT INTO tasks (owner_id, name) VALUES (NULL, 'restart') RETURNING id::text AS id`;
-  const total = 300;
-  const c = client(process1.url, key);
-  const versions = collector<number>(total);
-  const everything = collector<number>(total);
-  const outputs = collector<string>(total);
-  let halfway!: () => void;
-  const fiftyIn = new Promise<void>((resolve) => (halfway = resolve));
-  await c.subscribe(task!.id, (e) => {
-    versions.push(e.version);
-    if (versions.values.length === 50) halfway();
-  }).ready;
-  await c.subscribeAll((e) => everything.push(e.version)).ready;
-  await c.subscribeOutput(task!.id, (e) => outputs.push(e.content)).ready;
-  const statuses: string[] = [];
-  c.on('status', (s) => statuses.push(s.state));
+test(
+  'a server restart mid-stream: the client reconnects and resumes each subscription, no gap, no duplicate',
+  { timeout: 90_000 },
+  async () => {
+    let process1 = await startServerProcess(db.url);
+    const port = new URL(process1.url).port;
+    const key = await createApiKey(db.sql, { ownerId: null, admin: true });
+    const [task] = await db.sql<{ id: string }[]>`INSERT INTO tasks (owner_id, name) VALUES (NULL, 'restart') RETURNING id::text AS id`;
+    const total = 300;
+    const c = client(process1.url, key);
+    const versions = collector<number>(total);
+    const everything = collector<number>(total);
+    const outputs = collector<string>(total);
+    let halfway!: () => void;
+    const fiftyIn = new Promise<void>((resolve) => (halfway = resolve));
+    await c.subscribe(task!.id, (e) => {
+      versions.push(e.version);
+      if (versions.values.length === 50) halfway();
+    }).ready;
+    await c.subscribeAll((e) => everything.push(e.version)).ready;
+    await c.subscribeOutput(task!.id, (e) => outputs.push(e.content)).ready;
+    const statuses: string[] = [];
+    c.on('status', (s) => statuses.push(s.state));
 
-  // Published through the SQL functions, so publishing goes on while no server runs.
-  const publishing = (async () => {
-    for (let v = 1; v <= total; v++) {
-      await db.sql`SELECT mesh_publish_task_update(${task!.id}::uuid, NULL, ${v}, 'running', '{status}', 'test')`;
-      await db.sql`SELECT mesh_publish_task_output(${task!.id}::uuid, NULL, 'assistant', ${String(v)}, NULL, NULL, NULL, NULL, NULL, NULL)`;
-    }
-  })();
-  await fiftyIn;
-  process1.child.kill('SIGTERM');
-  await once(process1.child, 'exit');
-  process1 = await startServerProcess(db.url, { PORT: port });
-  await publishing;
-  await Promise.all([versions.complete, everything.complete, outputs.complete]);
-  const expected = Array.from({ length: total }, (_, i) => i + 1);
-  assert.deepEqual(versions.values, expected);
-  assert.deepEqual(everything.values, expected);
-  assert.deepEqual(outputs.values.map(Number), expected);
-  assert.ok(statuses.includes('reconnecting') && statuses.at(-1) === 'open', statuses.join(' → '));
-  c.close();
-  process1.child.kill('SIGTERM');
-  await once(process1.child, 'exit');
-});
+    // Published through the SQL functions, so publishing goes on while no server runs.
+    const publishing = (async () => {
+      for (let v = 1; v <= total; v++) {
+        await db.sql`SELECT mesh_publish_task_update(${task!.id}::uuid, NULL, ${v}, 'running', '{status}', 'test')`;
+        await db.sql`SELECT mesh_publish_task_output(${task!.id}::uuid, NULL, 'assistant', ${String(v)}, NULL, NULL, NULL, NULL, NULL, NULL)`;
+      }
+    })();
+    await fiftyIn;
+    process1.child.kill('SIGTERM');
+    await once(process1.child, 'exit');
+    process1 = await startServerProcess(db.url, { PORT: port });
+    await publishing;
+    await Promise.all([versions.complete, everything.complete, outputs.complete]);
+    const expected = Array.from({ length: total }, (_, i) => i + 1);
+    assert.deepEqual(versions.values, expected);
+    assert.deepEqual(everything.values, expected);
+    assert.deepEqual(outputs.values.map(Number), expected);
+    assert.ok(statuses.includes('reconnecting') && statuses.at(-1) === 'open', statuses.join(' → '));
+    c.close();
+    process1.child.kill('SIGTERM');
+    await once(process1.child, 'exit');
+  },
+);
 
 test('a revoked key: the open socket is closed with 4401 and the client stops retrying, saying why', async () => {
   const { key } = await server.owner();

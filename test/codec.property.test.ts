@@ -9,19 +9,19 @@ import { encodeTaskOutput, type TaskOutputEvent } from '../src/protocol/codec.js
 
 const cursor = '0a1b2c3d.4242.17';
 const reference = (e: TaskOutputEvent) =>
-    JSON.stringify({
-      type: 'taskOutput',
-      taskId: e.taskId,
-      messageType: e.messageType,
-      content: e.content,
-      toolName: e.toolName,
-      toolInput: e.toolInput,
-      isError: e.isError,
-      costUsd: e.costUsd,
-      durationMs: e.durationMs,
-      isPartial: e.isPartial,
-      cursor,
-    });
+  JSON.stringify({
+    type: 'taskOutput',
+    taskId: e.taskId,
+    messageType: e.messageType,
+    content: e.content,
+    toolName: e.toolName,
+    toolInput: e.toolInput,
+    isError: e.isError,
+    costUsd: e.costUsd,
+    durationMs: e.durationMs,
+    isPartial: e.isPartial,
+    cursor,
+  });
 
 // Lone surrogates, controls, quotes and backslashes are what the fast path must not get wrong.
 const text = fc.oneof(

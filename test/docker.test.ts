@@ -11,10 +11,17 @@ import { parse } from 'yaml';
 
 test('Dockerfile: valid, multi-stage, production dependencies only, non-root, HEALTHCHECK on /healthz', async () => {
   const text = await readFile('Dockerfile', 'utf8');
-  assert.deepEqual(validate(text).map((d) => `${d.range.start.line + 1}: ${d.message}`), []);
+  assert.deepEqual(
+    validate(text).map((d) => `${d.range.start.line + 1}: ${d.message}`),
+    [],
+  );
   assert.ok((text.match(/^FROM /gm) ?? []).length >= 2, 'multi-stage');
   const deps = text.slice(text.indexOf(' AS deps'), text.lastIndexOf('\nFROM '));
-  assert.match(deps, /npm ci --omit=dev --workspace example --include-workspace-root/, 'the library\'s and the example host\'s production dependencies');
+  assert.match(
+    deps,
+    /npm ci --omit=dev --workspace example --include-workspace-root/,
+    "the library's and the example host's production dependencies",
+  );
   assert.match(deps, /COPY example\/package\.json/, 'the example workspace is known to the install');
   assert.doesNotMatch(text, /writeFile|> *package\.json/, 'no package.json rewritten: the workspaces say what to install');
   assert.match(deps, /COPY patches/, 'the driver patch reaches the production dependencies');

@@ -148,7 +148,10 @@ describe('from a checkout in a folder only its owner can enter (mktemp -d)', () 
     const started = first.find((l) => l.msg === 'embedded PostgreSQL started');
     assert.ok(started, 'the log says where the embedded PostgreSQL runs');
     const dataDir = String(started.dataDir);
-    assert.ok(first.some((l) => l.msg.startsWith('initialising')), 'a first start creates the cluster');
+    assert.ok(
+      first.some((l) => l.msg.startsWith('initialising')),
+      'a first start creates the cluster',
+    );
     if (asRoot) {
       // User postgres cannot enter `outer`: the cluster lives in a folder of its own under the
       // system temp folder, which the log names.
@@ -156,7 +159,10 @@ describe('from a checkout in a folder only its owner can enter (mktemp -d)', () 
       leftovers.push(home);
       assert.equal(path.dirname(home), tmpdir());
       assert.ok(!dataDir.startsWith(outer), `${dataDir} is outside the closed folder`);
-      assert.ok(first.some((l) => l.msg.includes(home) && l.msg.includes('cannot reach')), 'the log names the fallback and why');
+      assert.ok(
+        first.some((l) => l.msg.includes(home) && l.msg.includes('cannot reach')),
+        'the log names the fallback and why',
+      );
       const postgresUid = Number((await promisify(execFile)('id', ['-u', 'postgres'])).stdout);
       const info = await stat(home);
       assert.equal(info.uid, postgresUid, 'owned by the user the cluster runs as');

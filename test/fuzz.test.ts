@@ -34,12 +34,14 @@ const mutate = fc
       return s.slice(0, i) + chars + s.slice(i + chars.length);
     }, text),
   );
-const deep = fc.integer({ min: 100, max: 20_000 }).chain((depth) =>
-  fc.constantFrom('['.repeat(depth) + ']'.repeat(depth), '{"a":'.repeat(depth / 5) + '1' + '}'.repeat(depth / 5), '['.repeat(depth)),
-);
-const numbers = fc.constantFrom('1e999999', '-1e999999', '123456789012345678901234567890', 'NaN', 'Infinity').map(
-  (n) => `{"type":"subscribe","taskId":${n}}`,
-);
+const deep = fc
+  .integer({ min: 100, max: 20_000 })
+  .chain((depth) =>
+    fc.constantFrom('['.repeat(depth) + ']'.repeat(depth), '{"a":'.repeat(depth / 5) + '1' + '}'.repeat(depth / 5), '['.repeat(depth)),
+  );
+const numbers = fc
+  .constantFrom('1e999999', '-1e999999', '123456789012345678901234567890', 'NaN', 'Infinity')
+  .map((n) => `{"type":"subscribe","taskId":${n}}`);
 const wrongTypes = fc
   .record({ type: fc.oneof(fc.constantFrom(...TYPES), fc.anything()), taskId: fc.anything() }, { requiredKeys: [] })
   .map((f) => JSON.stringify(f) ?? 'undefined');

@@ -77,10 +77,31 @@ test('a bug stays a 500 that tells nothing', async () => {
 test('isDatabaseUnavailable: connection codes and SQLSTATEs of an outage, through causes; not bugs', () => {
   const pg = (code: string) => new postgres.PostgresError({ code, message: code } as never);
   const coded = (code: string) => Object.assign(new Error(code), { code });
-  for (const error of [coded('CONNECTION_CLOSED'), coded('CONNECTION_DESTROYED'), coded('CONNECT_TIMEOUT'), coded('ECONNREFUSED'), pg('57P01'), pg('57P03'), pg('08006'), pg('53300'), pg('57014'), new MeshBusUnavailableError(coded('ECONNRESET')), new Error('wrapped', { cause: coded('CONNECTION_CLOSED') })]) {
+  for (const error of [
+    coded('CONNECTION_CLOSED'),
+    coded('CONNECTION_DESTROYED'),
+    coded('CONNECT_TIMEOUT'),
+    coded('ECONNREFUSED'),
+    pg('57P01'),
+    pg('57P03'),
+    pg('08006'),
+    pg('53300'),
+    pg('57014'),
+    new MeshBusUnavailableError(coded('ECONNRESET')),
+    new Error('wrapped', { cause: coded('CONNECTION_CLOSED') }),
+  ]) {
     assert.equal(isDatabaseUnavailable(error), true, String((error as { code?: string }).code ?? error.message));
   }
-  for (const error of [pg('23505'), pg('42P01'), pg('22012'), coded('08006'), new MeshPublishError('bad'), new Error('plain'), 'CONNECTION_CLOSED', undefined]) {
+  for (const error of [
+    pg('23505'),
+    pg('42P01'),
+    pg('22012'),
+    coded('08006'),
+    new MeshPublishError('bad'),
+    new Error('plain'),
+    'CONNECTION_CLOSED',
+    undefined,
+  ]) {
     assert.equal(isDatabaseUnavailable(error), false, String(error));
   }
 });

@@ -65,9 +65,13 @@ test('metrics after a scripted session: connections, subscriptions, frames, erro
   assert.equal((await client.request('not json')).code, 'PARSE_ERROR');
   const delivered = deliveries(server.app);
   for (const version of [1, 2]) {
-    await delivered(await server.app.mesh.taskUpdates.publish({ taskId: mine, ownerId, version, status: 's', updatedFields: [], updatedBy: 't' }));
+    await delivered(
+      await server.app.mesh.taskUpdates.publish({ taskId: mine, ownerId, version, status: 's', updatedFields: [], updatedBy: 't' }),
+    );
   }
-  await delivered(await server.app.mesh.taskOutput.publish({ taskId: mine, ownerId, messageType: 'assistant', content: 'hi', isPartial: false }));
+  await delivered(
+    await server.app.mesh.taskOutput.publish({ taskId: mine, ownerId, messageType: 'assistant', content: 'hi', isPartial: false }),
+  );
   for (let i = 0; i < 3; i++) await client.next();
 
   let m = await scrape();
@@ -131,14 +135,22 @@ test('bus metrics: a row no wake-up announced is a catch-up; a dropped LISTEN co
 test('a host with its own registry gets the plugin’s metrics in it', async () => {
   const registry = new Registry();
   const app = Fastify();
-  await app.register(meshSubscriptions, { authenticate: async () => null, resolveOwners: async () => new Map(), metricsRegistry: registry });
+  await app.register(meshSubscriptions, {
+    authenticate: async () => null,
+    resolveOwners: async () => new Map(),
+    metricsRegistry: registry,
+  });
   await app.ready();
   assert.equal(app.mesh.metrics, registry);
   assert.match(await registry.metrics(), /^# HELP mesh_connections /m);
   await app.close();
   // The host's registry outlives the app: a new one registers into it again.
   const again = Fastify();
-  await again.register(meshSubscriptions, { authenticate: async () => null, resolveOwners: async () => new Map(), metricsRegistry: registry });
+  await again.register(meshSubscriptions, {
+    authenticate: async () => null,
+    resolveOwners: async () => new Map(),
+    metricsRegistry: registry,
+  });
   await again.ready();
   await again.close();
   assert.doesNotMatch(await registry.metrics(), /mesh_/);
@@ -166,20 +178,24 @@ test('one info line per socket opened and closed: principal, duration, frames, c
   assert.ok(!JSON.stringify(lines).includes(key), 'the key is in no log line');
 });
 
-test('on SIGTERM /readyz fails first while /healthz and open sockets still answer; then the process exits', { timeout: 60_000 }, async () => {
-  const proc = await startServerProcess(db.url, { SHUTDOWN_DRAIN_MS: '3000' });
-  assert.equal((await fetch(`${proc.url}/readyz`)).status, 200);
-  const { key } = await server.admin();
-  const client = await TestClient.connect(proc.wsUrl, { 'x-makima-api-key': key });
-  const exited = once(proc.child, 'exit');
-  proc.child.kill('SIGTERM');
-  let ready = 200;
-  while (ready === 200) ready = (await fetch(`${proc.url}/readyz`)).status;
-  assert.equal(ready, 503);
-  assert.equal((await fetch(`${proc.url}/healthz`)).status, 200, 'still alive while draining');
-  assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' }, 'open sockets still served');
-  await assert.rejects(TestClient.connect(proc.wsUrl, { 'x-makima-api-key': key }), { status: 503 });
-  assert.equal((await client.closed).code, 1001);
-  const [code] = await exited;
-  assert.equal(code, 0);
-});
+test(
+  'on SIGTERM /readyz fails first while /healthz and open sockets still answer; then the process exits',
+  { timeout: 60_000 },
+  async () => {
+    const proc = await startServerProcess(db.url, { SHUTDOWN_DRAIN_MS: '3000' });
+    assert.equal((await fetch(`${proc.url}/readyz`)).status, 200);
+    const { key } = await server.admin();
+    const client = await TestClient.connect(proc.wsUrl, { 'x-makima-api-key': key });
+    const exited = once(proc.child, 'exit');
+    proc.child.kill('SIGTERM');
+    let ready = 200;
+    while (ready === 200) ready = (await fetch(`${proc.url}/readyz`)).status;
+    assert.equal(ready, 503);
+    assert.equal((await fetch(`${proc.url}/healthz`)).status, 200, 'still alive while draining');
+    assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' }, 'open sockets still served');
+    await assert.rejects(TestClient.connect(proc.wsUrl, { 'x-makima-api-key': key }), { status: 503 });
+    assert.equal((await client.closed).code, 1001);
+    const [code] = await exited;
+    assert.equal(code, 0);
+  },
+);

@@ -65,11 +65,17 @@ test('defaults resolve from the schema to the documented values', () => {
 test('null means "not given" for prefix, tasksTable and bus, and is refused for numbers and booleans, as before', () => {
   const base = { authenticate: async () => null, resolveOwners: async () => new Map() };
   assert.equal(resolveOptions({ ...base, prefix: null, tasksTable: null, bus: null }).prefix, '/api/v1');
-  assert.throws(() => resolveOptions({ ...base, maxConnections: null }), /"maxConnections" must be a positive integer or Infinity, got null/);
+  assert.throws(
+    () => resolveOptions({ ...base, maxConnections: null }),
+    /"maxConnections" must be a positive integer or Infinity, got null/,
+  );
   assert.throws(() => resolveOptions({ ...base, maxPayload: 2 ** 53 }), /"maxPayload" must be a positive integer, got 9007199254740992/);
   assert.throws(() => resolveOptions({ ...base, migrate: null }), /"migrate" must be a boolean/);
   assert.throws(() => resolveOptions({ ...base, ownerCacheTtlMs: 0 }), /"ownerCacheTtlMs" must be a positive integer, got 0/);
-  assert.equal(resolveOptions({ ...base, maxConnections: Number.POSITIVE_INFINITY, ownerCacheSize: 5 }).limits.maxConnections, Number.POSITIVE_INFINITY);
+  assert.equal(
+    resolveOptions({ ...base, maxConnections: Number.POSITIVE_INFINITY, ownerCacheSize: 5 }).limits.maxConnections,
+    Number.POSITIVE_INFINITY,
+  );
   assert.throws(() => resolveOptions({ ...base, prefix: '/' }), /"prefix" must be "" or a path like "\/api\/v1"/);
   assert.equal(resolveOptions({ ...base, prefix: '' }).prefix, '');
 });
@@ -89,11 +95,16 @@ const plainOf = (resolved: Resolved) => {
   return plain;
 };
 
-const groups = (Object.entries(PlainOptionsSchema.properties) as Array<[string, TSchema]>).filter(
-  (entry): entry is [GroupName, TObject] => KindGuard.IsObject(entry[1]),
+const groups = (Object.entries(PlainOptionsSchema.properties) as Array<[string, TSchema]>).filter((entry): entry is [GroupName, TObject] =>
+  KindGuard.IsObject(entry[1]),
 );
 const groupedOptions = groups.flatMap(([group, schema]) =>
-  (Object.entries(schema.properties) as Array<[string, TSchema]>).map(([option, s]) => ({ group, option, path: `${group}.${option}`, schema: s })),
+  (Object.entries(schema.properties) as Array<[string, TSchema]>).map(([option, s]) => ({
+    group,
+    option,
+    path: `${group}.${option}`,
+    schema: s,
+  })),
 );
 const flatNames = Object.entries(FLAT_OPTION_NAMES).map(([flat, path]) => {
   const [group, option] = path.split('.') as [GroupName, string];
@@ -181,16 +192,25 @@ test('every grouped option is checked against its schema, under the name it was 
     assert.ok(!message.includes(path), message);
   }
   assert.equal(resolve({ limits: { maxConnections: Number.POSITIVE_INFINITY } }).limits.maxConnections, Number.POSITIVE_INFINITY);
-  refused({ limits: { maxFramesPerSecond: Number.POSITIVE_INFINITY } }, 'option "limits.maxFramesPerSecond" must be a positive integer, got null');
+  refused(
+    { limits: { maxFramesPerSecond: Number.POSITIVE_INFINITY } },
+    'option "limits.maxFramesPerSecond" must be a positive integer, got null',
+  );
 });
 
 test('a group is an object of its own options: anything else, or a key it does not have, is refused', () => {
   for (const [group, schema] of groups) {
     for (const value of [5, 'x', null, [], [1]]) {
       if (group === 'tickets' && typeof value === 'boolean') continue;
-      refused({ [group]: value }, `option "${group}" must be an object of the ${group} options (${Object.keys(schema.properties).join(', ')})`);
+      refused(
+        { [group]: value },
+        `option "${group}" must be an object of the ${group} options (${Object.keys(schema.properties).join(', ')})`,
+      );
     }
-    refused({ [group]: { nope: 1 } }, `option "${group}.nope" is unknown: the ${group} options are ${Object.keys(schema.properties).join(', ')}`);
+    refused(
+      { [group]: { nope: 1 } },
+      `option "${group}.nope" is unknown: the ${group} options are ${Object.keys(schema.properties).join(', ')}`,
+    );
     refused({ [group]: { toString: 1 } }, `option "${group}.toString" is unknown`);
     assert.deepEqual(plainOf(resolve({ [group]: {} })), plainOf(resolve({})));
   }
@@ -201,7 +221,10 @@ test('a group is an object of its own options: anything else, or a key it does n
   assert.equal(resolve({ tickets: false }).tickets.enabled, false);
   assert.deepEqual(resolve({ tickets: { ttlMs: 5 } }).tickets, { enabled: true, ttlMs: 5 });
   assert.deepEqual(resolve({ tickets: false, ticketTtlMs: 5 }).tickets, { enabled: false, ttlMs: 5 });
-  refused({ tickets: 'yes' }, 'option "tickets" must be an object of the tickets options (enabled, ttlMs), or a boolean (the flat form of "tickets.enabled")');
+  refused(
+    { tickets: 'yes' },
+    'option "tickets" must be an object of the tickets options (enabled, ttlMs), or a boolean (the flat form of "tickets.enabled")',
+  );
 });
 
 test('keys the top level does not know are ignored, as before the groups', () => {
@@ -211,7 +234,10 @@ test('keys the top level does not know are ignored, as before the groups', () =>
 test('the checks across options name each option as it was given', () => {
   refused({ backpressure: { soft: 10, hard: 10 } }, 'option "backpressure.hard" must be larger than "backpressure.soft"');
   refused({ softBufferLimit: 10, hardBufferLimit: 5 }, 'option "hardBufferLimit" must be larger than "softBufferLimit"');
-  refused({ softBufferLimit: 4 * 1024 * 1024, backpressure: { hard: 2 * 1024 * 1024 } }, '"backpressure.hard" must be larger than "softBufferLimit"');
+  refused(
+    { softBufferLimit: 4 * 1024 * 1024, backpressure: { hard: 2 * 1024 * 1024 } },
+    '"backpressure.hard" must be larger than "softBufferLimit"',
+  );
   refused({ backpressure: { soft: 9 * 1024 * 1024 } }, '"backpressure.hard" must be larger than "backpressure.soft"');
   const noReauth = { reauthenticate: undefined };
   refused({ ...noReauth, tickets: { enabled: true } }, 'option "tickets.enabled" needs "reauthenticate"');
@@ -277,7 +303,9 @@ describe('registering with grouped options', () => {
     const url = `ws://127.0.0.1:${port}/grouped/mesh/tasks/subscribe`;
     try {
       // tickets: the store's time to live.
-      const minted = (await (await fetch(`http://127.0.0.1:${port}/grouped/mesh/tickets`, { method: 'POST' })).json()) as { expiresAt: string };
+      const minted = (await (await fetch(`http://127.0.0.1:${port}/grouped/mesh/tickets`, { method: 'POST' })).json()) as {
+        expiresAt: string;
+      };
       const ttl = Date.parse(minted.expiresAt) - Date.now();
       assert.ok(ttl > 100_000 && ttl <= 120_000, `a ticket lives ${ttl} ms`);
 
@@ -318,7 +346,8 @@ describe('registering with grouped options', () => {
       for (let version = 1; version <= 10; version++) {
         await app.mesh.taskUpdates.publish({ taskId: task!.id, version, status: 's', updatedFields: [], updatedBy: 'test' });
       }
-      const kept = async () => (await db.sql<{ n: number }[]>`SELECT count(*)::int AS n FROM mesh_event_log WHERE task_id = ${task!.id}`)[0]!.n;
+      const kept = async () =>
+        (await db.sql<{ n: number }[]>`SELECT count(*)::int AS n FROM mesh_event_log WHERE task_id = ${task!.id}`)[0]!.n;
       const deadline = Date.now() + 10_000;
       while ((await kept()) > 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
       assert.equal(await kept(), 3);

@@ -88,7 +88,12 @@ test('a database that accepts connections but never answers: UNAVAILABLE after t
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
   const sql = postgres(`postgres://nobody@127.0.0.1:${(silent.address() as { port: number }).port}/none`, { max: 1 });
   const app = Fastify();
-  await app.register(meshSubscriptions, { sql, authenticate: async () => ({ ownerId: null, admin: true }), lookupTimeoutMs: 200, bus: 'memory' });
+  await app.register(meshSubscriptions, {
+    sql,
+    authenticate: async () => ({ ownerId: null, admin: true }),
+    lookupTimeoutMs: 200,
+    bus: 'memory',
+  });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const client = await TestClient.connect(`ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`);
   const reply = await client.request({ type: 'subscribe', taskId: crypto.randomUUID() });
@@ -125,51 +130,61 @@ async function followOneTaskOnFreshDatabase(mesh: Partial<MeshSubscriptionsOptio
   return { sql, app, client, task: task!.id, publish };
 }
 
-test('the PostgreSQL bus through a database restart: publishing fails while it is down, nothing published is lost', { timeout: 60_000 }, async () => {
-  const { sql, app, client, task, publish } = await followOneTaskOnFreshDatabase({ pollIntervalMs: 200 });
-  const port = Number(new URL(database!.url).port);
+test(
+  'the PostgreSQL bus through a database restart: publishing fails while it is down, nothing published is lost',
+  { timeout: 60_000 },
+  async () => {
+    const { sql, app, client, task, publish } = await followOneTaskOnFreshDatabase({ pollIntervalMs: 200 });
+    const port = Number(new URL(database!.url).port);
 
-  await database!.stop();
-  await assert.rejects(publish(2), { name: 'MeshBusUnavailableError' });
-  database = await startEmbeddedPostgres({ dir: scratch, log, port });
+    await database!.stop();
+    await assert.rejects(publish(2), { name: 'MeshBusUnavailableError' });
+    database = await startEmbeddedPostgres({ dir: scratch, log, port });
 
-  // Published from another connection while this instance's LISTEN connection is still away:
-  // its catch-up read after re-listening (or its poll) delivers them, in order.
-  const other = postgres(database.url, { max: 1, onnotice: () => {} });
-  for (let v = 3; v <= 5; v++) await other`SELECT mesh_publish_task_update(${task}::uuid, NULL, ${v}, 's', '{}', 't')`;
-  await other.end();
-  await publish(6);
-  const versions = [];
-  for (let i = 0; i < 4; i++) versions.push((await client.next()).version);
-  assert.deepEqual(versions, [3, 4, 5, 6]);
-  await client.close();
-  await app.close();
-  await sql.end({ timeout: 1 });
-});
+    // Published from another connection while this instance's LISTEN connection is still away:
+    // its catch-up read after re-listening (or its poll) delivers them, in order.
+    const other = postgres(database.url, { max: 1, onnotice: () => {} });
+    for (let v = 3; v <= 5; v++) await other`SELECT mesh_publish_task_update(${task}::uuid, NULL, ${v}, 's', '{}', 't')`;
+    await other.end();
+    await publish(6);
+    const versions = [];
+    for (let i = 0; i < 4; i++) versions.push((await client.next()).version);
+    assert.deepEqual(versions, [3, 4, 5, 6]);
+    await client.close();
+    await app.close();
+    await sql.end({ timeout: 1 });
+  },
+);
 
-test('a LISTEN connection gone silent (its backend stopped, the socket still open) is replaced; what came meanwhile is delivered', { timeout: 60_000 }, async () => {
-  // Polling too rare to matter here: only a working LISTEN connection delivers within the test.
-  const { sql, app, client, publish } = await followOneTaskOnFreshDatabase({ pollIntervalMs: 600_000, listenTimeoutMs: 500 });
+test(
+  'a LISTEN connection gone silent (its backend stopped, the socket still open) is replaced; what came meanwhile is delivered',
+  { timeout: 60_000 },
+  async () => {
+    // Polling too rare to matter here: only a working LISTEN connection delivers within the test.
+    const { sql, app, client, publish } = await followOneTaskOnFreshDatabase({ pollIntervalMs: 600_000, listenTimeoutMs: 500 });
 
-  // The embedded server is ours: stopping its backend leaves the TCP connection open and mute,
-  // as a half-dead network path would.
-  const [listener] = await sql<{ pid: number }[]>`SELECT pid FROM pg_stat_activity WHERE query ILIKE 'listen%'`;
-  process.kill(listener!.pid, 'SIGSTOP');
-  stoppedBackend = listener!.pid;
-  try {
-    const restarted = once(app.mesh.events, 'listenerRestarted');
-    await publish(2);
-    await restarted;
-    assert.equal((await client.next()).version, 2);
-    await publish(3);
-    assert.equal((await client.next()).version, 3);
-    const [replacement] = await sql<{ pid: number }[]>`SELECT pid FROM pg_stat_activity WHERE query ILIKE 'listen%' AND pid <> ${listener!.pid}`;
-    assert.ok(replacement, 'a new LISTEN connection');
-  } finally {
-    process.kill(listener!.pid, 'SIGCONT');
-    stoppedBackend = undefined;
-  }
-  await client.close();
-  await app.close();
-  await sql.end({ timeout: 1 });
-});
+    // The embedded server is ours: stopping its backend leaves the TCP connection open and mute,
+    // as a half-dead network path would.
+    const [listener] = await sql<{ pid: number }[]>`SELECT pid FROM pg_stat_activity WHERE query ILIKE 'listen%'`;
+    process.kill(listener!.pid, 'SIGSTOP');
+    stoppedBackend = listener!.pid;
+    try {
+      const restarted = once(app.mesh.events, 'listenerRestarted');
+      await publish(2);
+      await restarted;
+      assert.equal((await client.next()).version, 2);
+      await publish(3);
+      assert.equal((await client.next()).version, 3);
+      const [replacement] = await sql<
+        { pid: number }[]
+      >`SELECT pid FROM pg_stat_activity WHERE query ILIKE 'listen%' AND pid <> ${listener!.pid}`;
+      assert.ok(replacement, 'a new LISTEN connection');
+    } finally {
+      process.kill(listener!.pid, 'SIGCONT');
+      stoppedBackend = undefined;
+    }
+    await client.close();
+    await app.close();
+    await sql.end({ timeout: 1 });
+  },
+);

@@ -88,7 +88,7 @@ function setup(limits: BackpressureLimits = LIMITS) {
 }
 
 describe('Outbound: writes', () => {
-  test('a turn\'s frames leave in one write, joined, in order', async () => {
+  test("a turn's frames leave in one write, joined, in order", async () => {
     const { socket, observer, outbound } = setup();
     outbound.control(frame('ack1'));
     outbound.update('t1', update('t1', 1));
@@ -128,7 +128,7 @@ describe('Outbound: writes', () => {
     assert.equal((socket.calls[0] as { write: Buffer }).write, ack);
   });
 
-  test('above 256 KiB, a turn\'s frames are corked with writeAll rather than joined', async () => {
+  test("above 256 KiB, a turn's frames are corked with writeAll rather than joined", async () => {
     const { socket, observer, outbound } = setup({ soft: 4 << 20, hard: 16 << 20, timeoutMs: 1_000 });
     const big = [frame('x'.repeat(150 * 1024)), frame('y'.repeat(150 * 1024))];
     for (const f of big) outbound.control(f);
@@ -237,7 +237,15 @@ describe('Outbound: over the soft limit', () => {
 
     socket.buffered = 0;
     outbound.socketWritable();
-    assert.deepEqual(observer.caught, [{ superseded: 0, lagged: new Map([['t1', 2], ['t2', 1]]) }]);
+    assert.deepEqual(observer.caught, [
+      {
+        superseded: 0,
+        lagged: new Map([
+          ['t1', 2],
+          ['t2', 1],
+        ]),
+      },
+    ]);
     await turn();
     assert.deepEqual(socket.frames(), ['o:t1@0011', lagged('t1', 2, '0011'), lagged('t2', 1, '0020')], 't2 sent nothing: its start');
 
@@ -260,7 +268,7 @@ describe('Outbound: over the soft limit', () => {
     assert.deepEqual(socket.frames(), [lagged('t1', 1, '0010')]);
   });
 
-  test('once a task\'s output is being dropped, all of it is until `lagged`; other tasks flow', async () => {
+  test("once a task's output is being dropped, all of it is until `lagged`; other tasks flow", async () => {
     const { socket, outbound } = setup();
     outbound.startOutput('t1', '0010');
     outbound.startOutput('t2', '0020');
@@ -330,7 +338,11 @@ describe('Outbound: closing a slow consumer', () => {
     await turn();
     assert.deepEqual(socket.frames(), ['before'], 'what was queued is dropped too');
     // (update() and output() after stop() still report backedUp(): only `slow` and `caughtUp` matter here.)
-    assert.deepEqual(observer.log.filter((call) => call !== 'backedUp'), ['slow buffer'], 'slow once; never caught up');
+    assert.deepEqual(
+      observer.log.filter((call) => call !== 'backedUp'),
+      ['slow buffer'],
+      'slow once; never caught up',
+    );
   });
 
   test('held updates count: past hard, slow(buffer)', async () => {

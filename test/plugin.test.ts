@@ -32,8 +32,16 @@ describe('options are checked at registration', () => {
     ['neither sql nor resolveOwners', { authenticate: allowAdmin }, /sql.*resolveOwners/],
     ['a prefix without leading slash', { authenticate: allowAdmin, resolveOwners: async () => new Map(), prefix: 'api' }, /prefix/],
     ['a prefix with a trailing slash', { authenticate: allowAdmin, resolveOwners: async () => new Map(), prefix: '/api/' }, /prefix/],
-    ['a table name that is not an identifier', { authenticate: allowAdmin, sql: () => {}, tasksTable: 'tasks; DROP TABLE x' }, /tasksTable/],
-    ['a negative lookup timeout', { authenticate: allowAdmin, resolveOwners: async () => new Map(), lookupTimeoutMs: -1 }, /lookupTimeoutMs/],
+    [
+      'a table name that is not an identifier',
+      { authenticate: allowAdmin, sql: () => {}, tasksTable: 'tasks; DROP TABLE x' },
+      /tasksTable/,
+    ],
+    [
+      'a negative lookup timeout',
+      { authenticate: allowAdmin, resolveOwners: async () => new Map(), lookupTimeoutMs: -1 },
+      /lookupTimeoutMs/,
+    ],
     ['a fractional cache size', { authenticate: allowAdmin, resolveOwners: async () => new Map(), ownerCacheSize: 1.5 }, /ownerCacheSize/],
   ];
   for (const [name, options, message] of cases) {
@@ -100,10 +108,7 @@ describe('mounting', () => {
     await app.register(meshSubscriptions, { authenticate: allowAdmin, sql: db.sql });
     await app.ready();
     assert.throws(() => app.mesh.taskUpdates.publish({ taskId: 'nope' } as never), MeshPublishError);
-    assert.throws(
-      () => app.mesh.taskOutput.publish({ taskId: randomUUID(), messageType: 'raw', content: 'x' } as never),
-      /isPartial/,
-    );
+    assert.throws(() => app.mesh.taskOutput.publish({ taskId: randomUUID(), messageType: 'raw', content: 'x' } as never), /isPartial/);
     await app.close();
   });
 
@@ -148,7 +153,14 @@ describe('mounting', () => {
     });
     const client = await TestClient.connect(await listen(app));
     await client.request({ type: 'subscribeAll' });
-    const update = (taskId: string, version: number, ownerId?: null) => ({ taskId, ownerId, version, status: 's', updatedFields: [], updatedBy: 't' });
+    const update = (taskId: string, version: number, ownerId?: null) => ({
+      taskId,
+      ownerId,
+      version,
+      status: 's',
+      updatedFields: [],
+      updatedBy: 't',
+    });
     const slow = app.mesh.taskUpdates.publish({ ...update(slowTask, 1), ownerId: undefined });
     void app.mesh.taskUpdates.publish({ ...update(slowTask, 2), ownerId: null });
     await app.mesh.taskUpdates.publish(update(otherTask, 1, null));

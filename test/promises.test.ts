@@ -175,8 +175,16 @@ describe('hostile content', () => {
 
   test('lone surrogates, JSON nested too deep and events too large are refused at publish() with MeshPublishError', async () => {
     const taskId = await a.task(null);
-    const refusedUpdate = [update(taskId, null, 1, 'bad\ud800'), { ...update(taskId, null, 1), updatedBy: '\udc00' }, { ...update(taskId, null, 1), updatedFields: ['x\ud800'] }];
-    for (const n of refusedUpdate) assert.throws(() => a.app.mesh.taskUpdates.publish(n), (e: unknown) => e instanceof MeshPublishError && e.code === 'INVALID_EVENT');
+    const refusedUpdate = [
+      update(taskId, null, 1, 'bad\ud800'),
+      { ...update(taskId, null, 1), updatedBy: '\udc00' },
+      { ...update(taskId, null, 1), updatedFields: ['x\ud800'] },
+    ];
+    for (const n of refusedUpdate)
+      assert.throws(
+        () => a.app.mesh.taskUpdates.publish(n),
+        (e: unknown) => e instanceof MeshPublishError && e.code === 'INVALID_EVENT',
+      );
     const refusedOutput = [
       output(taskId, 'bad\ud800'),
       output(taskId, 'ok', { messageType: '\udfff' }),
@@ -195,10 +203,19 @@ describe('hostile content', () => {
     const { ownerId, key } = await a.owner();
     const taskId = await a.task(ownerId);
     // JSON.stringify writes a lone surrogate as an escape, as a hostile client would send it.
-    const answer = await a.http('POST', `/api/v1/mesh/tasks/${taskId}/output`, key, JSON.stringify({ messageType: 'assistant', content: 'bad\ud800' }));
+    const answer = await a.http(
+      'POST',
+      `/api/v1/mesh/tasks/${taskId}/output`,
+      key,
+      JSON.stringify({ messageType: 'assistant', content: 'bad\ud800' }),
+    );
     assert.equal(answer.status, 400);
     assert.equal(typeof answer.body.code, 'string');
-    const tooDeep = await a.http('POST', `/api/v1/mesh/tasks/${taskId}/output`, key, { messageType: 'tool_use', content: 'ok', toolInput: deep(200) });
+    const tooDeep = await a.http('POST', `/api/v1/mesh/tasks/${taskId}/output`, key, {
+      messageType: 'tool_use',
+      content: 'ok',
+      toolInput: deep(200),
+    });
     assert.equal(tooDeep.status, 400);
   });
 
@@ -262,7 +279,9 @@ describe('hostile content', () => {
     assert.equal((await metric(a, 'mesh_events_dropped_total', { reason: 'invalid' })) - droppedBefore, 2);
     assert.ok(lines.some((l) => l.msg?.startsWith('skipping a logged event') && l.reason === 'invalid'));
     // A replay skips them the same way.
-    const since = await db.sql<{ c: string }[]>`SELECT mesh_log_cursor(txid, id) AS c FROM mesh_event_log WHERE task_id = ${taskId} ORDER BY txid, id LIMIT 1`;
+    const since = await db.sql<
+      { c: string }[]
+    >`SELECT mesh_log_cursor(txid, id) AS c FROM mesh_event_log WHERE task_id = ${taskId} ORDER BY txid, id LIMIT 1`;
     const late = await b.connect(key);
     await late.request({ type: 'subscribeOutput', taskId, since: since[0]!.c });
     assert.equal((await late.next()).content, 'after');
@@ -520,7 +539,8 @@ describe('the seam of a resume', () => {
       client.socket.pause();
       // The key is made an admin's; the next sweep re-files the socket among admins.
       await db.sql`UPDATE api_keys SET is_admin = true WHERE key_hash = ${hashKey(mine.key)}`;
-      while (!reauthLines.some((l) => l.msg?.startsWith('principal changed on re-authentication'))) await new Promise((r) => setImmediate(r));
+      while (!reauthLines.some((l) => l.msg?.startsWith('principal changed on re-authentication')))
+        await new Promise((r) => setImmediate(r));
       const lost = await c.app.mesh.taskUpdates.publish(update(theirTask, theirs.ownerId, 1));
       await delivered(lost);
       client.socket.resume();
@@ -568,7 +588,9 @@ describe('the seam of a resume', () => {
       });
       // A worker publishes through SQL with the documented "NULL owner = looked up".
       const [{ cursor: slowCursor }] = (await own.sql`
-        SELECT mesh_publish_task_update(${slow}::uuid, NULL, 1, 'slow', '{status}', 'worker') AS cursor`) as unknown as [{ cursor: string }];
+        SELECT mesh_publish_task_update(${slow}::uuid, NULL, 1, 'slow', '{status}', 'worker') AS cursor`) as unknown as [
+        { cursor: string },
+      ];
       // The live reader has it and waits for its owner.
       await entered;
       const client = await d.connect(key);
@@ -582,7 +604,11 @@ describe('the seam of a resume', () => {
       const marker = await d.app.mesh.taskUpdates.publish(update(quick, ownerId, 2));
       const frames = await until(client, (f) => f.cursor === marker);
       assert.deepEqual(
-        frames.map((f) => [f.taskId === slow ? 'slow task' : 'quick task', f.version, f.cursor === slowCursor ? 'the replayed event again' : '']),
+        frames.map((f) => [
+          f.taskId === slow ? 'slow task' : 'quick task',
+          f.version,
+          f.cursor === slowCursor ? 'the replayed event again' : '',
+        ]),
         [['quick task', 2, '']],
         'the replayed event came a second time, live, once its owner lookup answered',
       );

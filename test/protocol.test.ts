@@ -165,7 +165,13 @@ describe('events', () => {
     await client.request({ type: 'subscribeOutput', taskId });
     const sizes = [0, 1, 125 - 90, 126, 200, 65_535 - 90, 65_536, 70_000, 1024 * 1024];
     for (const size of sizes) {
-      await server.app.mesh.taskOutput.publish({ taskId, ownerId: owner.ownerId, messageType: 'raw', content: 'é'.repeat(size / 2) + 'x'.repeat(size % 2), isPartial: false });
+      await server.app.mesh.taskOutput.publish({
+        taskId,
+        ownerId: owner.ownerId,
+        messageType: 'raw',
+        content: 'é'.repeat(size / 2) + 'x'.repeat(size % 2),
+        isPartial: false,
+      });
     }
     for (const size of sizes) assert.equal(Buffer.byteLength(String((await client.next()).content)), size);
     await client.close();
@@ -218,7 +224,9 @@ describe('events', () => {
       expectedAll.push(`update ${taskId} ${i}`);
       if (taskId === t1) expectedC.push(`update ${taskId} ${i}`);
       const content = i === 15 ? 'z'.repeat(300 * 1024) : `chunk ${i}`;
-      burst.push(server.app.mesh.taskOutput.publish({ taskId: t2, ownerId: owner.ownerId, messageType: 'assistant', content, isPartial: false }));
+      burst.push(
+        server.app.mesh.taskOutput.publish({ taskId: t2, ownerId: owner.ownerId, messageType: 'assistant', content, isPartial: false }),
+      );
       expectedC.push(`output ${t2} ${content.length}`);
     }
     await Promise.all(burst);

@@ -163,9 +163,17 @@ describe('POST /api/v1/mesh/tasks/:id/output', () => {
 
   test("404 for another owner's task; 400 for a bad body", async () => {
     const id = await server.task(bob.ownerId);
-    assert.equal((await server.http('POST', `/api/v1/mesh/tasks/${id}/output`, alice.key, { messageType: 'raw', content: 'x' })).status, 404);
+    assert.equal(
+      (await server.http('POST', `/api/v1/mesh/tasks/${id}/output`, alice.key, { messageType: 'raw', content: 'x' })).status,
+      404,
+    );
     const own = await server.task(alice.ownerId);
-    for (const body of [{ content: 'x' }, { messageType: 'raw' }, { messageType: 'raw', content: 'x', durationMs: 1.5 }, { messageType: 'raw', content: 'x', isPartial: 'yes' }]) {
+    for (const body of [
+      { content: 'x' },
+      { messageType: 'raw' },
+      { messageType: 'raw', content: 'x', durationMs: 1.5 },
+      { messageType: 'raw', content: 'x', isPartial: 'yes' },
+    ]) {
       assert.equal((await server.http('POST', `/api/v1/mesh/tasks/${own}/output`, alice.key, body)).status, 400, JSON.stringify(body));
     }
   });
@@ -206,7 +214,14 @@ describe('GET /api/v1/mesh/tasks', () => {
       after = page.body.next;
     } while (after);
     assert.deepEqual(seen, mine);
-    for (const query of ['limit=0', 'limit=101', 'limit=x', 'after=%2F%2F', `after=${Buffer.from('nope|nope').toString('base64url')}`, 'other=1']) {
+    for (const query of [
+      'limit=0',
+      'limit=101',
+      'limit=x',
+      'after=%2F%2F',
+      `after=${Buffer.from('nope|nope').toString('base64url')}`,
+      'other=1',
+    ]) {
       const res = await server.http('GET', `/api/v1/mesh/tasks?${query}`, key);
       assert.equal(res.status, 400, query);
       assert.equal(res.body.code, 'VALIDATION_ERROR');

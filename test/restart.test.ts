@@ -87,133 +87,155 @@ async function ready(server: ServerProcess): Promise<number> {
   }
 }
 
-test(`${RESTARTS} PostgreSQL restarts under load: every process stays up, no 500, ready again, events flow after`, { timeout: 120_000 }, async (t) => {
-  const port = Number(new URL(database!.url).port);
-  const setup = postgres(database!.url, { max: 1, onnotice: () => {} });
-  await migrate(setup);
-  const ownerId = crypto.randomUUID();
-  const key = await createApiKey(setup, { ownerId, admin: false });
-  await setup.end();
-  servers.push(...(await Promise.all([startServerProcess(database!.url), startServerProcess(database!.url)])));
-  const headers = { 'x-makima-api-key': key, 'content-type': 'application/json' };
+test(
+  `${RESTARTS} PostgreSQL restarts under load: every process stays up, no 500, ready again, events flow after`,
+  { timeout: 120_000 },
+  async (t) => {
+    const port = Number(new URL(database!.url).port);
+    const setup = postgres(database!.url, { max: 1, onnotice: () => {} });
+    await migrate(setup);
+    const ownerId = crypto.randomUUID();
+    const key = await createApiKey(setup, { ownerId, admin: false });
+    await setup.end();
+    servers.push(...(await Promise.all([startServerProcess(database!.url), startServerProcess(database!.url)])));
+    const headers = { 'x-makima-api-key': key, 'content-type': 'application/json' };
 
-  const created = await fetch(`${servers[0]!.url}/api/v1/mesh/tasks`, { method: 'POST', headers, body: JSON.stringify({ name: 'restarted' }) });
-  assert.equal(created.status, 201);
-  const task = ((await created.json()) as { id: string }).id;
-  const subscriber = await TestClient.connect(servers[0]!.wsUrl, { 'x-makima-api-key': key });
-  subscriber.send({ type: 'subscribe', taskId: task });
-  subscriber.send({ type: 'subscribeOutput', taskId: task });
-  // The creation's own taskUpdated may reach the socket between the two acks: it is not one of them.
-  const acks: unknown[] = [];
-  while (acks.length < 2) {
-    const frame = await subscriber.next();
-    if (frame.type !== 'taskUpdated') acks.push(frame);
-  }
-  assert.deepEqual(acks, [
-    { type: 'subscribed', taskId: task },
-    { type: 'outputSubscribed', taskId: task },
-  ]);
+    const created = await fetch(`${servers[0]!.url}/api/v1/mesh/tasks`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ name: 'restarted' }),
+    });
+    assert.equal(created.status, 201);
+    const task = ((await created.json()) as { id: string }).id;
+    const subscriber = await TestClient.connect(servers[0]!.wsUrl, { 'x-makima-api-key': key });
+    subscriber.send({ type: 'subscribe', taskId: task });
+    subscriber.send({ type: 'subscribeOutput', taskId: task });
+    // The creation's own taskUpdated may reach the socket between the two acks: it is not one of them.
+    const acks: unknown[] = [];
+    while (acks.length < 2) {
+      const frame = await subscriber.next();
+      if (frame.type !== 'taskUpdated') acks.push(frame);
+    }
+    assert.deepEqual(acks, [
+      { type: 'subscribed', taskId: task },
+      { type: 'outputSubscribed', taskId: task },
+    ]);
 
-  const outcomes: Outcome[] = [];
-  /** Answers (2xx) per server since the last reset: the load goes on between restarts. */
-  const answered = [0, 0];
-  let publishing = true;
-  const routes = [
-    { route: 'PATCH /tasks/:id', method: 'PATCH', path: `/api/v1/mesh/tasks/${task}`, body: (n: number) => ({ status: `s${n}` }) },
-    { route: 'POST /tasks/:id/output', method: 'POST', path: `/api/v1/mesh/tasks/${task}/output`, body: (n: number) => ({ messageType: 'assistant', content: `c${n}` }) },
-    { route: 'POST /tasks', method: 'POST', path: '/api/v1/mesh/tasks', body: (n: number) => ({ name: `t${n}` }) },
-    { route: 'GET /tasks/:id', method: 'GET', path: `/api/v1/mesh/tasks/${task}`, body: () => undefined },
-  ];
-  async function worker(server: number, offset: number): Promise<void> {
-    for (let n = offset; publishing; n++) {
-      const { route, method, path, body } = routes[n % routes.length]!;
-      const started = performance.now();
-      const payload = body(n);
-      const outcome: Outcome = { server, route, status: 0, retryAfter: null, ms: 0 };
-      try {
-        const res = await fetch(`${servers[server]!.url}${path}`, {
-          method,
-          headers: payload === undefined ? { 'x-makima-api-key': key } : headers,
-          body: payload === undefined ? undefined : JSON.stringify(payload),
-        });
-        const text = await res.text();
-        Object.assign(outcome, { status: res.status, retryAfter: res.headers.get('retry-after') });
-        if (res.status >= 400) outcome.code = (JSON.parse(text) as { code?: string }).code;
-      } catch {
-        // No answer: the process is gone, or it cut the connection.
+    const outcomes: Outcome[] = [];
+    /** Answers (2xx) per server since the last reset: the load goes on between restarts. */
+    const answered = [0, 0];
+    let publishing = true;
+    const routes = [
+      { route: 'PATCH /tasks/:id', method: 'PATCH', path: `/api/v1/mesh/tasks/${task}`, body: (n: number) => ({ status: `s${n}` }) },
+      {
+        route: 'POST /tasks/:id/output',
+        method: 'POST',
+        path: `/api/v1/mesh/tasks/${task}/output`,
+        body: (n: number) => ({ messageType: 'assistant', content: `c${n}` }),
+      },
+      { route: 'POST /tasks', method: 'POST', path: '/api/v1/mesh/tasks', body: (n: number) => ({ name: `t${n}` }) },
+      { route: 'GET /tasks/:id', method: 'GET', path: `/api/v1/mesh/tasks/${task}`, body: () => undefined },
+    ];
+    async function worker(server: number, offset: number): Promise<void> {
+      for (let n = offset; publishing; n++) {
+        const { route, method, path, body } = routes[n % routes.length]!;
+        const started = performance.now();
+        const payload = body(n);
+        const outcome: Outcome = { server, route, status: 0, retryAfter: null, ms: 0 };
+        try {
+          const res = await fetch(`${servers[server]!.url}${path}`, {
+            method,
+            headers: payload === undefined ? { 'x-makima-api-key': key } : headers,
+            body: payload === undefined ? undefined : JSON.stringify(payload),
+          });
+          const text = await res.text();
+          Object.assign(outcome, { status: res.status, retryAfter: res.headers.get('retry-after') });
+          if (res.status >= 400) outcome.code = (JSON.parse(text) as { code?: string }).code;
+        } catch {
+          // No answer: the process is gone, or it cut the connection.
+        }
+        outcome.ms = performance.now() - started;
+        outcomes.push(outcome);
+        if (outcome.status >= 200 && outcome.status < 300) answered[server]!++;
+        // A process that is gone answers nothing ever again: stop hammering it.
+        if (outcome.status === 0) await delay(100);
       }
-      outcome.ms = performance.now() - started;
-      outcomes.push(outcome);
-      if (outcome.status >= 200 && outcome.status < 300) answered[server]!++;
-      // A process that is gone answers nothing ever again: stop hammering it.
-      if (outcome.status === 0) await delay(100);
     }
-  }
-  const workers = servers.flatMap((_, s) => Array.from({ length: WORKERS_PER_SERVER }, (_, w) => worker(s, w)));
+    const workers = servers.flatMap((_, s) => Array.from({ length: WORKERS_PER_SERVER }, (_, w) => worker(s, w)));
 
-  /** Waits until each server has answered a few requests with a success since the last call. */
-  async function underLoad(): Promise<void> {
-    answered.fill(0);
-    while (answered.some((n) => n < WORKERS_PER_SERVER)) {
-      for (const server of servers) assert.ok(alive(server), `a server process exited, ${why(server)}`);
-      await delay(20);
+    /** Waits until each server has answered a few requests with a success since the last call. */
+    async function underLoad(): Promise<void> {
+      answered.fill(0);
+      while (answered.some((n) => n < WORKERS_PER_SERVER)) {
+        for (const server of servers) assert.ok(alive(server), `a server process exited, ${why(server)}`);
+        await delay(20);
+      }
     }
-  }
 
-  const readyAfterStartMs: number[] = [];
-  try {
-    for (let restart = 1; restart <= RESTARTS; restart++) {
+    const readyAfterStartMs: number[] = [];
+    try {
+      for (let restart = 1; restart <= RESTARTS; restart++) {
+        await underLoad();
+        await database!.stop(); // SIGINT: PostgreSQL's fast shutdown, as `pg_ctl stop -m fast`
+        database = await startEmbeddedPostgres({ dir: scratch, log, port });
+        const times = await Promise.all(servers.map(ready));
+        readyAfterStartMs.push(...times.map(Math.round));
+      }
       await underLoad();
-      await database!.stop(); // SIGINT: PostgreSQL's fast shutdown, as `pg_ctl stop -m fast`
-      database = await startEmbeddedPostgres({ dir: scratch, log, port });
-      const times = await Promise.all(servers.map(ready));
-      readyAfterStartMs.push(...times.map(Math.round));
+    } finally {
+      publishing = false;
+      await Promise.all(workers);
     }
-    await underLoad();
-  } finally {
-    publishing = false;
-    await Promise.all(workers);
-  }
 
-  const byStatus = Object.entries(
-    outcomes.reduce<Record<string, number>>((acc, o) => ((acc[`${o.status}${o.code ? ` ${o.code}` : ''}`] = (acc[`${o.status}${o.code ? ` ${o.code}` : ''}`] ?? 0) + 1), acc), {}),
-  );
-  t.diagnostic(`answers: ${byStatus.map(([k, n]) => `${k} ×${n}`).join(', ')}`);
-  t.diagnostic(`slowest answer: ${Math.round(Math.max(...outcomes.map((o) => o.ms)))} ms; /readyz 200 after each start: ${readyAfterStartMs.join(', ')} ms`);
-  t.diagnostic(`/readyz answers before its 200: ${[...notReady].map(([k, n]) => `${k} ×${n}`).join(', ') || 'none'}`);
+    const byStatus = Object.entries(
+      outcomes.reduce<Record<string, number>>(
+        (acc, o) => ((acc[`${o.status}${o.code ? ` ${o.code}` : ''}`] = (acc[`${o.status}${o.code ? ` ${o.code}` : ''}`] ?? 0) + 1), acc),
+        {},
+      ),
+    );
+    t.diagnostic(`answers: ${byStatus.map(([k, n]) => `${k} ×${n}`).join(', ')}`);
+    t.diagnostic(
+      `slowest answer: ${Math.round(Math.max(...outcomes.map((o) => o.ms)))} ms; /readyz 200 after each start: ${readyAfterStartMs.join(', ')} ms`,
+    );
+    t.diagnostic(`/readyz answers before its 200: ${[...notReady].map(([k, n]) => `${k} ×${n}`).join(', ') || 'none'}`);
 
-  for (const [i, server] of servers.entries()) {
-    assert.ok(alive(server), `server ${i} exited during the restarts, ${why(server)}`);
-  }
-  const wrong = outcomes.filter(
-    (o) => !((o.status >= 200 && o.status < 300) || (o.status === 503 && o.code === 'UNAVAILABLE' && o.retryAfter !== null)),
-  );
-  assert.deepEqual(wrong, [], 'every answer is a success, or 503 UNAVAILABLE with Retry-After');
+    for (const [i, server] of servers.entries()) {
+      assert.ok(alive(server), `server ${i} exited during the restarts, ${why(server)}`);
+    }
+    const wrong = outcomes.filter(
+      (o) => !((o.status >= 200 && o.status < 300) || (o.status === 503 && o.code === 'UNAVAILABLE' && o.retryAfter !== null)),
+    );
+    assert.deepEqual(wrong, [], 'every answer is a success, or 503 UNAVAILABLE with Retry-After');
 
-  // After the last restart: a change through the other process's API, output, and an update
-  // published from SQL all reach the subscriber.
-  const changed = await fetch(`${servers[1]!.url}/api/v1/mesh/tasks/${task}`, { method: 'PATCH', headers, body: JSON.stringify({ status: 'after-restarts' }) });
-  assert.equal(changed.status, 200);
-  const { version } = (await changed.json()) as { version: number };
-  const output = await fetch(`${servers[1]!.url}/api/v1/mesh/tasks/${task}/output`, {
-    method: 'POST',
-    headers,
-    body: JSON.stringify({ messageType: 'assistant', content: 'after-restarts' }),
-  });
-  assert.equal(output.status, 202);
-  const direct = postgres(database!.url, { max: 1, onnotice: () => {} });
-  await direct`SELECT mesh_publish_task_update(${task}::uuid, ${ownerId}::uuid, ${version + 1000}, 'from-sql', '{status}', 'sql')`;
-  await direct.end();
+    // After the last restart: a change through the other process's API, output, and an update
+    // published from SQL all reach the subscriber.
+    const changed = await fetch(`${servers[1]!.url}/api/v1/mesh/tasks/${task}`, {
+      method: 'PATCH',
+      headers,
+      body: JSON.stringify({ status: 'after-restarts' }),
+    });
+    assert.equal(changed.status, 200);
+    const { version } = (await changed.json()) as { version: number };
+    const output = await fetch(`${servers[1]!.url}/api/v1/mesh/tasks/${task}/output`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ messageType: 'assistant', content: 'after-restarts' }),
+    });
+    assert.equal(output.status, 202);
+    const direct = postgres(database!.url, { max: 1, onnotice: () => {} });
+    await direct`SELECT mesh_publish_task_update(${task}::uuid, ${ownerId}::uuid, ${version + 1000}, 'from-sql', '{status}', 'sql')`;
+    await direct.end();
 
-  const awaited = [
-    (f: Frame) => f.type === 'taskUpdated' && f.status === 'after-restarts' && f.version === version,
-    (f: Frame) => f.type === 'taskOutput' && f.content === 'after-restarts',
-    (f: Frame) => f.type === 'taskUpdated' && f.status === 'from-sql' && f.version === version + 1000,
-  ];
-  while (awaited.length > 0) {
-    const frame = await subscriber.next();
-    const i = awaited.findIndex((match) => match(frame));
-    if (i !== -1) awaited.splice(i, 1);
-  }
-  await subscriber.close();
-});
+    const awaited = [
+      (f: Frame) => f.type === 'taskUpdated' && f.status === 'after-restarts' && f.version === version,
+      (f: Frame) => f.type === 'taskOutput' && f.content === 'after-restarts',
+      (f: Frame) => f.type === 'taskUpdated' && f.status === 'from-sql' && f.version === version + 1000,
+    ];
+    while (awaited.length > 0) {
+      const frame = await subscriber.next();
+      const i = awaited.findIndex((match) => match(frame));
+      if (i !== -1) awaited.splice(i, 1);
+    }
+    await subscriber.close();
+  },
+);

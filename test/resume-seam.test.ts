@@ -194,7 +194,6 @@ async function finished(replay: Promise<void>, history: ScriptedHistory): Promis
   assert.ok(done, `the replay did not finish; ${history.reads.length} page read(s) made`);
 }
 
-
 /** Resumes `subscribe` of t1 from `since` and answers its single page. */
 async function resumeTask(s: Setup, taskId: string, since: number, frames: Replayed[], last: number): Promise<void> {
   const done = s.seams.resume('subscribe', { kind: 'update', taskId }, c(since));
@@ -218,7 +217,12 @@ describe('ResumeSeams: replay, then live', () => {
     second.answer.resolve(page([u('t1', 8)], 8, false));
     await finished(done, s.history);
     assert.equal(s.history.reads.length, 2, 'no page after one without `more`');
-    assert.deepEqual(s.out.log, [`replay ${text('update', 't1', 6)}`, `replay ${text('update', 't1', 7)}`, `roomFor ${PAGE_ROOM}`, `replay ${text('update', 't1', 8)}`]);
+    assert.deepEqual(s.out.log, [
+      `replay ${text('update', 't1', 6)}`,
+      `replay ${text('update', 't1', 7)}`,
+      `roomFor ${PAGE_ROOM}`,
+      `replay ${text('update', 't1', 8)}`,
+    ]);
     assert.deepEqual(s.sent, ['taskUpdated 2', 'taskUpdated 1']);
 
     assert.equal(s.live('update', 't1', 9), false, 'a newer live frame goes out');
@@ -232,11 +236,15 @@ describe('ResumeSeams: replay, then live', () => {
     assert.equal(s.live('output', 't1', 4), true);
     s.history.read(1).answer.resolve(page([o('t1', 2), o('t1', 3)], 3, false));
     await finished(done, s.history);
-    assert.deepEqual(s.out.log, [`replay ${text('output', 't1', 2)}`, `replay ${text('output', 't1', 3)}`, `output ${text('output', 't1', 4)}`]);
+    assert.deepEqual(s.out.log, [
+      `replay ${text('output', 't1', 2)}`,
+      `replay ${text('output', 't1', 3)}`,
+      `output ${text('output', 't1', 4)}`,
+    ]);
     assert.deepEqual(s.sent, ['taskOutput 2']);
   });
 
-  test('live frames arriving during the last page\'s read are set aside and sent after it, only those newer than its last cursor', async () => {
+  test("live frames arriving during the last page's read are set aside and sent after it, only those newer than its last cursor", async () => {
     const s = setup();
     const done = s.seams.resume('subscribe', { kind: 'update', taskId: 't1' }, c(5));
     // During the first page's read: the next page will hold these.
@@ -249,17 +257,21 @@ describe('ResumeSeams: replay, then live', () => {
     assert.deepEqual(s.out.log, [`replay ${text('update', 't1', 6)}`, `roomFor ${PAGE_ROOM}`], 'nothing live went out during the replay');
     s.history.read(2).answer.resolve(page([u('t1', 7), u('t1', 8)], 8, false));
     await finished(done, s.history);
-    assert.deepEqual(s.out.log, [
-      `replay ${text('update', 't1', 6)}`,
-      `roomFor ${PAGE_ROOM}`,
-      `replay ${text('update', 't1', 7)}`,
-      `replay ${text('update', 't1', 8)}`,
-      `update ${text('update', 't1', 9)}`,
-      `update ${text('update', 't1', 10)}`,
-    ], 'every update once, in order: no repeat, no gap');
+    assert.deepEqual(
+      s.out.log,
+      [
+        `replay ${text('update', 't1', 6)}`,
+        `roomFor ${PAGE_ROOM}`,
+        `replay ${text('update', 't1', 7)}`,
+        `replay ${text('update', 't1', 8)}`,
+        `update ${text('update', 't1', 9)}`,
+        `update ${text('update', 't1', 10)}`,
+      ],
+      'every update once, in order: no repeat, no gap',
+    );
   });
 
-  test('after the replay, live frames at or before the seam\'s floor are repeats; the first newer one ends the seam', async () => {
+  test("after the replay, live frames at or before the seam's floor are repeats; the first newer one ends the seam", async () => {
     const s = setup();
     await resumeTask(s, 't1', 5, [u('t1', 6), u('t1', 8)], 8);
     const replay = s.out.log.length;
@@ -272,7 +284,7 @@ describe('ResumeSeams: replay, then live', () => {
     assert.deepEqual(s.out.log.slice(replay), [`update ${text('update', 't1', 9)}`, `update ${text('update', 't1', 3)}`]);
   });
 
-  test('a `since` ahead of the replay\'s last cursor is the floor: live frames up to it are repeats', async () => {
+  test("a `since` ahead of the replay's last cursor is the floor: live frames up to it are repeats", async () => {
     const s = setup();
     await resumeTask(s, 't1', 20, [], 12);
     assert.deepEqual(s.out.log, []);
@@ -292,8 +304,14 @@ describe('ResumeSeams: replay, then live', () => {
     await turn();
     const second = s.history.read(2);
     assert.deepEqual([second.after, second.first], [c(8), false]);
-    assert.equal(s.live('update', 't1', 14), true, 'the new page\'s read sets aside afresh');
-    second.answer.resolve(page([9, 10, 11, 12, 13].map((n) => u('t1', n)), 13, false));
+    assert.equal(s.live('update', 't1', 14), true, "the new page's read sets aside afresh");
+    second.answer.resolve(
+      page(
+        [9, 10, 11, 12, 13].map((n) => u('t1', n)),
+        13,
+        false,
+      ),
+    );
     await finished(done, s.history);
     assert.deepEqual(s.out.log, [
       ...[6, 7, 8].map((n) => `replay ${text('update', 't1', n)}`),
@@ -314,15 +332,19 @@ describe('ResumeSeams: replay, then live', () => {
     s.history.isBehind = false;
     assert.equal(s.live('update', 't1', 10), false);
     assert.equal(s.live('update', 't1', 8), false, 'the seam ended once the history caught up');
-    assert.deepEqual(s.out.log.slice(replay), [`update ${text('update', 't1', 9)}`, `update ${text('update', 't1', 10)}`, `update ${text('update', 't1', 8)}`]);
+    assert.deepEqual(s.out.log.slice(replay), [
+      `update ${text('update', 't1', 9)}`,
+      `update ${text('update', 't1', 10)}`,
+      `update ${text('update', 't1', 8)}`,
+    ]);
   });
 
-  test('frames of the socket\'s streams that are not resuming are never taken', async () => {
+  test("frames of the socket's streams that are not resuming are never taken", async () => {
     const s = setup({ updates: ['t1', 't2'] });
     const done = s.seams.resume('subscribe', { kind: 'update', taskId: 't1' }, c(5));
-    assert.equal(s.live('update', 't2', 7), false, 'another task\'s updates');
-    assert.equal(s.live('output', 't1', 8), false, 'the same task\'s output');
-    assert.equal(s.live('update', 't1', 9), true, 'the resuming stream\'s own');
+    assert.equal(s.live('update', 't2', 7), false, "another task's updates");
+    assert.equal(s.live('output', 't1', 8), false, "the same task's output");
+    assert.equal(s.live('update', 't1', 9), true, "the resuming stream's own");
     s.history.read(1).answer.resolve(page([u('t1', 6)], 6, false));
     await finished(done, s.history);
     assert.deepEqual(s.out.log, [
@@ -380,7 +402,11 @@ describe('ResumeSeams: a burst of resumes', () => {
     s.history.read(1).answer.resolve(page([u('t1', 2), u('t2', 3)], 3, false));
     await finished(all, s.history);
     await resumeTask(s, 't1', 0, [u('t1', 2), u('t1', 4)], 4);
-    assert.deepEqual(s.out.log, [`replay ${text('update', 't1', 2)}`, `replay ${text('update', 't2', 3)}`, `replay ${text('update', 't1', 4)}`]);
+    assert.deepEqual(s.out.log, [
+      `replay ${text('update', 't1', 2)}`,
+      `replay ${text('update', 't2', 3)}`,
+      `replay ${text('update', 't1', 4)}`,
+    ]);
   });
 
   test('a later replay of the burst skips updates sent live meanwhile (sentLive)', async () => {
@@ -392,7 +418,11 @@ describe('ResumeSeams: a burst of resumes', () => {
     const all = s.seams.resume('subscribeAll', { kind: 'all', ownerId: 'o1' }, c(0));
     s.history.read(2).answer.resolve(page([u('t1', 2), u('t2', 5), u('t2', 6)], 6, false));
     await finished(all, s.history);
-    assert.deepEqual(s.out.log, [`update ${text('update', 't2', 5)}`, `replay ${text('update', 't1', 2)}`, `replay ${text('update', 't2', 6)}`]);
+    assert.deepEqual(s.out.log, [
+      `update ${text('update', 't2', 5)}`,
+      `replay ${text('update', 't1', 2)}`,
+      `replay ${text('update', 't2', 6)}`,
+    ]);
   });
 
   test('an update sent from aside is not replayed again by a later replay of the burst', async () => {
@@ -400,7 +430,7 @@ describe('ResumeSeams: a burst of resumes', () => {
     // t2's own replay is under way (unanswered) when subscribeAll's runs; t2's update 7 comes live during the latter's read.
     s.seams.resume('subscribe', { kind: 'update', taskId: 't2' }, c(0)); // keeps a `u:t2` seam under way, unanswered
     const all = s.seams.resume('subscribeAll', { kind: 'all', ownerId: 'o1' }, c(0));
-    assert.equal(s.live('update', 't2', 7), true, 'both of t2\'s streams resume: set aside');
+    assert.equal(s.live('update', 't2', 7), true, "both of t2's streams resume: set aside");
     s.history.read(2).answer.resolve(page([u('t3', 1)], 6, false));
     await finished(all, s.history);
     assert.deepEqual(s.out.log, [`replay ${text('update', 't3', 1)}`, `update ${text('update', 't2', 7)}`]);
@@ -410,14 +440,17 @@ describe('ResumeSeams: a burst of resumes', () => {
     assert.deepEqual(s.out.log, [`replay ${text('update', 't3', 1)}`, `update ${text('update', 't2', 7)}`]);
   });
 
-  test('burstOver() ends the burst\'s memory: a later replay sends everything it reads', async () => {
+  test("burstOver() ends the burst's memory: a later replay sends everything it reads", async () => {
     const s = setup({ updates: ['t1'], all: true });
     await resumeTask(s, 't1', 0, [u('t1', 2), u('t1', 4)], 4);
     s.seams.burstOver();
     const all = s.seams.resume('subscribeAll', { kind: 'all', ownerId: 'o1' }, c(0));
     s.history.read(2).answer.resolve(page([u('t1', 2), u('t1', 4)], 4, false));
     await finished(all, s.history);
-    assert.deepEqual(s.out.log, [2, 4, 2, 4].map((n) => `replay ${text('update', 't1', n)}`));
+    assert.deepEqual(
+      s.out.log,
+      [2, 4, 2, 4].map((n) => `replay ${text('update', 't1', n)}`),
+    );
   });
 
   test(`the burst remembers at most BURST_LIVE_LIMIT (${BURST_LIVE_LIMIT}) live updates`, async () => {
@@ -425,9 +458,15 @@ describe('ResumeSeams: a burst of resumes', () => {
     await resumeTask(s, 't1', 0, [], 0); // opens the burst
     for (let n = 1; n <= BURST_LIVE_LIMIT + 1; n++) s.seams.sentLive(c(n));
     const all = s.seams.resume('subscribeAll', { kind: 'all', ownerId: 'o1' }, c(0));
-    s.history.read(2).answer.resolve(page([u('t9', 1), u('t9', BURST_LIVE_LIMIT), u('t9', BURST_LIVE_LIMIT + 1)], BURST_LIVE_LIMIT + 1, false));
+    s.history
+      .read(2)
+      .answer.resolve(page([u('t9', 1), u('t9', BURST_LIVE_LIMIT), u('t9', BURST_LIVE_LIMIT + 1)], BURST_LIVE_LIMIT + 1, false));
     await finished(all, s.history);
-    assert.deepEqual(s.out.log, [`replay ${text('update', 't9', BURST_LIVE_LIMIT + 1)}`], 'the first LIMIT are skipped; the one past it is not remembered');
+    assert.deepEqual(
+      s.out.log,
+      [`replay ${text('update', 't9', BURST_LIVE_LIMIT + 1)}`],
+      'the first LIMIT are skipped; the one past it is not remembered',
+    );
   });
 
   test('sentLive outside a burst is not remembered', async () => {

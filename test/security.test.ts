@@ -124,9 +124,18 @@ describe('subscribeAll is scoped to what the principal may see', () => {
     await server.app.mesh.taskUpdates.publish(update(aliceTask, 199, alice.ownerId));
     await server.app.mesh.taskUpdates.publish(update(bobTask, 299, bob.ownerId));
 
-    assert.deepEqual((await collect(a, 2)).map((f) => f.version), [100, 199]);
-    assert.deepEqual((await collect(b, 2)).map((f) => f.version), [101, 299]);
-    assert.deepEqual((await collect(root, 5)).map((f) => f.version), [100, 101, 102, 199, 299]);
+    assert.deepEqual(
+      (await collect(a, 2)).map((f) => f.version),
+      [100, 199],
+    );
+    assert.deepEqual(
+      (await collect(b, 2)).map((f) => f.version),
+      [101, 299],
+    );
+    assert.deepEqual(
+      (await collect(root, 5)).map((f) => f.version),
+      [100, 101, 102, 199, 299],
+    );
     for (const c of [a, b, root]) await c.close();
   });
 

@@ -49,7 +49,13 @@ async function setup(mesh: Partial<MeshSubscriptionsOptions>, subscribe: object[
     fast,
     published: 0,
     async output(content) {
-      const cursor = await server.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'raw', content: `${s.published++}:${content}`, isPartial: false });
+      const cursor = await server.app.mesh.taskOutput.publish({
+        taskId,
+        ownerId,
+        messageType: 'raw',
+        content: `${s.published++}:${content}`,
+        isPartial: false,
+      });
       await delivered(cursor);
     },
   };
@@ -111,7 +117,14 @@ test('updates to a backed-up client are conflated to the latest per task', async
   let last = '';
   for (let version = 1; version <= 50; version++) {
     for (const taskId of [s.taskId, other]) {
-      last = await s.server.app.mesh.taskUpdates.publish({ taskId, ownerId: s.ownerId, version, status: `s${version}`, updatedFields: ['status'], updatedBy: 't' });
+      last = await s.server.app.mesh.taskUpdates.publish({
+        taskId,
+        ownerId: s.ownerId,
+        version,
+        status: `s${version}`,
+        updatedFields: ['status'],
+        updatedBy: 't',
+      });
     }
   }
   // All of them reached the socket while it was still backed up.
@@ -175,10 +188,9 @@ test('held updates past the hard limit close the slow client with 4008; the read
 });
 
 test('backed up for longer than the time limit: closed with 4008', async () => {
-  const s = await setup(
-    { softBufferLimit: 64 * KiB, hardBufferLimit: 64 * 1024 * KiB, slowConsumerTimeoutMs: 300 },
-    [{ type: 'subscribeOutput' }],
-  );
+  const s = await setup({ softBufferLimit: 64 * KiB, hardBufferLimit: 64 * 1024 * KiB, slowConsumerTimeoutMs: 300 }, [
+    { type: 'subscribeOutput' },
+  ]);
   const slowEvent = once(s.server.app.mesh.events, 'slowConsumer');
   await backUp(s, 'z'.repeat(16 * KiB));
   assert.deepEqual((await slowEvent)[0], { why: 'timeout' });

@@ -85,10 +85,22 @@ describe('StepQueue', () => {
     const first = deferred<string>();
     const second = deferred<string>();
     const third = deferred<string>();
-    queue.await(first.promise, (v) => void log.push(`then1:${v}`), () => void log.push('otherwise1'));
-    queue.await(second.promise, (v) => void log.push(`then2:${v}`), () => void log.push('otherwise2'));
+    queue.await(
+      first.promise,
+      (v) => void log.push(`then1:${v}`),
+      () => void log.push('otherwise1'),
+    );
+    queue.await(
+      second.promise,
+      (v) => void log.push(`then2:${v}`),
+      () => void log.push('otherwise2'),
+    );
     queue.run(() => void log.push('step3'));
-    queue.await(third.promise, (v) => void log.push(`then4:${v}`), () => void log.push('otherwise4'));
+    queue.await(
+      third.promise,
+      (v) => void log.push(`then4:${v}`),
+      () => void log.push('otherwise4'),
+    );
     third.resolve('c');
     second.resolve('b');
     await turn();
@@ -104,7 +116,11 @@ describe('StepQueue', () => {
     const { queue, log } = setup();
     const replay = deferred();
     queue.run(() => replay.promise.then(() => void log.push('replayed')));
-    queue.await(Promise.resolve('x'), (v) => void log.push(`then:${v}`), () => void log.push('otherwise'));
+    queue.await(
+      Promise.resolve('x'),
+      (v) => void log.push(`then:${v}`),
+      () => void log.push('otherwise'),
+    );
     await turn();
     assert.deepEqual([...log], []);
     replay.resolve();
@@ -115,7 +131,11 @@ describe('StepQueue', () => {
   test('await with nothing ahead applies its answer once it settles, and then the queue is idle', async () => {
     const { queue, log } = setup();
     const answer = deferred<number>();
-    queue.await(answer.promise, (v) => void log.push(`then:${v}`), () => void log.push('otherwise'));
+    queue.await(
+      answer.promise,
+      (v) => void log.push(`then:${v}`),
+      () => void log.push('otherwise'),
+    );
     assert.equal(queue.busy(), true, 'the lookup counts as a waiting step');
     queue.run(() => void log.push('next'));
     assert.deepEqual([...log], [], 'a step behind a lookup waits for it');
@@ -149,8 +169,16 @@ describe('StepQueue', () => {
     const { queue, log, failures } = setup();
     const first = deferred<string>();
     const second = deferred<string>();
-    queue.await(first.promise, (v) => void log.push(`then1:${v}`), (e) => void log.push(`otherwise1:${(e as Error).message}`));
-    queue.await(second.promise, (v) => void log.push(`then2:${v}`), (e) => void log.push(`otherwise2:${(e as Error).message}`));
+    queue.await(
+      first.promise,
+      (v) => void log.push(`then1:${v}`),
+      (e) => void log.push(`otherwise1:${(e as Error).message}`),
+    );
+    queue.await(
+      second.promise,
+      (v) => void log.push(`then2:${v}`),
+      (e) => void log.push(`otherwise2:${(e as Error).message}`),
+    );
     queue.run(() => void log.push('step3'));
     // The second lookup fails before the first answers (in the same turn: see the next test for a later one).
     second.reject(new Error('down'));
@@ -175,7 +203,11 @@ describe('StepQueue', () => {
       const replay = deferred();
       const lookup = deferred<string>();
       queue.run(() => replay.promise.then(() => void log.push('replayed')));
-      queue.await(lookup.promise, (v) => void log.push(`then:${v}`), (e) => void log.push(`otherwise:${(e as Error).message}`));
+      queue.await(
+        lookup.promise,
+        (v) => void log.push(`then:${v}`),
+        (e) => void log.push(`otherwise:${(e as Error).message}`),
+      );
       lookup.reject(new Error('owner lookup unavailable'));
       await turn();
       await turn();
@@ -185,7 +217,11 @@ describe('StepQueue', () => {
     } finally {
       process.removeListener('unhandledRejection', onUnhandled);
     }
-    assert.deepEqual(unhandled.map((e) => (e as Error).message), [], 'no rejection was left unhandled, even for a while');
+    assert.deepEqual(
+      unhandled.map((e) => (e as Error).message),
+      [],
+      'no rejection was left unhandled, even for a while',
+    );
   });
 
   test('throws and rejections go to failed(), and the queue goes on with the next step', async () => {
@@ -206,28 +242,43 @@ describe('StepQueue', () => {
     queue.run(() => {
       throw new Error('waiting step');
     });
-    queue.await(Promise.resolve(1), () => {
-      throw new Error('then');
-    }, () => void log.push('otherwise?'));
-    queue.await(lookup.promise, () => void log.push('then?'), () => {
-      throw new Error('otherwise');
-    });
-    queue.await(Promise.resolve(2), () => Promise.reject(new Error('then rejects')), () => void log.push('otherwise?'));
+    queue.await(
+      Promise.resolve(1),
+      () => {
+        throw new Error('then');
+      },
+      () => void log.push('otherwise?'),
+    );
+    queue.await(
+      lookup.promise,
+      () => void log.push('then?'),
+      () => {
+        throw new Error('otherwise');
+      },
+    );
+    queue.await(
+      Promise.resolve(2),
+      () => Promise.reject(new Error('then rejects')),
+      () => void log.push('otherwise?'),
+    );
     queue.run(() => void log.push('last'));
     replay.reject(new Error('replay'));
     lookup.reject(new Error('lookup')); // in the same turn as the replay's end (see the BUG test above)
     await turn();
-    assert.deepEqual([...log], [
-      'failed:sync',
-      'after sync',
-      'failed:replay',
-      'failed:waiting step',
-      'failed:then',
-      'failed:otherwise',
-      'failed:then rejects',
-      'last',
-      'idle',
-    ]);
+    assert.deepEqual(
+      [...log],
+      [
+        'failed:sync',
+        'after sync',
+        'failed:replay',
+        'failed:waiting step',
+        'failed:then',
+        'failed:otherwise',
+        'failed:then rejects',
+        'last',
+        'idle',
+      ],
+    );
     assert.equal(failures.length, 6);
     assert.equal(state.idles, 1);
     assert.equal(queue.busy(), false);
@@ -239,7 +290,11 @@ describe('StepQueue', () => {
     const answer = deferred<string>();
     queue.run(() => replay.promise.then(() => void log.push('A end')));
     queue.run(() => void log.push('B'));
-    queue.await(answer.promise, (v) => void log.push(`then:${v}`), () => void log.push('otherwise'));
+    queue.await(
+      answer.promise,
+      (v) => void log.push(`then:${v}`),
+      () => void log.push('otherwise'),
+    );
     queue.run(() => {
       log.push('D');
       return Promise.resolve();
@@ -251,7 +306,11 @@ describe('StepQueue', () => {
     assert.deepEqual([...log], ['A end', 'idle'], 'A was under way; nothing behind it ran, and the queue drained');
     assert.equal(queue.busy(), false);
     queue.run(() => void log.push('E'));
-    queue.await(Promise.resolve('x'), () => void log.push('then E'), () => void log.push('otherwise E'));
+    queue.await(
+      Promise.resolve('x'),
+      () => void log.push('then E'),
+      () => void log.push('otherwise E'),
+    );
     await turn();
     assert.deepEqual([...log], ['A end', 'idle', 'idle'], 'new steps are skipped too');
   });

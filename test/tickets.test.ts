@@ -87,7 +87,8 @@ test('a ticket minted before its key was revoked does not open a socket: 401, co
   const { status, body } = await mint(a, key);
   assert.equal(status, 201);
   await revokeApiKey(db.sql, key);
-  const failures = async () => (await b.app.mesh.metrics.getSingleMetric('mesh_auth_failures_total')!.get()).values.find((v) => v.labels.stage === 'ticket')!.value;
+  const failures = async () =>
+    (await b.app.mesh.metrics.getSingleMetric('mesh_auth_failures_total')!.get()).values.find((v) => v.labels.stage === 'ticket')!.value;
   const before = await failures();
   assert.deepEqual(await refusal(TestClient.connect(b.wsUrl, {}, body.protocols)), {
     status: 401,

@@ -51,10 +51,23 @@ test('a frame is delivered exactly when the rules allow it', async () => {
         const client = await server.connect(keys[who]);
         const ack = await client.request(sub === 'subscribeAll' ? { type: sub } : { type: sub, taskId });
         const ownerField =
-          notified === 'same' ? { ownerId: owner.ownerId } : notified === 'other' ? { ownerId: other.ownerId } : notified === 'null' ? { ownerId: null } : {};
+          notified === 'same'
+            ? { ownerId: owner.ownerId }
+            : notified === 'other'
+              ? { ownerId: other.ownerId }
+              : notified === 'null'
+                ? { ownerId: null }
+                : {};
         const cursor =
           kind === 'update'
-            ? await server.app.mesh.taskUpdates.publish({ taskId, ...ownerField, version: 1, status: 's', updatedFields: [], updatedBy: 'p' })
+            ? await server.app.mesh.taskUpdates.publish({
+                taskId,
+                ...ownerField,
+                version: 1,
+                status: 's',
+                updatedFields: [],
+                updatedBy: 'p',
+              })
             : await server.app.mesh.taskOutput.publish({ taskId, ...ownerField, messageType: 'raw', content: 'c', isPartial: false });
         // publish() resolves once the event is logged; wait until it has been handed to the sockets.
         await handed(cursor);

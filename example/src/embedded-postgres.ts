@@ -121,7 +121,10 @@ const ids = (user: ClusterUser | undefined) => (user ? { uid: user.uid, gid: use
  * `user`, mode 700. One that exists must be exactly that, or it is refused.
  */
 async function fallbackHome(root: string, creds: Credentials, user: ClusterUser): Promise<string> {
-  const hash = createHash('sha256').update(`${await realpath(root)}\0${creds.id}`).digest('hex').slice(0, 24);
+  const hash = createHash('sha256')
+    .update(`${await realpath(root)}\0${creds.id}`)
+    .digest('hex')
+    .slice(0, 24);
   const home = path.join(tmpdir(), `mesh-subscriptions-pg-${hash}`);
   try {
     await mkdir(home, { mode: 0o700 });
@@ -132,7 +135,9 @@ async function fallbackHome(root: string, creds: Credentials, user: ClusterUser)
   }
   const info = await lstat(home);
   if (!info.isDirectory() || info.uid !== user.uid || (info.mode & 0o077) !== 0) {
-    throw new Error(`${home} is not a folder of user "${user.name}" closed to others (mode 700); remove it, or set DATA_DIR or DATABASE_URL`);
+    throw new Error(
+      `${home} is not a folder of user "${user.name}" closed to others (mode 700); remove it, or set DATA_DIR or DATABASE_URL`,
+    );
   }
   return home;
 }
@@ -279,7 +284,14 @@ async function initialise(native: string, dataDir: string, creds: Credentials, u
   await writeFile(pwfile, `${creds.password}\n`, { mode: 0o600 });
   try {
     if (user) await chown(pwfile, user.uid, user.gid);
-    const args = [`--pgdata=${dataDir}`, '--auth=scram-sha-256', `--username=${creds.user}`, `--pwfile=${pwfile}`, '--encoding=UTF8', '--lc-messages=C'];
+    const args = [
+      `--pgdata=${dataDir}`,
+      '--auth=scram-sha-256',
+      `--username=${creds.user}`,
+      `--pwfile=${pwfile}`,
+      '--encoding=UTF8',
+      '--lc-messages=C',
+    ];
     const initdb = launch(path.join(native, 'bin', 'initdb'), args, user, home, log);
     const result = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
       initdb.child.once('error', reject);
@@ -328,9 +340,14 @@ export async function startEmbeddedPostgres(options: {
   if (!(await canReach(user, root))) {
     home = await fallbackHome(root, creds, user!);
     if (!(await canReach(user, home))) {
-      throw new Error(`user "${user!.name}", whom the embedded PostgreSQL runs as, can reach neither ${root} nor ${home}; set DATA_DIR to a folder it can reach, or DATABASE_URL`);
+      throw new Error(
+        `user "${user!.name}", whom the embedded PostgreSQL runs as, can reach neither ${root} nor ${home}; set DATA_DIR to a folder it can reach, or DATABASE_URL`,
+      );
     }
-    log.info({ dataDir: path.join(home, 'pg'), user: user!.name }, `the embedded PostgreSQL keeps its data in ${home}, as user "${user!.name}" cannot reach ${root}`);
+    log.info(
+      { dataDir: path.join(home, 'pg'), user: user!.name },
+      `the embedded PostgreSQL keeps its data in ${home}, as user "${user!.name}" cannot reach ${root}`,
+    );
   }
   const dataDir = path.join(home, 'pg');
 

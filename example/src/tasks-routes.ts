@@ -196,8 +196,7 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
         LIMIT ${limit + 1}`;
       const page = rows.slice(0, limit);
       const last = page.at(-1);
-      const next =
-        rows.length > limit && last ? Buffer.from(`${last.created_key}|${last.id}`).toString('base64url') : null;
+      const next = rows.length > limit && last ? Buffer.from(`${last.created_key}|${last.id}`).toString('base64url') : null;
       return { tasks: page.map(toTask), next };
     },
   );

@@ -3,7 +3,14 @@
  * change them, and follow a task's output as a transcript. Built by scripts/build-web.ts; it talks
  * to the server only through its REST routes and `mesh-subscriptions/client`.
  */
-import { createMeshClient, type ConnectionStatus, type MeshClient, type Subscription, type TaskOutput, type TaskUpdated } from 'mesh-subscriptions/client';
+import {
+  createMeshClient,
+  type ConnectionStatus,
+  type MeshClient,
+  type Subscription,
+  type TaskOutput,
+  type TaskUpdated,
+} from 'mesh-subscriptions/client';
 
 interface Task {
   id: string;
@@ -160,7 +167,10 @@ function appendOutput(o: TaskOutput): void {
     if (o.isError) label.textContent = 'tool result: error';
   }
   if (o.costUsd !== undefined || o.durationMs !== undefined) {
-    const facts = [o.costUsd !== undefined ? `$${o.costUsd.toFixed(4)}` : '', o.durationMs !== undefined ? `${(o.durationMs / 1000).toFixed(1)} s` : '']
+    const facts = [
+      o.costUsd !== undefined ? `$${o.costUsd.toFixed(4)}` : '',
+      o.durationMs !== undefined ? `${(o.durationMs / 1000).toFixed(1)} s` : '',
+    ]
       .filter(Boolean)
       .join(' · ');
     parts.push(Object.assign(document.createElement('span'), { className: 'facts', textContent: facts }));

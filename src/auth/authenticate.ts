@@ -9,7 +9,6 @@ import type { ResolvedOptions } from '../options.js';
 import { UUID_REGEX } from '../protocol/schemas.js';
 import type { TicketStore } from './tickets.js';
 
-
 function normalise(value: unknown): Principal | null {
   if (typeof value !== 'object' || value === null) return null;
   const { ownerId, admin, id } = value as Partial<Principal>;

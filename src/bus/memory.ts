@@ -4,7 +4,16 @@
  * cursor from another process or an earlier run is told apart rather than misread.
  */
 import { randomBytes } from 'node:crypto';
-import { matches, type BusEntry, type BusSink, type EventBus, type LoggedEvent, type PageSize, type ReplayPage, type ReplayStream } from './bus.js';
+import {
+  matches,
+  type BusEntry,
+  type BusSink,
+  type EventBus,
+  type LoggedEvent,
+  type PageSize,
+  type ReplayPage,
+  type ReplayStream,
+} from './bus.js';
 
 const CURSOR = /^([0-9a-f]{8})\.([1-9][0-9]{0,15}|0)$/;
 
@@ -41,7 +50,8 @@ export class MemoryBus implements EventBus {
     if (from < oldest) return { ok: false, resync: 'expired' };
     if (page.limit !== undefined) {
       let count = 0;
-      for (let s = from; s <= this.sequence; s++) if (matches(stream, this.at(s)) && ++count > page.limit) return { ok: false, resync: 'tooFarBehind' };
+      for (let s = from; s <= this.sequence; s++)
+        if (matches(stream, this.at(s)) && ++count > page.limit) return { ok: false, resync: 'tooFarBehind' };
     }
     const events: LoggedEvent[] = [];
     let bytes = 0;

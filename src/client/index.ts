@@ -110,7 +110,10 @@ export interface Subscription {
 
 /** Thrown by `ready` when the server refused a subscription. */
 export class MeshSubscriptionError extends Error {
-  constructor(readonly code: string, message: string) {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
     this.name = 'MeshSubscriptionError';
   }
@@ -137,7 +140,10 @@ const REFUSED_UPGRADE = /Unexpected server response: (\d{3})/;
 /** The ticket request failed with an HTTP status. */
 class HttpError extends Error {
   readonly code = 'HTTP_ERROR';
-  constructor(readonly status: number, message: string) {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
     super(message);
     this.name = 'HttpError';
   }

@@ -259,7 +259,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
           if (!this.updates?.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeUpdates(this, message.taskId);
           this.ack(frames.ack('subscribed', message.taskId));
-          if (message.since !== undefined) return this.seams().resume('subscribe', { kind: 'update', taskId: message.taskId }, message.since);
+          if (message.since !== undefined)
+            return this.seams().resume('subscribe', { kind: 'update', taskId: message.taskId }, message.since);
         });
       case 'subscribeOutput':
         return this.withOwner(message.taskId, () => {
@@ -267,7 +268,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
           index.subscribeOutput(this, message.taskId);
           this.outbound.startOutput(message.taskId, message.since ?? this.context.history.head());
           this.ack(frames.ack('outputSubscribed', message.taskId));
-          if (message.since !== undefined) return this.seams().resume('subscribeOutput', { kind: 'output', taskId: message.taskId }, message.since);
+          if (message.since !== undefined)
+            return this.seams().resume('subscribeOutput', { kind: 'output', taskId: message.taskId }, message.since);
         });
       case 'unsubscribe':
         return this.steps.run(() => this.dropUpdates(message.taskId));

@@ -55,7 +55,9 @@ export class DeliveryPipeline {
   /** The event's frame, or undefined (dropped) when it cannot be encoded. */
   frameOf(logged: LoggedEvent): Buffer | undefined {
     try {
-      return logged.kind === 'update' ? this.frames.taskUpdated(logged.event, logged.cursor) : this.frames.taskOutput(logged.event, logged.cursor);
+      return logged.kind === 'update'
+        ? this.frames.taskUpdated(logged.event, logged.cursor)
+        : this.frames.taskOutput(logged.event, logged.cursor);
     } catch (error) {
       this.dropped('unencodable', logged.cursor, error);
       return undefined;
@@ -120,7 +122,9 @@ export class DeliveryPipeline {
     try {
       const { taskId } = logged.event;
       const recipients =
-        logged.kind === 'update' ? this.index.deliverUpdate(taskId, owner, frame, cursor) : this.index.deliverOutput(taskId, owner, frame, cursor);
+        logged.kind === 'update'
+          ? this.index.deliverUpdate(taskId, owner, frame, cursor)
+          : this.index.deliverOutput(taskId, owner, frame, cursor);
       this.metrics.delivered(logged.kind, recipients, logged.publishedAt);
       this.listeners.delivered(logged, owner);
     } catch (error) {

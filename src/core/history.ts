@@ -52,7 +52,8 @@ export class EventHistory implements History {
   }
 
   async replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayResult> {
-    if (stream.kind === 'all' && !principal.admin && principal.ownerId === null) return { ok: true, page: { frames: [], last: after, more: false } };
+    if (stream.kind === 'all' && !principal.admin && principal.ownerId === null)
+      return { ok: true, page: { frames: [], last: after, more: false } };
     const limit = first ? this.settings.maxEvents : undefined;
     // Bounded, so that a database gone mute cannot hold the replay slots (and the sockets) forever.
     const read = await this.pages(() =>

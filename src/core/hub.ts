@@ -57,11 +57,17 @@ export class MeshHub {
     const frames = new Frames(parts.frameText);
     this.channels = new Channels(bus, owners, settings, log);
     this.delivery = new DeliveryPipeline(this.index, owners, frames, this.channels, metrics, log);
-    const history = new EventHistory(bus, owners, (logged) => this.delivery.frameOf(logged), () => this.delivery.behind(), {
-      maxEvents: settings.replay.maxEvents,
-      concurrency: settings.replay.concurrency,
-      pageBytes: Math.floor(settings.backpressure.soft / 2),
-    });
+    const history = new EventHistory(
+      bus,
+      owners,
+      (logged) => this.delivery.frameOf(logged),
+      () => this.delivery.behind(),
+      {
+        maxEvents: settings.replay.maxEvents,
+        concurrency: settings.replay.concurrency,
+        pageBytes: Math.floor(settings.backpressure.soft / 2),
+      },
+    );
     this.reauth = new ReauthSweep(parts.recheck, metrics);
     this.context = {
       index: this.index,
@@ -90,10 +96,13 @@ export class MeshHub {
       }, settings.heartbeat.intervalMs).unref(),
       // A backed-up socket may get no new frame to notice it by: sweep, so that it is cut within
       // a second of its limit.
-      setInterval(() => {
-        const now = performance.now();
-        for (const connection of this.connections) connection.checkStalled(now);
-      }, Math.min(SWEEP_MS, settings.backpressure.timeoutMs / 2)).unref(),
+      setInterval(
+        () => {
+          const now = performance.now();
+          for (const connection of this.connections) connection.checkStalled(now);
+        },
+        Math.min(SWEEP_MS, settings.backpressure.timeoutMs / 2),
+      ).unref(),
       setInterval(() => void this.reauthenticate(), settings.reauth.intervalMs).unref(),
     );
   }

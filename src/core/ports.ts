@@ -25,17 +25,14 @@ export type OwnerResolver = (taskIds: readonly string[]) => Promise<ReadonlyMap<
  * `refused` them, or because it could not answer (`unavailable`: its store is down).
  */
 export type AuthResult =
-  | { ok: true; principal: Principal }
-  | { ok: false; why: 'refused' }
-  | { ok: false; why: 'unavailable'; error: unknown };
+  { ok: true; principal: Principal } | { ok: false; why: 'refused' } | { ok: false; why: 'unavailable'; error: unknown };
 
 /**
  * How an open socket's principal is checked again: by the principal alone (the host's
  * `reauthenticate`), or by the upgrade request kept for it (the host's `authenticate`).
  */
 export type Recheck =
-  | { by: 'principal'; check(principal: Principal): Promise<AuthResult> }
-  | { by: 'request'; check(request: unknown): Promise<AuthResult> };
+  { by: 'principal'; check(principal: Principal): Promise<AuthResult> } | { by: 'request'; check(request: unknown): Promise<AuthResult> };
 
 /** A pino-style logger: an object of fields first, then the message. */
 export interface Logger {

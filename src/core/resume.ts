@@ -59,9 +59,7 @@ interface Aside {
   frame: Buffer;
 }
 
-type Seam =
-  | { replaying: true; aside: Aside[]; asideBytes: number; overflowed: boolean }
-  | { replaying: false; floor: string };
+type Seam = { replaying: true; aside: Aside[]; asideBytes: number; overflowed: boolean } | { replaying: false; floor: string };
 
 /** Live updates a burst remembers, at most: a long replay must not make it grow without end. */
 export const BURST_LIVE_LIMIT = 10_000;
@@ -101,7 +99,14 @@ export class ResumeSeams {
   takesLive(kind: 'update' | 'output', taskId: string, cursor: string, frame: Buffer): boolean {
     const seams = this.seams;
     if (seams === undefined) return false;
-    const keys = kind === 'output' ? [`o:${taskId}`] : this.socket.updates?.has(taskId) ? (this.socket.all ? [`u:${taskId}`, 'all'] : [`u:${taskId}`]) : ['all'];
+    const keys =
+      kind === 'output'
+        ? [`o:${taskId}`]
+        : this.socket.updates?.has(taskId)
+          ? this.socket.all
+            ? [`u:${taskId}`, 'all']
+            : [`u:${taskId}`]
+          : ['all'];
     for (const key of keys) {
       const seam = seams.get(key);
       if (seam === undefined) return false;

@@ -4,12 +4,7 @@
  */
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import type { TSchema } from '@sinclair/typebox';
-import {
-  ClientMessages,
-  TaskOutputNotification,
-  TaskUpdateNotification,
-  type ClientMessage,
-} from './schemas.js';
+import { ClientMessages, TaskOutputNotification, TaskUpdateNotification, type ClientMessage } from './schemas.js';
 import { MeshPublishError, type ErrorCode } from '../errors.js';
 
 const clientCheckers = new Map<string, TypeCheck<TSchema>>(
@@ -70,9 +65,13 @@ export type AckType = 'subscribed' | 'unsubscribed' | 'outputSubscribed' | 'outp
 export const encodeAck = (type: AckType, taskId: string): string => encode({ type, taskId });
 export const SUBSCRIBED_ALL = encode({ type: 'subscribedAll' });
 export const UNSUBSCRIBED_ALL = encode({ type: 'unsubscribedAll' });
-export const encodeLagged = (taskId: string, skipped: number, cursor: string): string => encode({ type: 'lagged', taskId, skipped, cursor });
-export const encodeResyncRequired = (subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput', taskId: string | undefined, reason: string): string =>
-  encode({ type: 'resyncRequired', subscription, taskId, reason });
+export const encodeLagged = (taskId: string, skipped: number, cursor: string): string =>
+  encode({ type: 'lagged', taskId, skipped, cursor });
+export const encodeResyncRequired = (
+  subscription: 'subscribe' | 'subscribeAll' | 'subscribeOutput',
+  taskId: string | undefined,
+  reason: string,
+): string => encode({ type: 'resyncRequired', subscription, taskId, reason });
 export const encodeError = (code: ErrorCode, message: string): string => encode({ type: 'error', code, message });
 
 /** A validated task update with its owner settled: `null` means admins only. */
@@ -180,7 +179,8 @@ function assertStorable(value: unknown, path: string, depth: number): void {
 }
 
 function assertSize(bytes: number): void {
-  if (bytes > MAX_EVENT_BYTES) throw new MeshPublishError(`the event weighs ${bytes} bytes as JSON; at most ${MAX_EVENT_BYTES} are allowed`);
+  if (bytes > MAX_EVENT_BYTES)
+    throw new MeshPublishError(`the event weighs ${bytes} bytes as JSON; at most ${MAX_EVENT_BYTES} are allowed`);
 }
 
 const lower = (id: string | null | undefined) => (typeof id === 'string' ? id.toLowerCase() : id);
@@ -219,7 +219,10 @@ export function toTaskOutputEvent(n: unknown): TaskOutputEvent {
   // The content is the one large field: its exact JSON length is measured only when it could matter.
   const units = v.messageType.length + (v.toolName?.length ?? 0) + v.content.length;
   if (units * 6 + toolInputBytes + 512 > MAX_EVENT_BYTES) {
-    assertSize(Buffer.byteLength(jsonString(v.content)) + Buffer.byteLength(JSON.stringify({ ...v, content: '', taskId: undefined, ownerId: undefined })));
+    assertSize(
+      Buffer.byteLength(jsonString(v.content)) +
+        Buffer.byteLength(JSON.stringify({ ...v, content: '', taskId: undefined, ownerId: undefined })),
+    );
   }
   return {
     taskId: v.taskId.toLowerCase(),

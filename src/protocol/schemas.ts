@@ -23,8 +23,7 @@ const INT32 = { minimum: -2147483648, maximum: 2147483647 } as const;
 
 const withTaskId = <T extends string>(type: T, description: string) =>
   Type.Object({ type: Type.Literal(type), taskId: Uuid }, { $id: type, description });
-const bare = <T extends string>(type: T, description: string) =>
-  Type.Object({ type: Type.Literal(type) }, { $id: type, description });
+const bare = <T extends string>(type: T, description: string) => Type.Object({ type: Type.Literal(type) }, { $id: type, description });
 
 /** Where a stream resumes: the `cursor` of the last event the client has of it. */
 export const Since = Type.Optional(
@@ -112,7 +111,8 @@ export const ServerMessages = {
       taskId: Uuid,
       skipped: Type.Integer({ minimum: 1, description: 'How many taskOutput frames of this task were dropped' }),
       cursor: Type.String({
-        description: 'The cursor of the last output of this task the client got before the gap: `subscribeOutput` with it as `since` fills the gap',
+        description:
+          'The cursor of the last output of this task the client got before the gap: `subscribeOutput` with it as `since` fills the gap',
       }),
     },
     {
@@ -158,10 +158,7 @@ export type ServerMessage = { [K in ServerMessageType]: Static<(typeof ServerMes
 const OwnerId = Type.Optional(Type.Union([Uuid, Type.Null()]));
 const nullable = <T extends TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
 
-export const TaskUpdateNotification = Type.Object(
-  { ...TaskUpdatedFields, ownerId: OwnerId },
-  { $id: 'TaskUpdateNotification' },
-);
+export const TaskUpdateNotification = Type.Object({ ...TaskUpdatedFields, ownerId: OwnerId }, { $id: 'TaskUpdateNotification' });
 export type TaskUpdateNotification = Static<typeof TaskUpdateNotification>;
 
 export const TaskOutputNotification = Type.Object(

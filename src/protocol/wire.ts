@@ -18,7 +18,14 @@ export const MESH_PROTOCOL = 'mesh.v1';
 export const TICKET_PROTOCOL_PREFIX = 'mesh.ticket.';
 
 /** `type` of the frames a client sends. */
-export const CLIENT_FRAME_TYPES = ['subscribe', 'unsubscribe', 'subscribeAll', 'unsubscribeAll', 'subscribeOutput', 'unsubscribeOutput'] as const;
+export const CLIENT_FRAME_TYPES = [
+  'subscribe',
+  'unsubscribe',
+  'subscribeAll',
+  'unsubscribeAll',
+  'subscribeOutput',
+  'unsubscribeOutput',
+] as const;
 export type ClientFrameType = (typeof CLIENT_FRAME_TYPES)[number];
 
 /** The subscribing frames: the kinds of subscription. */
@@ -43,7 +50,14 @@ export const ACK_OF = {
 } as const satisfies Record<ClientFrameType, string>;
 
 /** `type` of the acks, one per client frame. */
-export const ACK_TYPES = ['subscribed', 'unsubscribed', 'subscribedAll', 'unsubscribedAll', 'outputSubscribed', 'outputUnsubscribed'] as const;
+export const ACK_TYPES = [
+  'subscribed',
+  'unsubscribed',
+  'subscribedAll',
+  'unsubscribedAll',
+  'outputSubscribed',
+  'outputUnsubscribed',
+] as const;
 export type AckFrameType = (typeof ACK_TYPES)[number];
 
 /** `type` of every frame the server sends. */

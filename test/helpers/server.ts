@@ -52,7 +52,9 @@ export async function startTestServer(
       return { key: await createApiKey(db.sql, { ownerId: null, admin: true }) };
     },
     async task(ownerId, name = 'test task') {
-      const [row] = await db.sql<{ id: string }[]>`INSERT INTO tasks (owner_id, name) VALUES (${ownerId}, ${name}) RETURNING id::text AS id`;
+      const [row] = await db.sql<
+        { id: string }[]
+      >`INSERT INTO tasks (owner_id, name) VALUES (${ownerId}, ${name}) RETURNING id::text AS id`;
       return row!.id;
     },
     async connect(key, headers = {}) {

@@ -22,7 +22,16 @@ export class Replay {
     // remove rows after `after` unnoticed.
     return this.sql.begin('isolation level repeatable read read only', async (transaction): Promise<ReplayPage> => {
       const tx = transaction as unknown as Sql<any>;
-      const [state] = await tx<{ pruned_txid: string; pruned_id: string; task_txid: string | null; task_id: string | null; head_txid: string | null; head_id: string | null }[]>`
+      const [state] = await tx<
+        {
+          pruned_txid: string;
+          pruned_id: string;
+          task_txid: string | null;
+          task_id: string | null;
+          head_txid: string | null;
+          head_id: string | null;
+        }[]
+      >`
         SELECT m.pruned_txid::text, m.pruned_id::text, t.pruned_txid::text AS task_txid, t.pruned_id::text AS task_id,
                h.txid::text AS head_txid, h.id::text AS head_id
         FROM mesh_event_log_meta m
@@ -30,7 +39,8 @@ export class Replay {
         LEFT JOIN LATERAL (SELECT txid, id FROM mesh_event_log ORDER BY txid DESC, id DESC LIMIT 1) h ON true`;
       const pruned = { txid: BigInt(state!.pruned_txid), id: BigInt(state!.pruned_id) };
       if (after(pruned, from)) return { ok: false, resync: 'expired' };
-      if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from)) return { ok: false, resync: 'expired' };
+      if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from))
+        return { ok: false, resync: 'expired' };
       const head = state!.head_txid === null ? pruned : { txid: BigInt(state!.head_txid), id: BigInt(state!.head_id!) };
       if (after(from, head) && after(from, pruned)) return { ok: false, resync: 'unknownCursor' };
       const events = this.eventsOf(tx, stream, from);

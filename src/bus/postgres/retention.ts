@@ -45,7 +45,7 @@ export class Retention {
       if (!lock?.locked) return 0;
       try {
         const cutoff = new Date(Date.now() - this.options.retentionMs);
-        for (let n = PRUNE_BATCH; n === PRUNE_BATCH && !this.stopped; ) {
+        for (let n = PRUNE_BATCH; n === PRUNE_BATCH && !this.stopped;) {
           const [r] = await reserved<{ n: number }[]>`
             WITH gone AS (
               DELETE FROM mesh_event_log WHERE (txid, id) IN (

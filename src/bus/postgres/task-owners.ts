@@ -9,4 +9,3 @@ export function sqlOwnerResolver(sql: Sql<any>, table: string): OwnerResolver {
     return new Map(rows.map((row) => [row.id, row.owner_id]));
   };
 }
-

@@ -88,7 +88,12 @@ export class Writer {
     while (this.queue.length > 0) {
       const batch = this.queue;
       this.queue = [];
-      const outcome = await this.bounded(this.insert(this.sql, batch.map((item) => item.entry)));
+      const outcome = await this.bounded(
+        this.insert(
+          this.sql,
+          batch.map((item) => item.entry),
+        ),
+      );
       if (outcome.ok) {
         batch.forEach((item, i) => item.resolve(outcome.rows[i]!.cursor));
       } else if (batch.length > 1 && isRefusedData(outcome.error)) {
@@ -111,7 +116,10 @@ export class Writer {
    */
   private bounded<T>(statement: Promise<T>): Promise<{ ok: true; rows: T } | { ok: false; error: unknown }> {
     const { publishTimeoutMs } = this.options;
-    return pTimeout(statement, { milliseconds: publishTimeoutMs, message: `the event log did not answer within ${publishTimeoutMs} ms` }).then(
+    return pTimeout(statement, {
+      milliseconds: publishTimeoutMs,
+      message: `the event log did not answer within ${publishTimeoutMs} ms`,
+    }).then(
       (rows) => ({ ok: true, rows }) as const,
       (error: unknown) => ({ ok: false, error }) as const,
     );
@@ -133,4 +141,3 @@ function payloadOf({ kind, event }: BusEntry): object {
   const { messageType, content, toolName, toolInput, isError, costUsd, durationMs, isPartial } = event;
   return { messageType, content, toolName, toolInput, isError, costUsd, durationMs, isPartial };
 }
-
