@@ -8,13 +8,11 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { turn } from './helpers/async.js';
 import { FlushScheduler } from '../src/core/flush-scheduler.js';
 import { Frames } from '../src/core/frames.js';
 import { Outbound, type BackpressureLimits, type BackpressureObserver } from '../src/core/outbound.js';
 import type { ClientSocket } from '../src/core/ports.js';
-
-/** One loop turn: the scheduler's flush (a setImmediate) has run. */
-const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 const frame = (text: string) => Buffer.from(`${text}\n`);
 const update = (taskId: string, version: number) => frame(`u:${taskId}:v${version}`);

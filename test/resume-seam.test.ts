@@ -9,30 +9,12 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { deferred, turn, type Deferred } from './helpers/async.js';
 import type { ReplayStream } from '../src/bus/bus.js';
 import { Frames } from '../src/core/frames.js';
 import type { History, ReplayResult, Replayed } from '../src/core/history-types.js';
 import type { MetricsSink, Principal } from '../src/core/ports.js';
 import { BURST_LIVE_LIMIT, ResumeSeams, type ResumeOutput, type Resumer } from '../src/core/resume.js';
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve(value: T): void;
-  reject(error: unknown): void;
-}
-
-function deferred<T = void>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (error: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
-
-/** One loop turn: every promise reaction queued so far has run. */
-const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 const c = (n: number): string => String(n).padStart(6, '0');
 const text = (kind: 'update' | 'output', taskId: string, n: number) => `${kind === 'update' ? 'u' : 'o'}:${taskId}@${c(n)}`;

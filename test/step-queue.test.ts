@@ -5,26 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { deferred, turn } from './helpers/async.js';
 import { StepQueue } from '../src/core/step-queue.js';
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve(value: T): void;
-  reject(error: unknown): void;
-}
-
-function deferred<T = void>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (error: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
-
-/** One loop turn: every promise reaction queued so far has run. */
-const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** A queue whose hooks write to one log, so that `idle` and `failed` are seen in their place among the steps. */
 function setup() {
