@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { revokeApiKey } from '../example/src/api-keys.js';
+import { deliveries } from './helpers/delivered.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { TestClient, refusal, type Frame } from './helpers/ws-client.js';
 
@@ -145,8 +146,15 @@ describe('subscribeAll is scoped to what the principal may see', () => {
     const client = await server.connect(nobody);
     assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
     assert.equal((await client.request({ type: 'subscribe', taskId: orphanTask })).code, 'NOT_FOUND');
-    await server.app.mesh.taskUpdates.publish(update(orphanTask, 1, null));
-    await server.app.mesh.taskUpdates.publish(update(aliceTask, 1, alice.ownerId));
+    const delivered = deliveries(server.app);
+    const cursors = [
+      await server.app.mesh.taskUpdates.publish(update(orphanTask, 1, null)),
+      await server.app.mesh.taskUpdates.publish(update(aliceTask, 1, alice.ownerId)),
+    ];
+    // publish() resolves once logged: both have reached the sockets only now. Before, the
+    // unsubscribeAll below could come first (this test then proved nothing), and alice's event reach
+    // the next test's subscribeAll.
+    for (const cursor of cursors) await delivered(cursor);
     // Nothing can arrive; a frame it does get proves the socket is alive and nothing came before.
     assert.deepEqual(await client.request({ type: 'unsubscribeAll' }), { type: 'unsubscribedAll' });
     await client.close();
