@@ -376,13 +376,28 @@ test('a resume racing the pruning is gapless from its since, or answered expired
   const server = await startTestServer({ db: own, mesh: { bus: 'postgres', retentionPerTask: 50, pruneIntervalMs: 1 } });
   let publishing = true;
   let publisher: Promise<void> = Promise.resolve();
+  let caughtUp = () => {};
+  let unlisten = () => {};
   try {
     const { ownerId, key } = await server.owner();
     const taskId = await server.task(ownerId);
     let version = 0;
+    // Retention must stay longer than the instance may lag behind (README): rows its reader has not
+    // read yet are not there for the live stream once pruned, and a resume's replay hands the live
+    // stream whatever was still held back when it read (a writing transaction open anywhere on the
+    // cluster holds every reader back, even another database's, as in a parallel test run). So each
+    // batch of 20 goes out once the last one is delivered: at most 20 unread events, under the 50
+    // retained, and what races the pruning is the resume, as this test means.
+    let delivered = 0;
+    unlisten = server.app.mesh.taskUpdates.subscribe((event) => {
+      if (event.taskId !== taskId) return;
+      delivered = event.version;
+      caughtUp();
+    });
     publisher = (async () => {
       while (publishing) {
         await Promise.all(Array.from({ length: 20 }, () => server.app.mesh.taskUpdates.publish(update(taskId, ownerId, ++version))));
+        while (publishing && delivered < version) await new Promise<void>((resolve) => (caughtUp = resolve));
       }
     })();
     const outcomes = { attempts: 0, gapless: 0, expired: 0 };
@@ -414,7 +429,9 @@ test('a resume racing the pruning is gapless from its since, or answered expired
     assert.ok(outcomes.attempts > 500, `${outcomes.attempts} resumes raced the pruning`);
   } finally {
     publishing = false;
+    caughtUp();
     await publisher;
+    unlisten();
     await server.close();
     await own.drop();
   }
