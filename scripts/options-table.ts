@@ -42,7 +42,7 @@ export function optionsTable(): string {
     '',
     row('option', 'default', 'meaning'),
     row('---', '---', '---'),
-    ...['authenticate', 'reauthenticate', 'sql', 'resolveOwners', 'allowedOrigins'].map(explicitRow),
+    ...['authenticate', 'reauthenticate', 'sql', 'directSql', 'resolveOwners', 'allowedOrigins'].map(explicitRow),
     ...topLevel.map(([name, s]) => row(`\`${name}\``, defaultText(s), String(s.description))),
     explicitRow('metricsRegistry'),
   ];

@@ -252,6 +252,14 @@ export const EXPLICIT_OPTION_DOCS: ReadonlyArray<{ name: string; label: string; 
   },
   { name: 'sql', label: '`sql`', defaultText: '—', description: "the host's `postgres` client, for owner lookups" },
   {
+    name: 'directSql',
+    label: '`directSql`',
+    defaultText: '`sql`',
+    description:
+      'a `postgres` client connected to PostgreSQL directly, not through a transaction-mode pooler (PgBouncer): ' +
+      'the connections that need a session (LISTEN, advisory locks, migrations) use it; everything else uses `sql`',
+  },
+  {
     name: 'resolveOwners',
     label: '`resolveOwners(taskIds)`',
     defaultText: '—',
@@ -296,6 +304,12 @@ export interface MeshSubscriptionsOptions extends PlainInput {
   /** The host's `postgres` client; the plugin reads task owners through it. */
   sql?: Sql<any>;
   /**
+   * A `postgres` client connected to PostgreSQL directly, when `sql` goes through a
+   * transaction-mode pooler (PgBouncer, a managed pooler): what needs a session (LISTEN, advisory
+   * locks, migrations) uses it, everything else `sql`. Default: `sql` itself.
+   */
+  directSql?: Sql<any>;
+  /**
    * Where task owners come from when they are not in a `tasks(id, owner_id)` table reachable
    * through `sql`. One of `sql` and `resolveOwners` is required.
    */
@@ -322,6 +336,8 @@ export interface ResolvedOptions extends PlainOptions {
   authenticate: MeshSubscriptionsOptions['authenticate'];
   reauthenticate: MeshSubscriptionsOptions['reauthenticate'];
   sql: Sql<any> | undefined;
+  /** `directSql`, else `sql`. */
+  directSql: Sql<any> | undefined;
   resolveOwners: OwnerResolver | undefined;
   allowedOrigins: ReadonlySet<string>;
   metricsRegistry: Registry;
@@ -445,6 +461,10 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   if (o.sql !== undefined && typeof o.sql !== 'function') {
     throw new MeshOptionsError('option "sql" must be a client from the `postgres` package');
   }
+  if (o.directSql !== undefined && typeof o.directSql !== 'function') {
+    throw new MeshOptionsError('option "directSql" must be a client from the `postgres` package');
+  }
+  if (o.directSql !== undefined && o.sql === undefined) throw new MeshOptionsError('option "directSql" needs "sql"');
   if (o.resolveOwners !== undefined && typeof o.resolveOwners !== 'function') {
     throw new MeshOptionsError('option "resolveOwners" must be a function');
   }
@@ -478,6 +498,7 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     authenticate: o.authenticate,
     reauthenticate: o.reauthenticate,
     sql: o.sql,
+    directSql: o.directSql ?? o.sql,
     resolveOwners: o.resolveOwners,
     allowedOrigins: origins(o.allowedOrigins),
     metricsRegistry: o.metricsRegistry ?? new Registry(),

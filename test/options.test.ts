@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { describe, test } from 'node:test';
 import { KindGuard, type TObject, type TSchema } from '@sinclair/typebox';
 import Fastify from 'fastify';
+import type { Sql } from 'postgres';
 import { README_FILE, withOptionsTable } from '../scripts/options-table.js';
 import meshSubscriptions, { CloseCode, MeshOptionsError } from '../src/index.js';
 import { DEFAULTS, FLAT_OPTION_NAMES, PlainOptionsSchema, resolveOptions, type GroupName, type Principal } from '../src/options.js';
@@ -27,6 +28,7 @@ test('defaults resolve from the schema to the documented values', () => {
   assert.deepEqual(plain, {
     reauthenticate: undefined,
     sql: undefined,
+    directSql: undefined,
     prefix: '/api/v1',
     tasksTable: 'tasks',
     bus: 'memory',
@@ -356,4 +358,19 @@ describe('registering with grouped options', () => {
       await db.drop();
     }
   });
+});
+
+test('directSql: defaults to sql, must be a postgres client, and needs sql', () => {
+  const sql = (() => {}) as unknown as Sql<any>;
+  const direct = (() => {}) as unknown as Sql<any>;
+  assert.equal(resolveOptions({ authenticate: async () => null, sql }).directSql, sql);
+  assert.equal(resolveOptions({ authenticate: async () => null, sql, directSql: direct }).directSql, direct);
+  assert.throws(
+    () => resolveOptions({ authenticate: async () => null, sql, directSql: 'postgres://x' as never }),
+    /option "directSql" must be a client from the `postgres` package/,
+  );
+  assert.throws(
+    () => resolveOptions({ authenticate: async () => null, resolveOwners: async () => new Map(), directSql: direct }),
+    /option "directSql" needs "sql"/,
+  );
 });
