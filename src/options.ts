@@ -157,7 +157,7 @@ export const PlainOptionsSchema = Type.Object({
       default: true,
       description:
         "at start, create or update the plugin's objects when they are missing or older (nothing is changed when they are current); " +
-        'off: a missing or older object fails the start with the command that creates it (README, "Migrations")',
+        'off: a missing or older object fails the start with the command that creates it (README, "Migrations, and what they create")',
       refusal: 'a boolean',
     }),
     publishTimeoutMs: positiveInteger(5_000, '`publish()` waiting longer (ms) for the log rejects with `MeshBusUnavailableError`'),

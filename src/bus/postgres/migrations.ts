@@ -39,8 +39,8 @@ export interface SchemaState {
   role: string;
   /** Objects absent, named for people: `table "mesh"."mesh_event_log"`. */
   missing: string[];
-  /** The stamped version: 0 when there is none to read, 1 for objects from before versions. */
-  version: number;
+  /** The stamped version (1: objects from before versions); undefined when there is none the role can read. */
+  version: number | undefined;
   /** The owner settlement the functions were made with (see `ownersFrom`), if read. */
   ownersFrom: string | undefined;
   /** Privileges the role lacks on objects that exist: `INSERT on "mesh"."mesh_event_log"`. */
@@ -54,7 +54,7 @@ export async function inspectSchema(sql: Sql<any>, options: MigrationOptions = {
     SELECT current_user::text AS role, n.oid::text AS nsp,
            CASE WHEN n.oid IS NULL THEN false ELSE has_schema_privilege(n.oid, 'USAGE') END AS usage
     FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = ${m.schema}`;
-  const state: SchemaState = { role: head!.role, missing: [], version: 0, ownersFrom: undefined, lacking: [] };
+  const state: SchemaState = { role: head!.role, missing: [], version: undefined, ownersFrom: undefined, lacking: [] };
   const schema = quoteIdentifier(m.schema);
   if (head!.nsp === null) {
     state.missing.push(`schema ${schema}`);
@@ -113,7 +113,7 @@ export function migrateCommand(options: MigrationOptions = {}, grantTo?: string)
 function staleness(state: SchemaState, m: ResolvedMigration): string[] {
   const reasons: string[] = [];
   if (state.missing.length > 0) reasons.push(`missing ${state.missing.join(', ')}`);
-  if (state.missing.length === 0 && state.version < SCHEMA_VERSION) {
+  if (state.missing.length === 0 && state.version !== undefined && state.version < SCHEMA_VERSION) {
     reasons.push(`the objects are at schema version ${state.version}, this plugin needs ${SCHEMA_VERSION}`);
   }
   const wanted = ownersFrom(m.tasks);
@@ -151,7 +151,7 @@ export async function ensureSchema(sql: Sql<any>, options: EnsureOptions): Promi
   const m = resolveMigration(options);
   const state = await inspectSchema(sql, m);
   const where = `schema ${quoteIdentifier(m.schema)}`;
-  if (state.missing.length === 0 && state.version > SCHEMA_VERSION) {
+  if (state.missing.length === 0 && state.version !== undefined && state.version > SCHEMA_VERSION) {
     // A newer plugin migrated: never take its objects back to an older version.
     options.onNewer?.(state.version);
   } else {

@@ -36,7 +36,7 @@ export async function checkTasksTable(sql: Sql<any>, tasks: TasksOptions): Promi
   let found: { oid: string | null; name: string; role: string; search_path: string } | undefined;
   try {
     [found] = await sql<{ oid: string | null; name: string; role: string; search_path: string }[]>`
-      SELECT c.oid::text AS oid, format('%I.%I', n.nspname, c.relname) AS name,
+      SELECT c.oid::text AS oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name,
              current_user::text AS role, current_setting('search_path') AS search_path
       FROM (SELECT to_regclass(${quoteTable(tasks.table)}) AS oid) AS r
       LEFT JOIN pg_class c ON c.oid = r.oid LEFT JOIN pg_namespace n ON n.oid = c.relnamespace`;
