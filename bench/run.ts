@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import pino from 'pino';
 import postgres from 'postgres';
 import { freePort, scratchDirectory, startEmbeddedPostgres } from '../example/src/embedded-postgres.js';
-import { migrate as migrateEventLog } from '../src/bus/postgres/migrations.js';
+import { migrate as migrateEventLog } from '../src/bus/postgres/migration.js';
 import { migrate } from '../example/src/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
 

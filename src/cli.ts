@@ -7,7 +7,7 @@
  */
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
-import { migrate } from './bus/postgres/migrations.js';
+import { migrate } from './bus/postgres/migration.js';
 import { migrationSql, SCHEMA_VERSION, type MigrationOptions } from './bus/postgres/schema.js';
 
 const USAGE = `Usage: mesh-subscriptions migrate [--print] [options]

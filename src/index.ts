@@ -22,7 +22,7 @@ export {
   MeshSchemaError,
 } from './errors.js';
 // The PostgreSQL bus's objects, for a team that migrates itself (README, "Migrations, and what they create").
-export { migrate } from './bus/postgres/migrations.js';
+export { migrate } from './bus/postgres/migration.js';
 export { migrationSql, SCHEMA_VERSION, type MigrationOptions, type TasksShape } from './bus/postgres/schema.js';
 export { redactUrl, requestSerializer, safeLoggerOptions, redactPaths, REDACT_PATHS, CREDENTIAL_HEADERS } from './logging.js';
 export type { MeshEventMap, MeshEvents } from './core/events.js';

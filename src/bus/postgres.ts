@@ -7,7 +7,7 @@
  * This class composes the parts, one file each under `postgres/`, each with the state it owns:
  * `cursor.ts` (the cursor format and the log's id), `writer.ts` (the batched writer), `listener.ts`
  * (the LISTEN connection and its heartbeat), `reader.ts` (the read loop), `replay.ts` (pages for
- * `since`), `retention.ts` (pruning), beside `schema.ts` (tables, SQL functions), `migrations.ts` (running them) and `errors.ts`.
+ * `since`), `retention.ts` (pruning), beside `schema.ts` (tables, SQL functions), `migration.ts` (running them) and `errors.ts`.
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql, TransactionSql } from 'postgres';
@@ -18,7 +18,7 @@ import { Listener } from './postgres/listener.js';
 import { Reader } from './postgres/reader.js';
 import { Replay } from './postgres/replay.js';
 import { Retention } from './postgres/retention.js';
-import { ensureSchema } from './postgres/migrations.js';
+import { ensureSchema } from './postgres/migration.js';
 import { Writer } from './postgres/writer.js';
 
 /**
