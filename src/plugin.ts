@@ -276,7 +276,16 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   });
   app.addHook('onReady', async () => {
     // A tasks table that does not match the options fails the start, not every subscribe after it.
-    if (options.resolveOwners === undefined) await checkTasksTable(options.sql!, options.tasks);
+    if (options.resolveOwners === undefined) {
+      await checkTasksTable(options.sql!, options.tasks, {
+        timeoutMs: options.owners.lookupTimeoutMs,
+        onUnreachable: (error) =>
+          app.log.warn(
+            { err: error },
+            'the tasks table could not be checked: the database did not answer (owner lookups answer UNAVAILABLE meanwhile)',
+          ),
+      });
+    }
     await hub.start();
   });
   // A host's registry outlives this app (tests, restarts in-process): our metrics leave with it.
