@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import pino from 'pino';
 import postgres from 'postgres';
 import { freePort, scratchDirectory, startEmbeddedPostgres } from '../example/src/embedded-postgres.js';
-import { migrateEventLog } from '../src/bus/postgres/schema.js';
+import { migrate as migrateEventLog } from '../src/bus/postgres/migration.js';
 import { migrate } from '../example/src/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
 
@@ -64,7 +64,7 @@ async function seedReplay(): Promise<string> {
   const db = postgres(url, { max: 1, onnotice: () => {} });
   try {
     // The plugin's tables, as the server would create them (its own migration runs again at start).
-    await migrateEventLog(db, { tasksTable: 'tasks' });
+    await migrateEventLog(db, { tasks: { table: 'tasks' } });
     // json since the NUL fix, jsonb before it: the same insert serves both.
     const [column] = await db<{ type: string }[]>`
       SELECT format_type(atttypid, atttypmod) AS type FROM pg_attribute

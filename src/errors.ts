@@ -72,3 +72,16 @@ export class OwnerLookupUnavailableError extends Error {
     this.name = 'OwnerLookupUnavailableError';
   }
 }
+
+/**
+ * Raised at start (`app.ready()`, `listen()`) when the database lacks what the plugin needs: its
+ * own objects at the right version (run the migration the message names), the privileges on
+ * them, or the tasks table and columns the options name. The message says what and how to fix it.
+ */
+export class MeshSchemaError extends Error {
+  readonly code = 'SCHEMA_NOT_READY';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(`mesh-subscriptions: ${message}`, options);
+    this.name = 'MeshSchemaError';
+  }
+}

@@ -12,7 +12,18 @@ export { DEFAULTS } from './options.js';
 export type { BroadcastChannel, Delivered, PublishOptions, TaskOutputChannel, TaskUpdatesChannel } from './core/channels.js';
 export type { TaskOutputEvent, TaskUpdateEvent } from './protocol/codec.js';
 export * from './protocol/schemas.js';
-export { CloseCode, ErrorCode, UpgradeError, MeshOptionsError, MeshPublishError, MeshBusUnavailableError } from './errors.js';
+export {
+  CloseCode,
+  ErrorCode,
+  UpgradeError,
+  MeshOptionsError,
+  MeshPublishError,
+  MeshBusUnavailableError,
+  MeshSchemaError,
+} from './errors.js';
+// The PostgreSQL bus's objects, for a team that migrates itself (README, "Migrations, and what they create").
+export { migrate } from './bus/postgres/migration.js';
+export { migrationSql, SCHEMA_VERSION, type MigrationOptions, type TasksShape } from './bus/postgres/schema.js';
 export { redactUrl, requestSerializer, safeLoggerOptions, redactPaths, REDACT_PATHS, CREDENTIAL_HEADERS } from './logging.js';
 export type { MeshEventMap, MeshEvents } from './core/events.js';
 export { selectProtocol, MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './auth/tickets.js';

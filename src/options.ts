@@ -1,7 +1,7 @@
 /**
  * The plugin's options: one TypeBox schema is the source of every plain option's type, default,
  * bounds, description and refusal text, grouped by the part of the plugin that reads them
- * (`limits`, `backpressure`, `heartbeat`, `reauth`, `replay`, `owners`, `postgres`, `tickets`,
+ * (`limits`, `backpressure`, `heartbeat`, `reauth`, `replay`, `tasks`, `owners`, `postgres`, `tickets`,
  * `shutdown`; a few host-integration options at the top level). The README's options tables are
  * generated from it (`npm run options-table`). The flat names from before the groups
  * (`maxPayload` for `limits.maxPayload`, …) are still accepted: FLAT_OPTION_NAMES. The options
@@ -64,13 +64,6 @@ export const PlainOptionsSchema = Type.Object({
     refusal: '"" or a path like "/api/v1" (leading slash, no trailing slash)',
     nullIsUnset: true,
   }),
-  tasksTable: Type.String({
-    pattern: '^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)?$',
-    default: 'tasks',
-    description: 'table with `id uuid` and `owner_id uuid null`, used with `sql`',
-    refusal: 'a plain SQL identifier such as "tasks" or "app.tasks"',
-    nullIsUnset: true,
-  }),
   bus: Type.Union([Type.Literal('memory'), Type.Literal('postgres')], {
     description:
       'where events are logged: this process only, recent events kept in memory for `since` (`memory`), or the ' +
@@ -127,13 +120,44 @@ export const PlainOptionsSchema = Type.Object({
         'rather than crowd out live delivery',
     ),
   }),
-  owners: group('owner lookups, through `sql` and `tasksTable` or through `resolveOwners`', {
+  tasks: group("the host's tasks table, where owners are read through `sql` (unused with `resolveOwners`); checked at start", {
+    table: Type.String({
+      pattern: '^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)?$',
+      default: 'tasks',
+      description:
+        "the table, `schema.table` or a name found through the role's `search_path` (qualify it when SQL publishers may have another one)",
+      refusal: 'a plain SQL identifier such as "tasks" or "app.tasks"',
+      nullIsUnset: true,
+    }),
+    idColumn: Type.String({
+      pattern: '^[A-Za-z_][A-Za-z0-9_]*$',
+      default: 'id',
+      description: 'the task id column, of type `uuid`',
+      refusal: 'a plain SQL identifier such as "id"',
+    }),
+    ownerColumn: Type.String({
+      pattern: '^[A-Za-z_][A-Za-z0-9_]*$',
+      default: 'owner_id',
+      description: 'the owner id column, `uuid` (or text holding one), NULL for a task with no owner',
+      refusal: 'a plain SQL identifier such as "owner_id"',
+    }),
+  }),
+  owners: group('owner lookups, through `sql` and the `tasks` table or through `resolveOwners`', {
     lookupTimeoutMs: positiveInteger(5_000, 'an owner lookup slower than this (ms) answers `UNAVAILABLE`'),
   }),
   postgres: group('the PostgreSQL bus (`bus: "postgres"`); unused with the memory bus', {
+    schema: Type.String({
+      pattern: '^[A-Za-z_][A-Za-z0-9_]*$',
+      default: 'public',
+      description:
+        "the PostgreSQL schema the plugin's tables and functions live in (every name is qualified with it, never left to `search_path`)",
+      refusal: 'a plain SQL identifier such as "mesh"',
+    }),
     migrate: Type.Boolean({
       default: true,
-      description: "create/upgrade the plugin's tables and functions at start",
+      description:
+        "at start, create or update the plugin's objects when they are missing or older (nothing is changed when they are current); " +
+        'off: a missing or older object fails the start with the command that creates it (README, "Migrations, and what they create")',
       refusal: 'a boolean',
     }),
     publishTimeoutMs: positiveInteger(5_000, '`publish()` waiting longer (ms) for the log rejects with `MeshBusUnavailableError`'),
@@ -170,6 +194,7 @@ type TopLevelName = Exclude<keyof PlainOptions, GroupName>;
 export type LimitsOptions = PlainOptions['limits'];
 export type PostgresOptions = PlainOptions['postgres'];
 export type TicketsOptions = PlainOptions['tickets'];
+export type TasksOptions = PlainOptions['tasks'];
 
 /**
  * The compatible form: each option's name from before the options were grouped, and the grouped
@@ -192,6 +217,7 @@ export const FLAT_OPTION_NAMES = {
   historySize: 'replay.historySize',
   maxReplay: 'replay.maxEvents',
   replayConcurrency: 'replay.concurrency',
+  tasksTable: 'tasks.table',
   lookupTimeoutMs: 'owners.lookupTimeoutMs',
   migrate: 'postgres.migrate',
   publishTimeoutMs: 'postgres.publishTimeoutMs',

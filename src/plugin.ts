@@ -17,7 +17,7 @@ import type { TaskOutputChannel, TaskUpdatesChannel } from './core/channels.js';
 import { MeshHub } from './core/hub.js';
 import type { Recheck } from './core/ports.js';
 import type { HubSettings } from './core/settings.js';
-import { sqlOwnerResolver } from './bus/postgres/task-owners.js';
+import { checkTasksTable, sqlOwnerResolver } from './bus/postgres/task-owners.js';
 import { adoptWebSocket, ensureWebSocketServer, frameText } from './transport/ws.js';
 import { OwnerDirectory } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
@@ -208,7 +208,7 @@ function hubSettings(options: ResolvedOptions): HubSettings {
 
 const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (app, rawOptions) => {
   const options = resolveOptions(rawOptions);
-  const resolver = options.resolveOwners ?? sqlOwnerResolver(options.sql!, options.tasksTable);
+  const resolver = options.resolveOwners ?? sqlOwnerResolver(options.sql!, options.tasks);
   const owners = new OwnerDirectory(resolver, options.owners.lookupTimeoutMs);
   const events = new MeshEvents();
   // The gauges read the hub at scrape time, by when it exists.
@@ -228,7 +228,9 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
           {
             ...options.postgres,
             // The log's SQL settles owners from the tasks table, unless they come from `resolveOwners`.
-            tasksTable: options.resolveOwners === undefined ? options.tasksTable : undefined,
+            tasks: options.resolveOwners === undefined ? options.tasks : undefined,
+            tickets: options.tickets.enabled,
+            directSql: options.directSql,
             onDropped: (reason, cursor, error) => hub.dropped(reason, cursor, error),
             onPruned: (rows) => events.emit('pruned', { rows }),
             onHeldBack: () => events.emit('heldBack'),
@@ -246,7 +248,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   const tickets: TicketStore | undefined = !options.tickets.enabled
     ? undefined
     : options.bus === 'postgres'
-      ? new PostgresTicketStore(options.sql!, options.tickets)
+      ? new PostgresTicketStore(options.sql!, { ...options.tickets, schema: options.postgres.schema })
       : new MemoryTicketStore(options.tickets);
   const admission = new Admission(
     { limits: options.limits, allowedOrigins: options.allowedOrigins, authenticate, reauthenticate },
@@ -272,7 +274,20 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
     await hub.shutdown(options.shutdown.timeoutMs);
     await hub.stopBus();
   });
-  app.addHook('onReady', async () => hub.start());
+  app.addHook('onReady', async () => {
+    // A tasks table that does not match the options fails the start, not every subscribe after it.
+    if (options.resolveOwners === undefined) {
+      await checkTasksTable(options.sql!, options.tasks, {
+        timeoutMs: options.owners.lookupTimeoutMs,
+        onUnreachable: (error) =>
+          app.log.warn(
+            { err: error },
+            'the tasks table could not be checked: the database did not answer (owner lookups answer UNAVAILABLE meanwhile)',
+          ),
+      });
+    }
+    await hub.start();
+  });
   // A host's registry outlives this app (tests, restarts in-process): our metrics leave with it.
   app.addHook('onClose', async () => metrics.unregister());
 

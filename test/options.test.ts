@@ -30,7 +30,6 @@ test('defaults resolve from the schema to the documented values', () => {
     sql: undefined,
     directSql: undefined,
     prefix: '/api/v1',
-    tasksTable: 'tasks',
     bus: 'memory',
     limits: {
       maxPayload: 64 * 1024,
@@ -45,8 +44,10 @@ test('defaults resolve from the schema to the documented values', () => {
     heartbeat: { intervalMs: 30_000 },
     reauth: { intervalMs: 60_000 },
     replay: { historySize: 10_000, maxEvents: 10_000, concurrency: 4 },
+    tasks: { table: 'tasks', idColumn: 'id', ownerColumn: 'owner_id' },
     owners: { lookupTimeoutMs: 5_000 },
     postgres: {
+      schema: 'public',
       migrate: true,
       publishTimeoutMs: 5_000,
       retentionMs: 24 * 60 * 60 * 1000,
@@ -116,6 +117,7 @@ const flatNames = Object.entries(FLAT_OPTION_NAMES).map(([flat, path]) => {
 /** A valid value other than the resolved default (with `base`, tickets are on by default). */
 function another(schema: TSchema): unknown {
   if (schema.type === 'boolean') return schema.default === undefined ? false : !schema.default;
+  if (schema.type === 'string') return `${String(schema.default)}_x`;
   return typeof schema.default === 'number' && Number.isFinite(schema.default) ? schema.default + 1 : 7;
 }
 
@@ -136,14 +138,14 @@ function refused(options: Record<string, unknown>, ...quoted: string[]): string 
 test('the groups are the ones documented, and every flat name stands for an option of a group', () => {
   assert.deepEqual(
     groups.map(([group]) => group),
-    ['limits', 'backpressure', 'heartbeat', 'reauth', 'replay', 'owners', 'postgres', 'tickets', 'shutdown'],
+    ['limits', 'backpressure', 'heartbeat', 'reauth', 'replay', 'tasks', 'owners', 'postgres', 'tickets', 'shutdown'],
   );
   for (const { flat, path, schema } of flatNames) assert.ok(schema, `${flat} → ${path}: no such option`);
-  // Every option that existed before the groups has its flat name (none is new yet), and no two share one.
+  // Every option that existed before the groups has its flat name, and no two share one; newer ones have none.
   assert.equal(new Set(Object.values(FLAT_OPTION_NAMES)).size, flatNames.length);
   assert.deepEqual(
     groupedOptions.filter(({ path }) => !Object.values(FLAT_OPTION_NAMES).includes(path as never)).map(({ path }) => path),
-    [],
+    ['tasks.idColumn', 'tasks.ownerColumn', 'postgres.schema'],
   );
 });
 
@@ -183,7 +185,12 @@ test('an option given both flat and grouped is refused, naming both, even with e
 
 test('every grouped option is checked against its schema, under the name it was given', () => {
   for (const { group, option, path, schema } of groupedOptions) {
-    const bad = schema.type === 'boolean' ? ['yes', 1, null] : [0, -1, 1.5, '10', null, Number.NaN];
+    const bad =
+      schema.type === 'boolean'
+        ? ['yes', 1, null]
+        : schema.type === 'string'
+          ? [0, '', 'a b', 'x;DROP TABLE y', '1x', ...(schema.nullIsUnset === true ? [] : [null])]
+          : [0, -1, 1.5, '10', null, Number.NaN];
     for (const value of bad) {
       refused({ [group]: { [option]: value } }, `option "${path}" must be ${String(schema.refusal)}`);
     }
@@ -257,7 +264,7 @@ test('DEFAULTS is grouped like the options, frozen, and is what an empty group r
     assert.deepEqual(DEFAULTS[group], group === 'tickets' ? defaulted : resolved[group]);
   }
   assert.equal(DEFAULTS.prefix, '/api/v1');
-  assert.equal(DEFAULTS.tasksTable, 'tasks');
+  assert.deepEqual(DEFAULTS.tasks, { table: 'tasks', idColumn: 'id', ownerColumn: 'owner_id' });
   assert.ok(!('bus' in DEFAULTS) && !('enabled' in DEFAULTS.tickets), 'bus and tickets.enabled depend on other options');
   for (const flat of Object.keys(FLAT_OPTION_NAMES)) {
     if (flat !== 'tickets') assert.ok(!(flat in DEFAULTS), `DEFAULTS.${flat}: DEFAULTS has the grouped names only`);

@@ -91,3 +91,14 @@ test('a scratch Fastify app installs the tarball, type-checks against it, and ex
   const { stdout } = await run(process.execPath, ['out/app.js'], { cwd: app, env: { ...process.env, DATABASE_URL: db.url } });
   assert.deepEqual(JSON.parse(stdout.trim()), { type: 'taskUpdated', taskId: true, version: 1 });
 });
+
+test('the installed package’s command prints the migration (npx mesh-subscriptions migrate --print)', async () => {
+  // The app the test above installed the tarball into.
+  const { stdout } = await run('npx', ['--no-install', 'mesh-subscriptions', 'migrate', '--print', '--schema', 'mesh', '--tickets'], {
+    cwd: path.join(scratch, 'host-app'),
+    maxBuffer: 16 << 20,
+  });
+  assert.match(stdout, /^BEGIN;\n-- mesh-subscriptions: the PostgreSQL bus's objects, schema version \d+, in schema "mesh"\./);
+  assert.match(stdout, /CREATE TABLE IF NOT EXISTS "mesh"\.mesh_ws_tickets/);
+  assert.match(stdout, /COMMIT;\n$/);
+});

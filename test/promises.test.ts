@@ -234,7 +234,11 @@ describe('hostile content', () => {
 
   test('one bad row never fails another publisher’s write: the rest of the batch commits', async () => {
     // Straight on a bus of its own, past publish()'s checks: a row only PostgreSQL refuses.
-    const bus = new PostgresBus(db.sql, { ...DEFAULTS.postgres, tasksTable: 'tasks', publishTimeoutMs: 5_000 }, pino({ level: 'silent' }));
+    const bus = new PostgresBus(
+      db.sql,
+      { ...DEFAULTS.postgres, tasks: DEFAULTS.tasks, tickets: false, publishTimeoutMs: 5_000 },
+      pino({ level: 'silent' }),
+    );
     const taskId = await a.task(null);
     const good = (version: number) => bus.publish({ kind: 'update', event: { ...update(taskId, null, version), ownerId: null } });
     const bad = bus.publish({ kind: 'output', event: { ...output('not-a-uuid', 'refused'), ownerId: null } as never });
@@ -360,7 +364,11 @@ test('a log that does not answer: publish() rejects with MeshBusUnavailableError
   const silent = createServer((socket) => sockets.add(socket));
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
   const sql = postgres(`postgres://nobody@127.0.0.1:${(silent.address() as { port: number }).port}/none`, { max: 1 });
-  const bus = new PostgresBus(sql, { ...DEFAULTS.postgres, tasksTable: 'tasks', publishTimeoutMs: 200 }, pino({ level: 'silent' }));
+  const bus = new PostgresBus(
+    sql,
+    { ...DEFAULTS.postgres, tasks: DEFAULTS.tasks, tickets: false, publishTimeoutMs: 200 },
+    pino({ level: 'silent' }),
+  );
   const taskId = crypto.randomUUID();
   await assert.rejects(
     bus.publish({ kind: 'update', event: { ...update(taskId, null, 1), ownerId: null } }),

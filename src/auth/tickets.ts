@@ -12,6 +12,7 @@ import type { Sql } from 'postgres';
 import type { Principal, TicketsOptions } from '../options.js';
 
 import { MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from '../protocol/wire.js';
+import { qualified } from '../bus/postgres/schema.js';
 
 // The subprotocol names are wire constants, shared with the client (src/protocol/wire.ts).
 export { MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX };
@@ -72,23 +73,29 @@ export class MemoryTicketStore implements TicketStore {
   }
 }
 
-/** Every instance on the database: tickets in `mesh_ws_tickets` (created with the event log). */
+/**
+ * Every instance on the database: tickets in `mesh_ws_tickets`, in the schema of the event log
+ * (created by the migration when tickets are on).
+ */
 export class PostgresTicketStore implements TicketStore {
   private readonly ttlMs: number;
+  /** `"schema"."mesh_ws_tickets"`. */
+  private readonly table: string;
 
   constructor(
     private readonly sql: Sql<any>,
-    { ttlMs }: TicketStoreOptions,
+    { ttlMs, schema }: TicketStoreOptions & { schema: string },
   ) {
     this.ttlMs = ttlMs;
+    this.table = qualified(schema, 'mesh_ws_tickets');
   }
 
   async mint(principal: Principal) {
     const ticket = newTicket();
     // Expired tickets go as new ones come: the table stays as small as the tickets in flight.
     const [row] = await this.sql<{ expires_at: Date }[]>`
-      WITH expired AS (DELETE FROM mesh_ws_tickets WHERE expires_at < now())
-      INSERT INTO mesh_ws_tickets (digest, principal, expires_at)
+      WITH expired AS (DELETE FROM ${this.sql.unsafe(this.table)} WHERE expires_at < now())
+      INSERT INTO ${this.sql.unsafe(this.table)} (digest, principal, expires_at)
       VALUES (${digest(ticket)}, ${this.sql.json({ ...principal } as never)}, now() + ${this.ttlMs} * interval '1 millisecond')
       RETURNING expires_at`;
     return { ticket, expiresAt: row!.expires_at };
@@ -97,7 +104,7 @@ export class PostgresTicketStore implements TicketStore {
   async redeem(ticket: string) {
     if (!TICKET.test(ticket)) return null;
     const [row] = await this.sql<{ principal: unknown }[]>`
-      DELETE FROM mesh_ws_tickets WHERE digest = ${digest(ticket)} AND expires_at >= now() RETURNING principal`;
+      DELETE FROM ${this.sql.unsafe(this.table)} WHERE digest = ${digest(ticket)} AND expires_at >= now() RETURNING principal`;
     return row?.principal ?? null;
   }
 }

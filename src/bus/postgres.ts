@@ -7,18 +7,18 @@
  * This class composes the parts, one file each under `postgres/`, each with the state it owns:
  * `cursor.ts` (the cursor format and the log's id), `writer.ts` (the batched writer), `listener.ts`
  * (the LISTEN connection and its heartbeat), `reader.ts` (the read loop), `replay.ts` (pages for
- * `since`), `retention.ts` (pruning), beside `schema.ts` (tables, SQL functions) and `errors.ts`.
+ * `since`), `retention.ts` (pruning), beside `schema.ts` (tables, SQL functions), `migration.ts` (running them) and `errors.ts`.
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql, TransactionSql } from 'postgres';
-import type { PostgresOptions } from '../options.js';
+import type { PostgresOptions, TasksOptions } from '../options.js';
 import type { BusEntry, BusSink, EventBus, PageSize, ReplayPage, ReplayStream } from './bus.js';
 import { Cursors } from './postgres/cursor.js';
 import { Listener } from './postgres/listener.js';
 import { Reader } from './postgres/reader.js';
 import { Replay } from './postgres/replay.js';
 import { Retention } from './postgres/retention.js';
-import { migrateEventLog } from './postgres/schema.js';
+import { ensureSchema } from './postgres/migration.js';
 import { Writer } from './postgres/writer.js';
 
 /**
@@ -30,7 +30,11 @@ export interface PostgresBusOptions extends PostgresOptions {
    * Where a publish that names no owner finds it, in the same statement as the write; undefined
    * when the hub settles owners itself (`resolveOwners`) before publishing.
    */
-  tasksTable: string | undefined;
+  tasks: TasksOptions | undefined;
+  /** Whether the tickets table is part of the objects the bus needs (`tickets.enabled`). */
+  tickets: boolean;
+  /** A client connected directly, not through a transaction-mode pooler: the migration's advisory lock needs a session. Default: `sql`. */
+  directSql?: Sql<any>;
   /** Called for each logged event this instance could not hand on (the rest go on in order). */
   onDropped?: (reason: 'unreadable' | 'invalid', cursor: string, error: unknown) => void;
   /** Called after each pruning round that removed rows. */
@@ -55,7 +59,7 @@ export class PostgresBus implements EventBus {
   constructor(
     private readonly sql: Sql<any>,
     private readonly options: PostgresBusOptions,
-    log: FastifyBaseLogger,
+    private readonly log: FastifyBaseLogger,
   ) {
     this.writer = new Writer(sql, options);
     this.reader = new Reader(sql, this.cursors, options, log);
@@ -65,8 +69,15 @@ export class PostgresBus implements EventBus {
   }
 
   async start(sink: BusSink): Promise<void> {
-    if (this.options.migrate) await migrateEventLog(this.sql, { tasksTable: this.options.tasksTable });
-    await this.cursors.load(this.sql);
+    const { schema, tasks, tickets, migrate } = this.options;
+    await ensureSchema(this.options.directSql ?? this.sql, {
+      schema,
+      tasks: tasks ?? null,
+      tickets,
+      migrate,
+      onNewer: (version) => this.log.warn({ version, schema }, "the plugin's objects are of a newer schema version; left as they are"),
+    });
+    await this.cursors.load(this.sql, schema);
     await this.reader.start(sink);
     await this.listener.listen();
     const { pollIntervalMs, listenTimeoutMs, pruneIntervalMs } = this.options;

@@ -4,6 +4,7 @@
  * way; the log's id is the only state here, read from `mesh_event_log_meta` at start.
  */
 import type { Sql } from 'postgres';
+import { qualified } from './schema.js';
 
 /** A position in the log. */
 export interface Position {
@@ -19,8 +20,8 @@ export class Cursors {
   /** Names this log in every cursor: a cursor of another database is told apart. Empty until `load`. */
   private logId = '';
 
-  async load(sql: Sql<any>): Promise<void> {
-    const [meta] = await sql<{ log_id: string }[]>`SELECT log_id FROM mesh_event_log_meta`;
+  async load(sql: Sql<any>, schema: string): Promise<void> {
+    const [meta] = await sql<{ log_id: string }[]>`SELECT log_id FROM ${sql.unsafe(qualified(schema, 'mesh_event_log_meta'))}`;
     if (!meta) throw new Error('mesh_event_log_meta is empty: run the migrations (option migrate)');
     this.logId = meta.log_id;
   }

@@ -6,14 +6,14 @@
 import pTimeout from 'p-timeout';
 import type { Sql, TransactionSql } from 'postgres';
 import { MeshBusUnavailableError, MeshPublishError } from '../../errors.js';
-import type { PostgresOptions } from '../../options.js';
+import type { PostgresOptions, TasksOptions } from '../../options.js';
 import type { BusEntry } from '../bus.js';
 import { isRefusedData } from './errors.js';
-import { CHANNEL } from './schema.js';
+import { CHANNEL, qualified, quoteIdentifier, quoteTable } from './schema.js';
 
-export interface WriterOptions extends Pick<PostgresOptions, 'publishTimeoutMs'> {
+export interface WriterOptions extends Pick<PostgresOptions, 'publishTimeoutMs' | 'schema'> {
   /** Where a publish that names no owner finds it, in the same statement as the write (undefined: it names one). */
-  tasksTable: string | undefined;
+  tasks: TasksOptions | undefined;
 }
 
 /** PostgreSQL's `text` type: JSON goes as text and is cast in SQL (a `json` parameter would be encoded twice). */
@@ -49,12 +49,14 @@ export class Writer {
     // Columns as text arrays, each payload cast to json on its own: PostgreSQL's JSON operators
     // cannot reach into a document that holds an escaped NUL, but a cast keeps it.
     const column = (value: (entry: BusEntry) => string | null) => sql.array(entries.map(value) as never, TEXT);
-    const table = this.options.tasksTable;
+    const { tasks, schema } = this.options;
+    // Names quoted here rather than by sql(name): a host's column transform must not rename them.
+    const name = (quoted: string) => sql.unsafe(quoted);
     const settled =
-      table === undefined
+      tasks === undefined
         ? sql`SELECT i.n, i.kind, i.task_id, i.owner_id, i.owner_given, i.payload FROM input i`
-        : sql`SELECT i.n, i.kind, i.task_id, CASE WHEN i.owner_given THEN i.owner_id ELSE t.owner_id::uuid END, true, i.payload
-              FROM input i LEFT JOIN ${sql(table)} t ON NOT i.owner_given AND t.id = i.task_id`;
+        : sql`SELECT i.n, i.kind, i.task_id, CASE WHEN i.owner_given THEN i.owner_id ELSE t.${name(quoteIdentifier(tasks.ownerColumn))}::uuid END, true, i.payload
+              FROM input i LEFT JOIN ${name(quoteTable(tasks.table))} t ON NOT i.owner_given AND t.${name(quoteIdentifier(tasks.idColumn))} = i.task_id`;
     return sql<{ cursor: string }[]>`
       WITH input AS (
         SELECT r.n, r.kind, r.task_id::uuid AS task_id, r.owner_id::uuid AS owner_id, r.owner_given::boolean AS owner_given, r.payload::json AS payload
@@ -63,11 +65,11 @@ export class Writer {
           ${column((e) => String(e.event.ownerId !== undefined))}::text[], ${column((e) => JSON.stringify(payloadOf(e)))}::text[]
         ) WITH ORDINALITY AS r(kind, task_id, owner_id, owner_given, payload, n)),
       logged AS (
-        INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+        INSERT INTO ${name(qualified(schema, 'mesh_event_log'))} (kind, task_id, owner_id, owner_given, payload)
         SELECT s.kind, s.task_id, s.owner_id, s.owner_given, s.payload FROM (${settled}) AS s(n, kind, task_id, owner_id, owner_given, payload)
         ORDER BY s.n
         RETURNING txid, id)
-      SELECT mesh_log_cursor(txid, id) AS cursor, pg_notify(${CHANNEL}, '') FROM logged ORDER BY id`;
+      SELECT ${name(qualified(schema, 'mesh_log_cursor'))}(txid, id) AS cursor, pg_notify(${CHANNEL}, '') FROM logged ORDER BY id`;
   }
 
   private async writeIn(tx: TransactionSql<any>, entry: BusEntry): Promise<string> {
