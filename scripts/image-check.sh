@@ -91,11 +91,12 @@ else
 fi
 
 # --- the two images ---------------------------------------------------------------------------
-# --format docker: OCI image configs have no HEALTHCHECK, so buildah's default drops it.
+# --format docker: OCI image configs have no HEALTHCHECK, so buildah's default drops it. --isolation
+# chroot: no OCI runtime (runc, crun) is needed, nor user namespaces; the build has the host's network.
 step "buildah bud --format docker -t $TAG ."
-buildah bud --quiet --format docker --layers -t "$TAG" . >"$work/bud.log" 2>&1 || fail "build: $(tail -20 "$work/bud.log")"
+buildah bud --quiet --isolation chroot --format docker --layers -t "$TAG" . >"$work/bud.log" 2>&1 || fail "build: $(tail -20 "$work/bud.log")"
 step "buildah bud --format docker --target external -t $EXTERNAL_TAG ."
-buildah bud --quiet --format docker --layers --target external -t "$EXTERNAL_TAG" . >"$work/bud-external.log" 2>&1 ||
+buildah bud --quiet --isolation chroot --format docker --layers --target external -t "$EXTERNAL_TAG" . >"$work/bud-external.log" 2>&1 ||
   fail "build (external): $(tail -20 "$work/bud-external.log")"
 healthcheck=$(buildah inspect --type image --format '{{.Docker.Config.Healthcheck}}' "$TAG")
 case "$healthcheck" in *healthz*) echo "HEALTHCHECK kept: $healthcheck" ;; *) fail "no HEALTHCHECK in the image: $healthcheck" ;; esac

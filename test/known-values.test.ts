@@ -9,8 +9,8 @@ import { Value } from '@sinclair/typebox/value';
 import type { TaskOutput, TaskUpdated } from '../src/client/index.js';
 import {
   ServerMessages,
-  TaskOutputNotification,
-  TaskUpdateNotification,
+  type TaskOutputNotification,
+  type TaskUpdateNotification,
   type KnownMessageType,
   type KnownTaskStatus,
   type MessageType,

@@ -5,17 +5,21 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFile, rm } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { scratchDirectory } from '../example/src/embedded-postgres.js';
 
 type LogLine = { level: number; msg: string; [field: string]: unknown };
 
+const checkout = fileURLToPath(new URL('..', import.meta.url));
 let scratch: string;
 before(async () => {
   scratch = await scratchDirectory('start-stop');
+  // The .env of the folder npm is typed in: the second test's drain comes from it.
+  await writeFile(path.join(scratch, '.env'), 'SHUTDOWN_DRAIN_MS=3000\n');
 });
 after(async () => {
   await rm(scratch, { recursive: true, force: true });
@@ -33,11 +37,20 @@ interface Run {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** `npm run dev` (the example server from source) in its own process group, until it listens. */
+/**
+ * `npm run dev` (the example server from source), typed in the scratch folder (npm's INIT_CWD,
+ * whose .env it loads), in its own process group, until it listens.
+ */
 async function start(env: Record<string, string>): Promise<Run> {
   const childEnv: NodeJS.ProcessEnv = { ...process.env, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'debug', DATA_DIR: scratch, ...env };
   delete childEnv.DATABASE_URL;
-  const child = spawn('npm', ['run', '-s', '-w', 'example', 'dev'], { detached: true, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  delete childEnv.INIT_CWD;
+  const child = spawn('npm', ['--prefix', path.join(checkout, 'example'), 'run', '-s', 'dev'], {
+    cwd: scratch,
+    detached: true,
+    env: childEnv,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const lines: LogLine[] = [];
   const other: string[] = [];
   const waiting: { pattern: RegExp; resolve: (line: LogLine) => void }[] = [];
@@ -62,8 +75,12 @@ async function start(env: Record<string, string>): Promise<Run> {
       const seen = lines.find((l) => pattern.test(l.msg));
       if (seen) return resolve(seen);
       waiting.push({ pattern, resolve });
-      void exited.then(() =>
-        reject(new Error(`exited before a line like ${pattern}:\n${lines.map((l) => l.msg).join('\n')}\n${other.join('\n')}`)),
+      void exited.then((how) =>
+        reject(
+          new Error(
+            `exited (${how.code ?? how.signal}) before a line like ${pattern}:\n${lines.map((l) => l.msg).join('\n')}\n${other.join('\n')}`,
+          ),
+        ),
       );
     });
   const ready = await line(/API docs at/);
@@ -112,8 +129,9 @@ test('Ctrl-C (SIGINT to the process group) stops the server, then its database, 
   assert.deepEqual(run.other, []);
 });
 
-test('SIGTERM keeps the drain: /readyz answers 503 for SHUTDOWN_DRAIN_MS before the server closes', async () => {
-  const run = await start({ SHUTDOWN_DRAIN_MS: '3000' });
+test('SIGTERM keeps the drain: /readyz answers 503 for SHUTDOWN_DRAIN_MS (from .env) before the server closes', async () => {
+  const run = await start({});
+  assert.equal((await run.line(/^settings from/)).envFile, path.join(scratch, '.env'));
   const postmaster = await postmasterPid();
   process.kill(-run.pid, 'SIGTERM');
   assert.equal((await run.line(/^shutting down/)).drainMs, 3000);

@@ -12,14 +12,17 @@ import { API_KEY_HEADER } from './api-keys.js';
 import { buildApp } from './app.js';
 import { readConfig } from './config.js';
 import { openDatabase, type Database } from './database.js';
+import { loadEnvFile } from './env-file.js';
 import { migrate } from './migrations.js';
 
 /** Drain, then close: past this the process exits anyway. */
 const SHUTDOWN_GRACE_MS = 10_000;
 
+const envFile = loadEnvFile();
 const config = readConfig();
 // Its API keys travel in a header of its own: censored too.
 const log = pino(safeLoggerOptions(config.logLevel, [API_KEY_HEADER]));
+if (envFile) log.info({ envFile }, `settings from ${envFile} (the environment wins)`);
 
 /**
  * Ctrl-C in a terminal reaches every process of its foreground group, and npm passes SIGINT and
