@@ -107,3 +107,109 @@ else
 fi
 containers+=("$(buildah containers --quiet | tail -1)")
 echo "sizes: $(buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep mesh-subscriptions | tr '\n' ' ')"
+
+# --- running it -------------------------------------------------------------------------------
+# `buildah run --isolation chroot` shares this machine's network: each instance gets a free port.
+free_port() { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
+# Starts the image's CMD in container $1 with the extra env in $2…; sets $server_pid and $server_log.
+start_server() {
+  local ctr=$1 port=$2
+  shift 2
+  server_log=$work/server-$port.log
+  buildah run --isolation chroot --env PORT="$port" "$@" "$ctr" -- node --enable-source-maps example/dist/main.js >"$server_log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  for _ in $(seq 1 120); do
+    grep -q 'API docs at' "$server_log" && return 0
+    kill -0 "$server_pid" 2>/dev/null || fail "the server exited: $(tail -5 "$server_log")"
+    sleep 0.5
+  done
+  fail "the server did not start: $(tail -5 "$server_log")"
+}
+status_of() { curl -s -o /dev/null -w '%{http_code}' "$1"; }
+# SIGTERM to server $1 (buildah run passes it on); waits for exit 0, and sets $stop_seconds.
+stop_server() {
+  local pid=$1 started=$SECONDS code=0
+  kill -TERM "$pid"
+  wait "$pid" || code=$?
+  [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
+  stop_seconds=$((SECONDS - started))
+}
+
+step 'the image: embedded PostgreSQL under /data'
+ctr=$(buildah from "$TAG")
+containers+=("$ctr")
+PORT_A=$(free_port)
+start_server "$ctr" "$PORT_A"
+BASE_URL=http://127.0.0.1:$PORT_A
+grep -q '"dataDir":"/data/pg"' "$server_log" || fail 'the embedded PostgreSQL is not under /data'
+[ "$(status_of "$BASE_URL/healthz")" = 200 ] || fail '/healthz'
+[ "$(status_of "$BASE_URL/readyz")" = 200 ] || fail '/readyz'
+[ "$(status_of "$BASE_URL/docs/json")" = 200 ] || fail '/docs/json'
+echo "/healthz 200, /readyz 200, /docs/json 200, data under /data/pg"
+
+step 'the walk-through, with a key minted inside the image'
+OWNER=11111111-2222-3333-4444-555555555555
+# A second process in the same container: it attaches to the running embedded PostgreSQL.
+KEY=$(buildah run --isolation chroot "$ctr" -- node example/dist/keys-cli.js create --owner "$OWNER")
+[ -n "$KEY" ] || fail 'no key minted'
+TASK=$(curl -s -X POST "$BASE_URL/api/v1/mesh/tasks" -H "x-makima-api-key: $KEY" \
+  -H 'content-type: application/json' -d '{"name":"my first task"}' | node -pe 'JSON.parse(require("fs").readFileSync(0)).id')
+PORT=$PORT_A npm run -s watch -- "$KEY" "$TASK" >"$work/watch.out" 2>"$work/watch.err" &
+watcher=$!
+pids+=("$watcher")
+for _ in $(seq 1 40); do grep -q outputSubscribed "$work/watch.out" && break || sleep 0.25; done
+curl -sf -o /dev/null -X PATCH "$BASE_URL/api/v1/mesh/tasks/$TASK" -H "x-makima-api-key: $KEY" \
+  -H 'content-type: application/json' -d '{"status":"running"}' || fail PATCH
+curl -sf -o /dev/null -X POST "$BASE_URL/api/v1/mesh/tasks/$TASK/output" -H "x-makima-api-key: $KEY" \
+  -H 'content-type: application/json' -d '{"messageType":"assistant","content":"Hello"}' || fail 'POST output'
+for _ in $(seq 1 40); do grep -q taskOutput "$work/watch.out" && break || sleep 0.25; done
+grep -q '"type":"taskUpdated".*"status":"running"' "$work/watch.out" || fail "no taskUpdated: $(cat "$work/watch.out")"
+grep -q '"type":"taskOutput".*"content":"Hello"' "$work/watch.out" || fail "no taskOutput: $(cat "$work/watch.out")"
+cat "$work/watch.out"
+
+step 'SIGTERM: drain (SHUTDOWN_DRAIN_MS=5000), 1001 to the open socket, exit 0'
+stop_server "$server_pid"
+wait "$watcher" || true
+grep -q 'closed 1001' "$work/watch.err" || fail "the watcher was not closed with 1001: $(cat "$work/watch.err")"
+grep -q 'embedded PostgreSQL stopped' "$server_log" || fail 'the embedded PostgreSQL was not stopped'
+echo "stopped in ${stop_seconds}s, watcher closed with 1001, embedded PostgreSQL stopped"
+
+step 'the external image: refuses to start without DATABASE_URL'
+ext=$(buildah from "$EXTERNAL_TAG")
+containers+=("$ext")
+if buildah run --isolation chroot --env PORT="$(free_port)" "$ext" -- node example/dist/main.js >"$work/no-url.log" 2>&1; then
+  fail 'the external image started without DATABASE_URL'
+fi
+grep -q 'set DATABASE_URL' "$work/no-url.log" || fail "unclear refusal: $(tail -3 "$work/no-url.log")"
+echo "refused: $(grep -o 'no embedded PostgreSQL here[^"]*' "$work/no-url.log" | head -1)"
+
+step 'two external instances on one database (the first image'"'"'s embedded PostgreSQL, started again)'
+start_server "$ctr" "$(free_port)"
+embedded_pid=$server_pid
+db_port=$(node -e "
+  for (const l of require('fs').readFileSync('$server_log','utf8').split('\n')) { try { const j = JSON.parse(l); if (j.msg === 'embedded PostgreSQL started') console.log(j.port) } catch {} }")
+mnt=$(buildah mount "$ctr")
+DATABASE_URL=$(node -e "const c=require('$mnt/data/embedded-pg.json');console.log('postgres://'+encodeURIComponent(c.user)+':'+encodeURIComponent(c.password)+'@127.0.0.1:$db_port/postgres')")
+ext2=$(buildah from "$EXTERNAL_TAG")
+containers+=("$ext2")
+PORT_B=$(free_port)
+start_server "$ext" "$PORT_B" --env DATABASE_URL="$DATABASE_URL" --env SHUTDOWN_DRAIN_MS=0
+pid_b=$server_pid
+PORT_C=$(free_port)
+start_server "$ext2" "$PORT_C" --env DATABASE_URL="$DATABASE_URL" --env SHUTDOWN_DRAIN_MS=0
+pid_c=$server_pid
+PORT=$PORT_C npm run -s watch -- "$KEY" "$TASK" >"$work/watch2.out" 2>"$work/watch2.err" &
+pids+=("$!")
+for _ in $(seq 1 40); do grep -q outputSubscribed "$work/watch2.out" && break || sleep 0.25; done
+curl -sf -o /dev/null -X POST "http://127.0.0.1:$PORT_B/api/v1/mesh/tasks/$TASK/output" -H "x-makima-api-key: $KEY" \
+  -H 'content-type: application/json' -d '{"messageType":"assistant","content":"through B"}' || fail 'POST output to B'
+for _ in $(seq 1 40); do grep -q 'through B' "$work/watch2.out" && break || sleep 0.25; done
+grep -q '"content":"through B"' "$work/watch2.out" || fail "published on B, not seen on C: $(cat "$work/watch2.out")"
+echo "published through instance B (:$PORT_B), delivered to a watcher of instance C (:$PORT_C)"
+stop_server "$pid_b"
+stop_server "$pid_c"
+stop_server "$embedded_pid"
+buildah umount "$ctr" >/dev/null
+
+printf '\nimage:check passed in %ss\n' "$SECONDS"
