@@ -127,12 +127,22 @@ start_server() {
   fail "the server did not start: $(tail -5 "$server_log")"
 }
 status_of() { curl -s -o /dev/null -w '%{http_code}' "$1"; }
-# SIGTERM to server $1 (buildah run passes it on); waits for exit 0, and sets $stop_seconds.
+descendants() {
+  local p
+  for p in $(pgrep -P "$1"); do
+    echo "$p"
+    descendants "$p"
+  done
+}
+# SIGTERM to the server's node process, as `docker stop` sends it to the container's first process
+# (`buildah run` would not pass a signal on: it kills its command); waits for exit 0, sets $stop_seconds.
 stop_server() {
-  local pid=$1 started=$SECONDS code=0
-  kill -TERM "$pid"
+  local pid=$1 started=$SECONDS code=0 node_pid
+  node_pid=$(for p in $(descendants "$pid"); do if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = node ]; then echo "$p"; fi; done | head -1)
+  [ -n "$node_pid" ] || fail "no node process under $pid"
+  kill -TERM "$node_pid"
   wait "$pid" || code=$?
-  [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
+  [ "$code" = 0 ] || fail "exit code $code after SIGTERM: $(tail -8 "$server_log")"
   stop_seconds=$((SECONDS - started))
 }
 
@@ -189,8 +199,9 @@ start_server "$ctr" "$(free_port)"
 embedded_pid=$server_pid
 db_port=$(node -e "
   for (const l of require('fs').readFileSync('$server_log','utf8').split('\n')) { try { const j = JSON.parse(l); if (j.msg === 'embedded PostgreSQL started') console.log(j.port) } catch {} }")
-mnt=$(buildah mount "$ctr")
-DATABASE_URL=$(node -e "const c=require('$mnt/data/embedded-pg.json');console.log('postgres://'+encodeURIComponent(c.user)+':'+encodeURIComponent(c.password)+'@127.0.0.1:$db_port/postgres')")
+# /data is a volume, outside the container's root file system: read the password from inside.
+buildah run --isolation chroot "$ctr" -- cat /data/embedded-pg.json >"$work/embedded-pg.json"
+DATABASE_URL=$(node -e "const c=require('$work/embedded-pg.json');console.log('postgres://'+encodeURIComponent(c.user)+':'+encodeURIComponent(c.password)+'@127.0.0.1:$db_port/postgres')")
 ext2=$(buildah from "$EXTERNAL_TAG")
 containers+=("$ext2")
 PORT_B=$(free_port)
@@ -210,6 +221,5 @@ echo "published through instance B (:$PORT_B), delivered to a watcher of instanc
 stop_server "$pid_b"
 stop_server "$pid_c"
 stop_server "$embedded_pid"
-buildah umount "$ctr" >/dev/null
 
 printf '\nimage:check passed in %ss\n' "$SECONDS"

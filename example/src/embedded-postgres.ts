@@ -357,6 +357,8 @@ export async function startEmbeddedPostgres(options: {
   log: Logger;
 }): Promise<EmbeddedDatabase> {
   const { log } = options;
+  // First: where there are none (the external image), that is what to say, not a folder it cannot make.
+  await binaries();
   const database = options.database ?? 'postgres';
   const root = path.resolve(options.dir);
   await mkdir(root, { recursive: true });
