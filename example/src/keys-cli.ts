@@ -7,6 +7,7 @@ import pino from 'pino';
 import { createApiKey, revokeApiKey } from './api-keys.js';
 import { readConfig } from './config.js';
 import { openDatabase } from './database.js';
+import { loadEnvFile } from './env-file.js';
 import { migrate } from './migrations.js';
 
 const USAGE = `usage:
@@ -36,6 +37,8 @@ if (command === 'create') {
   fail(command ? `unknown command ${command}` : 'no command');
 }
 
+// The server's .env too: a DATABASE_URL there is where the keys must go.
+loadEnvFile();
 const config = readConfig();
 const db = await openDatabase(config, pino({ level: process.env.LOG_LEVEL || 'warn' }, pino.destination(2)));
 try {

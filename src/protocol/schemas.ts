@@ -62,19 +62,33 @@ const ack = <T extends string>(type: T, description: string) =>
 const bareAck = <T extends string>(type: T, description: string) =>
   Type.Object({ type: Type.Literal(type) }, { $id: type, additionalProperties: false, description });
 
+/**
+ * Statuses the example host and its dashboard use; the protocol takes any string. Offered to
+ * editors by the types below, while every other string still type-checks (`string & {}` keeps the
+ * union from collapsing into plain `string`).
+ */
+export type KnownTaskStatus = 'pending' | 'running' | 'done' | 'failed' | 'cancelled';
+/** The `messageType`s of PROTOCOL.md ("taskOutput"); an open set. */
+export type KnownMessageType = 'assistant' | 'tool_use' | 'tool_result' | 'result' | 'system' | 'error' | 'raw';
+export type TaskStatus = KnownTaskStatus | (string & {});
+export type MessageType = KnownMessageType | (string & {});
+
 export const TaskUpdatedFields = {
   taskId: Uuid,
   version: Type.Integer({ ...INT32, description: 'The task version after the change' }),
-  status: Type.String({ description: 'The task status after the change' }),
+  // Unsafe only widens the static type: the schema is the same plain string (its Kind included).
+  status: Type.Unsafe<TaskStatus>(Type.String({ description: 'The task status after the change' })),
   updatedFields: Type.Array(Type.String(), { description: 'Names of the fields this change touched' }),
   updatedBy: Type.String({ description: 'Who made the change' }),
 };
 
 export const TaskOutputFields = {
   taskId: Uuid,
-  messageType: Type.String({
-    description: 'assistant, tool_use, tool_result, result, system, error or raw (open set)',
-  }),
+  messageType: Type.Unsafe<MessageType>(
+    Type.String({
+      description: 'assistant, tool_use, tool_result, result, system, error or raw (open set)',
+    }),
+  ),
   content: Type.String({ description: 'Main text content' }),
   toolName: Type.Optional(Type.String({ description: 'Tool name of a tool_use message' })),
   toolInput: Type.Optional(Type.Unknown({ description: 'Tool input (any JSON) of a tool_use message' })),
