@@ -7,6 +7,8 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { after, before, test } from 'node:test';
 import rateLimit from '@fastify/rate-limit';
 import fastifyWebsocket from '@fastify/websocket';
@@ -27,7 +29,6 @@ let db: TestDatabase;
 before(async () => {
   db = await createTestDatabase();
 });
-after(() => db.drop());
 
 const TOKEN = 'let-me-in';
 const admin: Principal = { ownerId: null, admin: true, id: 'host-admin' };
@@ -50,7 +51,11 @@ interface Host {
 }
 
 const hosts: FastifyInstance[] = [];
-after(() => Promise.all(hosts.map((app) => app.close())));
+// The hosts first: their buses use the database's client.
+after(async () => {
+  await Promise.all(hosts.map((app) => app.close()));
+  await db.drop();
+});
 
 async function startHost(options: HostOptions): Promise<Host> {
   const app = Fastify();
@@ -117,6 +122,17 @@ for (const ownWebsocket of [true, false]) {
     assert.deepEqual({ status: plain.status, body: await plain.json() }, { status: 401, body: GUARD_BODY });
     const ticket = await fetch(`${host.base}/api/v1/mesh/tickets`, { method: 'POST' });
     assert.deepEqual({ status: ticket.status, body: await ticket.json() }, { status: 401, body: GUARD_BODY });
+    // The refused upgrade's TCP socket is ended by the server (nothing else would end it).
+    const raw = connect(Number(new URL(host.base).port), '127.0.0.1');
+    raw.write(
+      'GET /api/v1/mesh/tasks/subscribe HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    );
+    let answer = '';
+    raw.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    await once(raw, 'end');
+    assert.match(answer, /^HTTP\/1\.1 401 /);
+    raw.destroy();
 
     // Past the guard, the plugin answers in its own shape, as documented.
     const spent = await refusal(
@@ -172,7 +188,18 @@ test('the package client behind a guard and a rate limit: it signs in with a tic
   second.close();
   assert.deepEqual(
     { ...limited, inMs: 0 },
-    { state: 'reconnecting', attempt: 1, inMs: 0, status: 429, message: 'ticket request: HTTP 429' },
+    { state: 'reconnecting', attempt: 1, inMs: 0, status: 429, message: 'ticket request: HTTP 429 Rate limit exceeded, retry in 1 minute' },
   );
   mesh.close();
+});
+
+test("OpenAPI: the plugin's routes name the host's credential schemes (Swagger UI's \"Try it out\" sends the key)", async () => {
+  const document = JSON.parse(await readFile(new URL('../openapi/openapi.json', import.meta.url), 'utf8')) as {
+    paths: Record<string, Record<string, { security?: unknown }>>;
+    components: { securitySchemes: Record<string, unknown> };
+  };
+  const expected = [{ apiKey: [] }, { bearer: [] }];
+  assert.deepEqual(Object.keys(document.components.securitySchemes).sort(), ['apiKey', 'bearer']);
+  assert.deepEqual(document.paths['/api/v1/mesh/tasks/subscribe']!.get!.security, expected);
+  assert.deepEqual(document.paths['/api/v1/mesh/tickets']!.post!.security, expected);
 });

@@ -25,6 +25,11 @@
  *    sockets closing already. Out of `clients`, they are the plugin's alone to close: 1001 "server
  *    shutting down", after what was queued for them (and a host broadcasting to `clients` cannot
  *    write into the protocol's stream).
+ * 8. Registered by the plugin, @fastify/websocket lives in the plugin's context: its onRequest hook,
+ *    which marks an upgrade (`request.ws`), runs after the host's. When a host hook answers an
+ *    upgrade itself (an auth guard's 401), @fastify/websocket's onResponse does not know it was
+ *    one and leaves its TCP socket open — nothing else ends a socket taken by 'upgrade' — so the
+ *    plugin's context ends it (Node marks such a request `upgrade`).
  */
 import fastifyWebsocket from '@fastify/websocket';
 import type { FastifyInstance } from 'fastify';
@@ -146,6 +151,9 @@ export async function ensureWebSocketServer(
   options: { maxPayload: number; handleProtocols: (protocols: Set<string>) => string | false },
 ): Promise<void> {
   if (context.hasDecorator('websocketServer')) return;
+  context.addHook('onResponse', async (request) => {
+    if ((request.raw as { upgrade?: boolean }).upgrade && !request.ws) request.raw.socket.destroy(); // (8)
+  });
   await context.register(fastifyWebsocket, {
     options: { maxPayload: options.maxPayload, perMessageDeflate: false, handleProtocols: options.handleProtocols },
     // The plugin's own preClose, on the host, closes its sockets with 1001 and waits for them (7);
