@@ -69,6 +69,20 @@ export { SUBSCRIBE_PATH, TICKETS_PATH };
 
 const ErrorBody = Type.Object({ code: Type.String(), message: Type.String() });
 
+/**
+ * The routes' response schemas document the plugin's own answers; they do not shape what is sent.
+ * A host's hooks answer on these routes too, in the host's shape (an auth guard's 401 body,
+ * @fastify/rate-limit's thrown 429): serialised by the schema of that status, such an answer would
+ * become a 500 (`FST_ERR_FAILED_ERROR_SERIALIZATION`, "code" is required). Here a body goes out as
+ * it was sent, and a thrown error as Fastify sends one on a route without a schema (Fastify hands
+ * the serializer the error, its `statusCode`, `error` and `message` set).
+ */
+const asIs = () => (payload: unknown) => {
+  if (!(payload instanceof Error)) return JSON.stringify(payload);
+  const { statusCode, code, error, message } = payload as Error & { statusCode?: number; code?: unknown; error?: string };
+  return JSON.stringify({ statusCode, code: code === undefined ? undefined : String(code), error, message });
+};
+
 const ROUTE_DESCRIPTION = [
   'Upgrades to a WebSocket that streams task updates and live task output. Authenticate on the',
   'upgrade (the host decides how, in its `authenticate`; browsers use a ticket, below). Then send',
@@ -105,6 +119,7 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
   child.route({
     method: 'GET',
     url: `${options.prefix}${SUBSCRIBE_PATH}`,
+    serializerCompiler: asIs,
     schema: {
       summary: 'Subscribe to task updates and live output (WebSocket)',
       description: ROUTE_DESCRIPTION,
@@ -134,7 +149,7 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
         socket.close(CloseCode.INTERNAL_ERROR, 'internal error');
         return;
       }
-      const adopted = adoptWebSocket(socket, request.raw.socket);
+      const adopted = adoptWebSocket(socket, request.raw.socket, child.websocketServer);
       adopted.listen(hub.attach(adopted.socket, principal, request.log, request));
     },
   });
@@ -143,6 +158,7 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
     child.route({
       method: 'POST',
       url: `${options.prefix}${TICKETS_PATH}`,
+      serializerCompiler: asIs,
       schema: {
         summary: 'Mint a single-use ticket that opens the WebSocket from a browser',
         description:

@@ -5,10 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { after, before, test } from 'node:test';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import {
   createMeshClient,
+  MeshClientClosedError,
   MeshSubscriptionError,
   type ConnectionStatus,
   type MeshClient,
@@ -169,4 +171,64 @@ test('a revoked key: the open socket is closed with 4401 and the client stops re
     message: 'ticket request: HTTP 401 UNAUTHORIZED',
   });
   assert.ok(!seen.includes('open') && !seen.includes('reconnecting'), seen.join(' → '));
+});
+
+describe('a server with tickets off (the plugin mounted without reauthenticate)', () => {
+  let bare: TestServer;
+  before(async () => {
+    bare = await startTestServer({ db, mesh: { reauthenticate: undefined } });
+  });
+  after(() => bare.close());
+
+  test('the default sign-in stops at once on the 404, saying why, and rejects what waited for an answer', async () => {
+    const { key } = await bare.owner();
+    const c = client(bare.baseUrl, key);
+    const seen: string[] = [];
+    c.on('status', (s) => seen.push(s.state));
+    const ready = c.subscribeAll().ready;
+    const closed = await statusWhere(c, (s) => s.state === 'closed');
+    assert.deepEqual(closed, {
+      state: 'closed',
+      reason: 'notFound',
+      status: 404,
+      message:
+        "ticket request: HTTP 404 NOT_FOUND (no ticket route at POST /api/v1/mesh/tickets: a wrong url or prefix, or tickets are off on the server, which mints them only when given reauthenticate; in Node, signIn: 'headers' needs no ticket)",
+    });
+    assert.equal(c.status, closed);
+    await assert.rejects(ready, (e: MeshClientClosedError) => e instanceof MeshClientClosedError && e.status === closed);
+    // Later subscriptions learn it too, rather than waiting for ever.
+    await assert.rejects(c.subscribe(randomUUID()).ready, MeshClientClosedError);
+    assert.ok(!seen.includes('reconnecting') && !seen.includes('open'), seen.join(' → '));
+  });
+
+  test("signIn: 'headers' (Node's ws) connects without a ticket, receives events, and stops on a revoked key", async () => {
+    const { ownerId, key } = await bare.owner();
+    const task = await bare.task(ownerId);
+    const c = createMeshClient({ url: bare.baseUrl, apiKey: key, keyHeader: 'x-makima-api-key', signIn: 'headers', ...fast });
+    clients.push(c);
+    const got = collector<number>(1);
+    await c.subscribe(task, (e) => got.push(e.version)).ready;
+    await bare.app.mesh.taskUpdates.publish({
+      taskId: task,
+      ownerId,
+      version: 4,
+      status: 'done',
+      updatedFields: ['status'],
+      updatedBy: 't',
+    });
+    await got.complete;
+    assert.deepEqual(got.values, [4]);
+
+    await revokeApiKey(db.sql, key);
+    const revoked = createMeshClient({ url: bare.baseUrl, apiKey: key, signIn: 'headers', ...fast });
+    clients.push(revoked);
+    assert.deepEqual(await statusWhere(revoked, (s) => s.state === 'closed'), {
+      state: 'closed',
+      reason: 'unauthorized',
+      status: 401,
+      code: 1006,
+      message: 'upgrade refused: HTTP 401',
+    });
+    assert.throws(() => createMeshClient({ url: bare.baseUrl, protocols: async () => [], signIn: 'headers', WebSocket }), TypeError);
+  });
 });

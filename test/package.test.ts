@@ -72,25 +72,59 @@ test('nothing of the example host (example/: its server, dashboard, scripts, dep
   }
 });
 
-test('a scratch Fastify app installs the tarball, type-checks against it, and exchanges frames', { timeout: 300_000 }, async () => {
-  const app = path.join(scratch, 'host-app');
-  await cp(path.join(root, 'test/fixtures/host-app'), app, { recursive: true });
-  const ours = JSON.parse(await readFile(path.join(root, 'package.json'), 'utf8')) as { devDependencies: Record<string, string> };
-  await writeFile(
-    path.join(app, 'package.json'),
-    JSON.stringify({
-      name: 'host-app',
-      private: true,
-      type: 'module',
-      dependencies: { 'mesh-subscriptions': `file:${tarball}`, fastify: ours.devDependencies.fastify, postgres: '^3.4.0', ws: '^8.0.0' },
-      devDependencies: { '@types/node': ours.devDependencies['@types/node'], '@types/ws': ours.devDependencies['@types/ws'] },
-    }),
-  );
-  await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', '--ignore-scripts'], { cwd: app, maxBuffer: 16 << 20 });
-  await run(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], { cwd: app });
-  const { stdout } = await run(process.execPath, ['out/app.js'], { cwd: app, env: { ...process.env, DATABASE_URL: db.url } });
-  assert.deepEqual(JSON.parse(stdout.trim()), { type: 'taskUpdated', taskId: true, version: 1 });
-});
+test(
+  'a scratch host (its own @fastify/websocket, @fastify/rate-limit, an auth guard) installs the tarball, type-checks against it, and works with the plugin',
+  { timeout: 300_000 },
+  async () => {
+    const app = path.join(scratch, 'host-app');
+    await cp(path.join(root, 'test/fixtures/host-app'), app, { recursive: true });
+    const ours = JSON.parse(await readFile(path.join(root, 'package.json'), 'utf8')) as {
+      dependencies: Record<string, string>;
+      devDependencies: Record<string, string>;
+    };
+    await writeFile(
+      path.join(app, 'package.json'),
+      JSON.stringify({
+        name: 'host-app',
+        private: true,
+        type: 'module',
+        dependencies: {
+          'mesh-subscriptions': `file:${tarball}`,
+          fastify: ours.devDependencies.fastify,
+          '@fastify/websocket': ours.dependencies['@fastify/websocket'],
+          '@fastify/rate-limit': ours.devDependencies['@fastify/rate-limit'],
+          postgres: '^3.4.0',
+          ws: '^8.0.0',
+        },
+        devDependencies: { '@types/node': ours.devDependencies['@types/node'], '@types/ws': ours.devDependencies['@types/ws'] },
+      }),
+    );
+    await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', '--ignore-scripts'], { cwd: app, maxBuffer: 16 << 20 });
+    await run(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], { cwd: app });
+    const { stdout } = await run(process.execPath, ['out/app.js'], { cwd: app, env: { ...process.env, DATABASE_URL: db.url } });
+    const checks = Object.fromEntries(
+      stdout
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line) as { check: string; value: unknown })
+        .map(({ check, value }) => [check, value]),
+    );
+    // The package's client, mounted as the README says: through a ticket, and with headers (Node).
+    assert.deepEqual(checks.frame, { type: 'taskUpdated', taskId: true, version: 1 });
+    assert.equal(checks.headers, 2);
+    // Over @fastify/rate-limit's limit (3): its own 429 body, never a 500.
+    const tooMany = {
+      status: 429,
+      body: { statusCode: 429, error: 'Too Many Requests', message: 'Rate limit exceeded, retry in 1 minute' },
+    };
+    assert.deepEqual(checks.limited, [{ status: 101 }, { status: 101 }, { status: 101 }, tooMany, tooMany, tooMany]);
+    // The host's guard answers in its own shape, on the upgrade and on the ticket route.
+    const guard = { status: 401, body: { error: 'Unauthorized', message: 'sign in first' } };
+    assert.deepEqual(checks.guarded, { upgrade: guard, ticket: guard });
+    // Shutdown: 1001 with its reason, though the host registered @fastify/websocket itself.
+    assert.deepEqual(checks.shutdown, { state: 'reconnecting', code: 1001, message: 'server shutting down', hostSocketClosed: true });
+  },
+);
 
 test('the installed package’s command prints the migration (npx mesh-subscriptions migrate --print)', async () => {
   // The app the test above installed the tarball into.

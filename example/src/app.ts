@@ -10,9 +10,9 @@ import { collectDefaultMetrics } from 'prom-client';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import postgres, { type Sql } from 'postgres';
-import meshSubscriptions, { type MeshSubscriptionsOptions } from 'mesh-subscriptions';
+import meshSubscriptions, { SUBSCRIBE_PATH, TICKETS_PATH, type MeshSubscriptionsOptions } from 'mesh-subscriptions';
 import { API_KEY_HEADER, apiKeyAuthenticator, apiKeyReauthenticator } from './api-keys.js';
-import { ApiError, taskRoutes } from './tasks-routes.js';
+import { ApiError, SECURITY, taskRoutes } from './tasks-routes.js';
 
 export const API_PREFIX = '/api/v1';
 
@@ -152,6 +152,14 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {},
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.addSchema(ApiError);
+
+  // The plugin's routes take the same credentials as ours (its `authenticate` is ours): say so in
+  // their OpenAPI operations, so that Swagger UI's "Try it out" sends the key. The plugin cannot
+  // name the schemes itself; they are the host's.
+  const meshRoutes = new Set([`${API_PREFIX}${SUBSCRIBE_PATH}`, `${API_PREFIX}${TICKETS_PATH}`]);
+  app.addHook('onRoute', (route) => {
+    if (meshRoutes.has(route.url) && route.schema) route.schema = { ...route.schema, security: SECURITY };
+  });
 
   const authenticate = apiKeyAuthenticator(sql);
   const reauthenticate = apiKeyReauthenticator(sql);

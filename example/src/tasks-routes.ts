@@ -85,7 +85,9 @@ const toTask = (row: TaskRow): Task => ({
 
 const COLUMNS = 'id::text AS id, owner_id::text AS owner_id, name, status, version, created_at, updated_at';
 
-const secured = { security: [{ apiKey: [] }, { bearer: [] }] as Array<Record<string, string[]>>, tags: ['Tasks'] };
+/** The credentials of the API (components.securitySchemes in app.ts): a key in its header, or as a bearer token. */
+export const SECURITY: Array<Record<string, string[]>> = [{ apiKey: [] }, { bearer: [] }];
+const secured = { security: SECURITY, tags: ['Tasks'] };
 /** The database is out of reach (restarting, down, too slow): nothing to fix, retry. */
 const Unavailable = Type.Object(
   { code: Type.Literal('UNAVAILABLE'), message: Type.String() },

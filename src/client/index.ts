@@ -1,11 +1,12 @@
 /**
  * `mesh-subscriptions/client`: the protocol's client for browsers and Node, with no runtime
  * dependency. It signs in with a key through a single-use ticket (PROTOCOL.md, "Browsers:
- * tickets"), reconnects with exponential back-off and jitter, and on each reconnect restores every
- * subscription with `since` set to the last cursor it saw on it, dropping the events it already
- * delivered, so that the app sees each event once across a dropped connection. It gives up only
- * when the server refuses the credentials (401 or 403, or close code 4401); an outage (503, a
- * network error) is retried however long it lasts.
+ * tickets"), or in Node with the key in the upgrade's headers (`signIn: 'headers'`), reconnects
+ * with exponential back-off and jitter, and on each reconnect restores every subscription with
+ * `since` set to the last cursor it saw on it, dropping the events it already delivered, so that
+ * the app sees each event once across a dropped connection. It gives up when retrying cannot help:
+ * the server refuses the credentials (401 or 403, or close code 4401) or has no such route (404);
+ * an outage (503, a network error, any other status) is retried however long it lasts.
  *
  * Its one runtime import is ../protocol/wire.ts, the protocol's constants, which imports nothing;
  * everything else it imports is types only.
@@ -16,6 +17,7 @@ import {
   ACK_TYPES,
   CloseCode,
   DEFAULT_PREFIX,
+  MESH_PROTOCOL,
   SUBSCRIBE_PATH,
   TICKETS_PATH,
   UNSUBSCRIBE_FRAME,
@@ -42,14 +44,20 @@ export interface Failure {
 }
 
 /**
- * What the connection is doing; `closed` is final (see `reason`): `unauthorized` after a 401 or
- * a close with 4401, `forbidden` after a 403 (e.g. an Origin the server does not allow).
+ * Why the client stopped for good: `closedByClient` after `close()`; `unauthorized` after a 401 or
+ * a close with 4401; `forbidden` after a 403 (e.g. an Origin the server does not allow);
+ * `notFound` after a 404 at the ticket request or the upgrade — no such route at this `url` and
+ * `prefix`, or, at the ticket request, a server with tickets off (the plugin mints them only when
+ * given `reauthenticate`): fix the set-up, or in Node sign in with `signIn: 'headers'`.
  */
+export type ClosedReason = 'closedByClient' | 'unauthorized' | 'forbidden' | 'notFound';
+
+/** What the connection is doing; `closed` is final (see `reason`, and `status` and `message` for why). */
 export type ConnectionStatus =
   | { state: 'connecting'; attempt: number }
   | { state: 'open' }
   | ({ state: 'reconnecting'; attempt: number; inMs: number } & Failure)
-  | ({ state: 'closed'; reason: 'closedByClient' | 'unauthorized' | 'forbidden' } & Failure);
+  | ({ state: 'closed'; reason: ClosedReason } & Failure);
 
 export interface MeshClientEvents {
   taskUpdated: TaskUpdated;
@@ -74,13 +82,32 @@ export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+/**
+ * The browser's `WebSocket`, or `ws`'s; the third argument (`ws`'s options, where its headers go)
+ * is passed only with `signIn: 'headers'`.
+ */
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+  options?: { headers: Record<string, string> },
+) => WebSocketLike;
 
 export interface MeshClientOptions {
   /** The API's base URL, e.g. `https://api.example.com` (`http:` becomes `ws:`). */
   url: string;
-  /** An API key: exchanged for a single-use ticket before each connection, so it never goes into a URL. */
+  /**
+   * An API key: exchanged for a single-use ticket before each connection (or, with
+   * `signIn: 'headers'`, sent in the upgrade's headers), so it never goes into a URL.
+   */
   apiKey?: string;
+  /**
+   * How `apiKey` signs in. `ticket` (default): `POST {prefix}/mesh/tickets` with the key, then the
+   * upgrade with the ticket as a subprotocol; works everywhere, needs a server with tickets on (the
+   * plugin given `reauthenticate`). `headers`: the key in the upgrade's own headers, no ticket
+   * route needed; only where the WebSocket implementation takes headers — Node's `ws`, never a
+   * browser's (whose upgrade would go without the key: 401).
+   */
+  signIn?: 'ticket' | 'headers';
   /**
    * Instead of `apiKey`: how to get the subprotocols to offer (e.g. a ticket your own backend
    * mints). A throw is retried, unless the error has `status: 401` or `403`: then the client stops.
@@ -89,8 +116,8 @@ export interface MeshClientOptions {
   /** Default `/api/v1`. */
   prefix?: string;
   /**
-   * The header the key travels in, as is, when a ticket is minted (e.g. `x-api-key`): whatever
-   * your server's `authenticate` reads. Without it, the key goes as `Authorization: Bearer <key>`.
+   * The header the key travels in, as is, to the ticket route or the upgrade (e.g. `x-api-key`):
+   * whatever your server's `authenticate` reads. Without it, the key goes as `Authorization: Bearer <key>`.
    */
   keyHeader?: string;
   /** Default `globalThis.WebSocket`; in Node 20, pass `ws`'s. */
@@ -106,6 +133,17 @@ export interface MeshClientOptions {
 export interface Subscription {
   readonly ready: Promise<void>;
   unsubscribe(): void;
+}
+
+/**
+ * Thrown by `ready` when the client stopped for good before the server answered the subscription:
+ * `status` says why (e.g. `{ state: 'closed', reason: 'notFound', status: 404, message }`).
+ */
+export class MeshClientClosedError extends Error {
+  constructor(readonly status: Extract<ConnectionStatus, { state: 'closed' }>) {
+    super(`the client stopped: ${status.reason}${status.message ? ` (${status.message})` : ''}`);
+    this.name = 'MeshClientClosedError';
+  }
 }
 
 /** Thrown by `ready` when the server refused a subscription. */
@@ -149,9 +187,12 @@ class HttpError extends Error {
   }
 }
 
-/** Statuses that are a verdict on the credentials: retrying with them cannot help. */
-function verdict(status: number | undefined): 'unauthorized' | 'forbidden' | undefined {
-  return status === 401 ? 'unauthorized' : status === 403 ? 'forbidden' : undefined;
+/**
+ * Statuses that retrying cannot change: a verdict on the credentials (401, 403), or no such route
+ * (404). Any other is retried with back-off, its status in `reconnecting` (a 429 or a 503 passes).
+ */
+function verdict(status: number | undefined): 'unauthorized' | 'forbidden' | 'notFound' | undefined {
+  return status === 401 ? 'unauthorized' : status === 403 ? 'forbidden' : status === 404 ? 'notFound' : undefined;
 }
 
 /** Only the fields that are set: a status reads the same whatever the path that made it. */
@@ -183,7 +224,9 @@ export class MeshClient {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketImpl) throw new TypeError('no WebSocket here: pass the `ws` package as the WebSocket option');
     if (!options.apiKey && !options.protocols) throw new TypeError('give apiKey or protocols');
+    if (options.signIn === 'headers' && !options.apiKey) throw new TypeError("signIn: 'headers' sends apiKey: give it");
     this.options = {
+      signIn: 'ticket',
       prefix: DEFAULT_PREFIX,
       fetch: globalThis.fetch.bind(globalThis),
       initialDelayMs: 1_000,
@@ -229,7 +272,7 @@ export class MeshClient {
     if (this.stopped) return; // closed already, or stopped by the server (its reason stands)
     this.stopped = true;
     this.socket?.close(1000, 'client closed');
-    this.setStatus({ state: 'closed', reason: 'closedByClient' });
+    this.end({ state: 'closed', reason: 'closedByClient' });
   }
 
   private follow(kind: Kind, taskId: string | undefined, handler?: (event: any) => void): Subscription {
@@ -243,6 +286,7 @@ export class MeshClient {
     if (handler) entry.handlers.add(handler);
     const followed = entry;
     const ready = new Promise<void>((resolve, reject) => {
+      if (this.stopped && this.current.state === 'closed') return reject(new MeshClientClosedError(this.current));
       if (!fresh) return resolve();
       followed.ready = { resolve, reject };
     });
@@ -279,7 +323,7 @@ export class MeshClient {
     this.setStatus({ state: 'connecting', attempt: this.attempt });
     let protocols: string[];
     try {
-      protocols = await this.ticket();
+      protocols = this.options.signIn === 'headers' ? [MESH_PROTOCOL] : await this.ticket();
     } catch (error) {
       // A 401/403 is a verdict on the credentials; anything else (503, a network error) an outage.
       const status = typeof (error as { status?: unknown })?.status === 'number' ? (error as { status: number }).status : undefined;
@@ -289,7 +333,11 @@ export class MeshClient {
       return refused ? this.stop(refused, why) : this.retry(why);
     }
     if (this.stopped) return;
-    const socket = new this.options.WebSocket(`${this.api.replace(/^http/, 'ws')}${SUBSCRIBE_PATH}`, protocols);
+    const url = `${this.api.replace(/^http/, 'ws')}${SUBSCRIBE_PATH}`;
+    const socket =
+      this.options.signIn === 'headers'
+        ? new this.options.WebSocket(url, protocols, { headers: this.credentials() })
+        : new this.options.WebSocket(url, protocols);
     this.socket = socket;
     let opened = false;
     /** The status of a refused upgrade, when the implementation says (`ws`'s error event does). */
@@ -332,9 +380,15 @@ export class MeshClient {
       throw new Error(`ticket request failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
     }
     if (res.status !== 201) {
-      const body = (await res.json().catch(() => undefined)) as { code?: unknown } | undefined;
-      const code = typeof body?.code === 'string' ? ` ${body.code}` : '';
-      throw new HttpError(res.status, `ticket request: HTTP ${res.status}${code}`);
+      // The plugin's answers carry a `code`; a host's own (a guard, a rate limit, a 404) may only
+      // have a `message`.
+      const body = (await res.json().catch(() => undefined)) as { code?: unknown; message?: unknown } | undefined;
+      const reason = typeof body?.code === 'string' ? body.code : typeof body?.message === 'string' ? body.message : undefined;
+      const hint =
+        res.status === 404
+          ? ` (no ticket route at POST ${this.options.prefix}${TICKETS_PATH}: a wrong url or prefix, or tickets are off on the server, which mints them only when given reauthenticate; in Node, signIn: 'headers' needs no ticket)`
+          : '';
+      throw new HttpError(res.status, `ticket request: HTTP ${res.status}${reason ? ` ${reason}` : ''}${hint}`);
     }
     return ((await res.json()) as { protocols: string[] }).protocols;
   }
@@ -353,9 +407,18 @@ export class MeshClient {
     this.timer = setTimeout(() => void this.connect(), inMs);
   }
 
-  private stop(reason: 'unauthorized' | 'forbidden', why: Failure): void {
+  private stop(reason: Exclude<ClosedReason, 'closedByClient'>, why: Failure): void {
     this.stopped = true;
-    this.setStatus({ state: 'closed', reason, ...why });
+    this.end({ state: 'closed', reason, ...why });
+  }
+
+  /** The final status; subscriptions still waiting for their answer learn why there will be none. */
+  private end(status: Extract<ConnectionStatus, { state: 'closed' }>): void {
+    this.setStatus(status);
+    for (const entry of this.followed.values()) {
+      entry.ready?.reject(new MeshClientClosedError(status));
+      entry.ready = undefined;
+    }
   }
 
   private receive(text: string): void {

@@ -19,12 +19,23 @@
  *    itself; otherwise one of their own, without permessage-deflate (see 2).
  * 6. Listeners are shared functions that find their connection on the socket (a symbol), not
  *    closures: sockets are many, and a closure per socket per event costs memory.
+ * 7. The plugin's sockets leave the ws server's `clients` as they are adopted. @fastify/websocket's
+ *    own preClose closes every socket in `clients` without a code (the client sees 1005, no
+ *    reason); a host's registration of it runs that hook before the plugin's, which then finds its
+ *    sockets closing already. Out of `clients`, they are the plugin's alone to close: 1001 "server
+ *    shutting down", after what was queued for them (and a host broadcasting to `clients` cannot
+ *    write into the protocol's stream).
+ * 8. Registered by the plugin, @fastify/websocket lives in the plugin's context: its onRequest hook,
+ *    which marks an upgrade (`request.ws`), runs after the host's. When a host hook answers an
+ *    upgrade itself (an auth guard's 401), @fastify/websocket's onResponse does not know it was
+ *    one and leaves its TCP socket open — nothing else ends a socket taken by 'upgrade' — so the
+ *    plugin's context ends it (Node marks such a request `upgrade`).
  */
 import fastifyWebsocket from '@fastify/websocket';
 import type { FastifyInstance } from 'fastify';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import WebSocket, { type RawData } from 'ws';
+import WebSocket, { type RawData, type WebSocketServer } from 'ws';
 import type { ClientSocket, SocketListener } from '../core/ports.js';
 
 export { frameText } from './websocket-frame.js';
@@ -106,10 +117,16 @@ class WsClientSocket implements ClientSocket {
  * and returns the socket for the core. Call `listen` with the connection before any await, or
  * frames that arrive meanwhile are lost.
  */
-export function adoptWebSocket(ws: WebSocket, upgradeSocket: Socket): { socket: ClientSocket; listen(listener: SocketListener): void } {
+export function adoptWebSocket(
+  ws: WebSocket,
+  upgradeSocket: Socket,
+  server: Pick<WebSocketServer, 'clients'>,
+): { socket: ClientSocket; listen(listener: SocketListener): void } {
   const raw = upgradeSocket as Socket & { _httpMessage?: ServerResponse | null };
   raw._httpMessage?.detachSocket(raw);
   ws.removeAllListeners('error');
+  // With `clientTracking: false` there is no set (7).
+  (server.clients as Set<WebSocket> | undefined)?.delete(ws);
   const tcp = (ws as unknown as { _socket: Socket })._socket;
   return {
     socket: new WsClientSocket(ws, tcp),
@@ -134,10 +151,13 @@ export async function ensureWebSocketServer(
   options: { maxPayload: number; handleProtocols: (protocols: Set<string>) => string | false },
 ): Promise<void> {
   if (context.hasDecorator('websocketServer')) return;
+  context.addHook('onResponse', async (request) => {
+    if ((request.raw as { upgrade?: boolean }).upgrade && !request.ws) request.raw.socket.destroy(); // (8)
+  });
   await context.register(fastifyWebsocket, {
     options: { maxPayload: options.maxPayload, perMessageDeflate: false, handleProtocols: options.handleProtocols },
-    // The plugin's own preClose, on the host, closes its sockets with 1001 and waits for them; this
-    // one only closes the server.
+    // The plugin's own preClose, on the host, closes its sockets with 1001 and waits for them (7);
+    // this one only closes the server.
     preClose(done) {
       this.websocketServer.close(() => done());
     },
