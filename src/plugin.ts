@@ -227,6 +227,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
           options.sql!,
           {
             ...options.postgres,
+            directSql: options.directSql,
             // The log's SQL settles owners from the tasks table, unless they come from `resolveOwners`.
             tasksTable: options.resolveOwners === undefined ? options.tasksTable : undefined,
             onDropped: (reason, cursor, error) => hub.dropped(reason, cursor, error),

@@ -25,7 +25,12 @@ await migrate(db.sql);
 // The dashboard that `npm run build` bundles next to this file (example/dist/web); absent under `npm run dev`.
 const web = fileURLToPath(new URL('./web', import.meta.url));
 if (!existsSync(path.join(web, 'index.html'))) log.warn({ web }, 'no dashboard built here: `npm run build` makes one');
-const app = await buildApp({ sql: db.sql, loggerInstance: log, webRoot: existsSync(web) ? web : undefined });
+const app = await buildApp({
+  sql: db.sql,
+  mesh: { directSql: db.directSql },
+  loggerInstance: log,
+  webRoot: existsSync(web) ? web : undefined,
+});
 
 closeWithGrace({ delay: config.shutdownDrainMs + SHUTDOWN_GRACE_MS, logger: log }, async ({ signal, err }) => {
   if (err) log.error({ err }, 'shutting down after an error');
