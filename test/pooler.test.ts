@@ -139,13 +139,16 @@ describe('behind PgBouncer in transaction mode', { skip: missing, timeout: 120_0
   test('without directSql, a client through the pooler is refused at start, saying why', async () => {
     const app = await buildApp({ sql: throughPooler({ prepare: false }) });
     try {
-      await assert.rejects(app.ready(), (error: Error) => {
-        assert.ok(error instanceof MeshOptionsError, String(error));
-        assert.equal(error.code, 'INVALID_OPTIONS');
-        assert.match(error.message, /option "sql" reaches PostgreSQL through a transaction-mode pooler/);
-        assert.match(error.message, /pass "directSql", a client connected to PostgreSQL directly/);
-        return true;
-      });
+      await assert.rejects(
+        async () => void (await app.ready()),
+        (error: Error) => {
+          assert.ok(error instanceof MeshOptionsError, String(error));
+          assert.equal(error.code, 'INVALID_OPTIONS');
+          assert.match(error.message, /option "sql" reaches PostgreSQL through a transaction-mode pooler/);
+          assert.match(error.message, /pass "directSql", a client connected to PostgreSQL directly/);
+          return true;
+        },
+      );
     } finally {
       await app.close();
     }
@@ -154,12 +157,15 @@ describe('behind PgBouncer in transaction mode', { skip: missing, timeout: 120_0
   test('sql through the pooler with named prepared statements (prepare: true) is refused, saying why', async () => {
     const app = await buildApp({ sql: throughPooler(), mesh: { directSql: db.sql } });
     try {
-      await assert.rejects(app.ready(), (error: Error) => {
-        assert.ok(error instanceof MeshOptionsError, String(error));
-        assert.match(error.message, /prepares statements/);
-        assert.match(error.message, /prepare: false/);
-        return true;
-      });
+      await assert.rejects(
+        async () => void (await app.ready()),
+        (error: Error) => {
+          assert.ok(error instanceof MeshOptionsError, String(error));
+          assert.match(error.message, /prepares statements/);
+          assert.match(error.message, /prepare: false/);
+          return true;
+        },
+      );
     } finally {
       await app.close();
     }
@@ -169,11 +175,14 @@ describe('behind PgBouncer in transaction mode', { skip: missing, timeout: 120_0
     const pooled = throughPooler({ prepare: false });
     const app = await buildApp({ sql: pooled, mesh: { directSql: throughPooler({ prepare: false }) } });
     try {
-      await assert.rejects(app.ready(), (error: Error) => {
-        assert.ok(error instanceof MeshOptionsError, String(error));
-        assert.match(error.message, /option "directSql" reaches PostgreSQL through a transaction-mode pooler/);
-        return true;
-      });
+      await assert.rejects(
+        async () => void (await app.ready()),
+        (error: Error) => {
+          assert.ok(error instanceof MeshOptionsError, String(error));
+          assert.match(error.message, /option "directSql" reaches PostgreSQL through a transaction-mode pooler/);
+          return true;
+        },
+      );
     } finally {
       await app.close();
     }
