@@ -243,10 +243,10 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
           options.sql!,
           {
             ...options.postgres,
+            directSql: options.directSql,
             // The log's SQL settles owners from the tasks table, unless they come from `resolveOwners`.
             tasks: options.resolveOwners === undefined ? options.tasks : undefined,
             tickets: options.tickets.enabled,
-            directSql: options.directSql,
             onDropped: (reason, cursor, error) => hub.dropped(reason, cursor, error),
             onPruned: (rows) => events.emit('pruned', { rows }),
             onHeldBack: () => events.emit('heldBack'),

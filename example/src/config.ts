@@ -7,6 +7,11 @@ export interface ServerConfig {
   logLevel: string;
   /** Unset: the embedded PostgreSQL under `dataDir` is used. */
   databaseUrl: string | undefined;
+  /**
+   * PostgreSQL directly, when `databaseUrl` is a transaction-mode pooler (PgBouncer): the plugin's
+   * LISTEN connection, advisory locks and migrations use it. Unset: `databaseUrl` is direct.
+   */
+  databaseDirectUrl: string | undefined;
   dataDir: string;
   /** On SIGTERM, how long /readyz fails (new sockets refused) before the server closes. */
   shutdownDrainMs: number;
@@ -26,11 +31,15 @@ function nonNegative(name: string, value: string | undefined, fallback: number):
 export function readConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const port = Number(env.PORT ?? 3000);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PORT must be a port number, got ${env.PORT}`);
+  if (env.DATABASE_DIRECT_URL && !env.DATABASE_URL) {
+    throw new Error('DATABASE_DIRECT_URL is set without DATABASE_URL: it is the direct way to the database DATABASE_URL pools');
+  }
   return {
     host: env.HOST || '127.0.0.1',
     port,
     logLevel: env.LOG_LEVEL || 'info',
     databaseUrl: env.DATABASE_URL || undefined,
+    databaseDirectUrl: env.DATABASE_DIRECT_URL || undefined,
     dataDir: path.resolve(env.DATA_DIR || '.data'),
     shutdownDrainMs: nonNegative('SHUTDOWN_DRAIN_MS', env.SHUTDOWN_DRAIN_MS, 5_000),
     databaseConnectTimeoutMs: nonNegative('DATABASE_CONNECT_TIMEOUT_MS', env.DATABASE_CONNECT_TIMEOUT_MS, 5_000),

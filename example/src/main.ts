@@ -46,7 +46,7 @@ const startUp = (async () => {
   const web = fileURLToPath(new URL('./web', import.meta.url));
   if (!existsSync(path.join(web, 'index.html'))) log.warn({ web }, 'no dashboard built here: `npm run build` makes one');
   dashboard = existsSync(web);
-  app = await buildApp({ sql: db.sql, loggerInstance: log, webRoot: dashboard ? web : undefined });
+  app = await buildApp({ sql: db.sql, mesh: { directSql: db.directSql }, loggerInstance: log, webRoot: dashboard ? web : undefined });
 })();
 
 const shutdown = closeWithGrace(

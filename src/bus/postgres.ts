@@ -8,6 +8,10 @@
  * `cursor.ts` (the cursor format and the log's id), `writer.ts` (the batched writer), `listener.ts`
  * (the LISTEN connection and its heartbeat), `reader.ts` (the read loop), `replay.ts` (pages for
  * `since`), `retention.ts` (pruning), beside `schema.ts` (tables, SQL functions), `migration.ts` (running them) and `errors.ts`.
+ *
+ * Two clients: what needs a server session of its own (the LISTEN connection, the pruning's
+ * advisory lock, migrations) runs on `directSql`; everything else on `sql`, which may go through
+ * a transaction-mode pooler. `pooler.ts` checks both at start.
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql, TransactionSql } from 'postgres';
@@ -15,6 +19,7 @@ import type { PostgresOptions, TasksOptions } from '../options.js';
 import type { BusEntry, BusSink, EventBus, PageSize, ReplayPage, ReplayStream } from './bus.js';
 import { Cursors } from './postgres/cursor.js';
 import { Listener } from './postgres/listener.js';
+import { checkSessions } from './postgres/pooler.js';
 import { Reader } from './postgres/reader.js';
 import { Replay } from './postgres/replay.js';
 import { Retention } from './postgres/retention.js';
@@ -33,7 +38,10 @@ export interface PostgresBusOptions extends PostgresOptions {
   tasks: TasksOptions | undefined;
   /** Whether the tickets table is part of the objects the bus needs (`tickets.enabled`). */
   tickets: boolean;
-  /** A client connected directly, not through a transaction-mode pooler: the migration's advisory lock needs a session. Default: `sql`. */
+  /**
+   * A client connected to PostgreSQL directly, for what needs a server session of its own (the
+   * LISTEN connection, the pruning's advisory lock, migrations). Default: `sql`.
+   */
   directSql?: Sql<any>;
   /** Called for each logged event this instance could not hand on (the rest go on in order). */
   onDropped?: (reason: 'unreadable' | 'invalid', cursor: string, error: unknown) => void;
@@ -56,21 +64,27 @@ export class PostgresBus implements EventBus {
   private readonly retention: Retention;
   private timers: NodeJS.Timeout[] = [];
 
+  /** What needs a session runs on it: `options.directSql`, else `sql`. */
+  private readonly directSql: Sql<any>;
+
   constructor(
     private readonly sql: Sql<any>,
     private readonly options: PostgresBusOptions,
     private readonly log: FastifyBaseLogger,
   ) {
+    const directSql = (this.directSql = options.directSql ?? sql);
     this.writer = new Writer(sql, options);
     this.reader = new Reader(sql, this.cursors, options, log);
-    this.listener = new Listener(sql, options, log, this.reader);
+    this.listener = new Listener(sql, directSql, options, log, this.reader);
     this.replayer = new Replay(sql, this.cursors, options);
-    this.retention = new Retention(sql, options, log);
+    this.retention = new Retention(directSql, options, log);
   }
 
   async start(sink: BusSink): Promise<void> {
+    // Before anything is written: behind a transaction-mode pooler, refuse what would lose events.
+    await checkSessions(this.sql, this.directSql);
     const { schema, tasks, tickets, migrate } = this.options;
-    await ensureSchema(this.options.directSql ?? this.sql, {
+    await ensureSchema(this.directSql, {
       schema,
       tasks: tasks ?? null,
       tickets,
@@ -79,7 +93,15 @@ export class PostgresBus implements EventBus {
     });
     await this.cursors.load(this.sql, schema);
     await this.reader.start(sink);
-    await this.listener.listen();
+    try {
+      await this.listener.listen();
+      await this.listener.confirm();
+    } catch (error) {
+      this.reader.halt();
+      this.listener.halt();
+      await this.listener.close();
+      throw error;
+    }
     const { pollIntervalMs, listenTimeoutMs, pruneIntervalMs } = this.options;
     this.timers.push(
       // The floor under every wake-up: a lost NOTIFY or a dead LISTEN connection costs latency only.

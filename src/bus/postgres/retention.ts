@@ -34,7 +34,8 @@ export class Retention {
   /**
    * Removes events past their age or beyond the per-task count, a few thousand per statement so
    * that no transaction stays open long (a long one would hold every reader back). One instance
-   * at a time, under a session advisory lock on a reserved connection.
+   * at a time, under a session advisory lock on a reserved connection (of `directSql`: a lock taken
+   * through a transaction-mode pooler would stay on a server that goes back to the pool).
    */
   async prune(): Promise<number> {
     if (this.stopped) return 0;
