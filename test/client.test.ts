@@ -12,12 +12,12 @@ import {
   createMeshClient,
   MeshClientClosedError,
   MeshSubscriptionError,
-  type ConnectionStatus,
   type MeshClient,
   type MeshClientOptions,
 } from '../src/client/index.js';
 import { createApiKey, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { statusWhere } from './helpers/client-status.js';
 import { startServerProcess } from './helpers/process.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 
@@ -40,18 +40,6 @@ function client(url: string, apiKey: string): MeshClient {
   return c;
 }
 after(() => clients.forEach((c) => c.close()));
-
-/** Resolves with the first status that `accept` takes. */
-function statusWhere(c: MeshClient, accept: (s: ConnectionStatus) => boolean): Promise<ConnectionStatus> {
-  if (accept(c.status)) return Promise.resolve(c.status);
-  return new Promise((resolve) => {
-    const stop = c.on('status', (s) => {
-      if (!accept(s)) return;
-      stop();
-      resolve(s);
-    });
-  });
-}
 
 /** Collects values until `count` have arrived. */
 function collector<T>(count: number) {

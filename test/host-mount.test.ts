@@ -21,9 +21,10 @@ import meshSubscriptions, {
   type MeshSubscriptionsOptions,
   type Principal,
 } from '../src/index.js';
-import { createMeshClient, type ConnectionStatus, type MeshClient } from '../src/client/index.js';
+import { createMeshClient } from '../src/client/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { refusal, TestClient } from './helpers/ws-client.js';
+import { statusWhere } from './helpers/client-status.js';
 
 let db: TestDatabase;
 before(async () => {
@@ -162,18 +163,6 @@ for (const ownWebsocket of [true, false]) {
     await host.app.close();
     assert.deepEqual(await client.closed, { code: CloseCode.GOING_AWAY, reason: 'server shutting down' });
     if (echoClosed) await echoClosed;
-  });
-}
-
-/** Resolves with the first status that `accept` takes. */
-function statusWhere(c: MeshClient, accept: (s: ConnectionStatus) => boolean): Promise<ConnectionStatus> {
-  if (accept(c.status)) return Promise.resolve(c.status);
-  return new Promise((resolve) => {
-    const stop = c.on('status', (s) => {
-      if (!accept(s)) return;
-      stop();
-      resolve(s);
-    });
   });
 }
 

@@ -12,7 +12,7 @@ import type { BusSink, LoggedEvent } from '../bus.js';
 import type { Cursors, Position } from './cursor.js';
 import type { Wakeable } from './listener.js';
 import { toLogged, type Row, type RowOptions } from './rows.js';
-import { qualified } from './schema.js';
+import { logTables } from './schema.js';
 
 export interface ReaderOptions extends Pick<PostgresOptions, 'pollIntervalMs' | 'schema'>, RowOptions {
   /** Called when a read stops at events that wait behind a transaction still running. */
@@ -38,18 +38,22 @@ export class Reader implements Wakeable {
   /** Since when committed events have been waiting behind a running transaction (0: none). */
   private heldBackSince = 0;
 
+  private readonly tables: ReturnType<typeof logTables>;
+
   constructor(
     private readonly sql: Sql<any>,
     private readonly cursors: Cursors,
     private readonly options: ReaderOptions,
     private readonly log: FastifyBaseLogger,
-  ) {}
+  ) {
+    this.tables = logTables(this.options.schema);
+  }
 
   /** Takes its position at the log's head; `sink` gets every event after it. */
   async start(sink: BusSink): Promise<void> {
     // Start at the newest event every reader can already see: what comes after is new to us.
     const [last] = await this.sql<{ txid: string; id: string }[]>`
-      SELECT txid::text, id::text FROM ${this.sql.unsafe(qualified(this.options.schema, 'mesh_event_log'))}
+      SELECT txid::text, id::text FROM ${this.sql.unsafe(this.tables.log)}
       -- Qualified below: a bare name would sort by the text column of the same name in the output.
       WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
       ORDER BY mesh_event_log.txid DESC, mesh_event_log.id DESC LIMIT 1`;
@@ -109,7 +113,7 @@ export class Reader implements Wakeable {
                  (extract(epoch FROM e.created_at) * 1000)::float8 AS published_ms
           FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) h
           LEFT JOIN LATERAL (
-            SELECT * FROM ${this.sql.unsafe(qualified(this.options.schema, 'mesh_event_log'))}
+            SELECT * FROM ${this.sql.unsafe(this.tables.log)}
             WHERE (txid, id) > (${this.position.txid.toString()}::xid8, ${this.position.id.toString()}::bigint)
             ORDER BY txid, id LIMIT ${READ_BATCH}
           ) e ON true`;

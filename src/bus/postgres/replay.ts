@@ -8,14 +8,18 @@ import type { LoggedEvent, PageSize, ReplayPage, ReplayStream } from '../bus.js'
 import { after, type Cursors, type Position } from './cursor.js';
 import type { PostgresOptions } from '../../options.js';
 import { toLogged, type Row, type RowOptions } from './rows.js';
-import { qualified } from './schema.js';
+import { logTables } from './schema.js';
 
 export class Replay {
+  private readonly tables: ReturnType<typeof logTables>;
+
   constructor(
     private readonly sql: Sql<any>,
     private readonly cursors: Cursors,
     private readonly options: RowOptions & Pick<PostgresOptions, 'schema'>,
-  ) {}
+  ) {
+    this.tables = logTables(this.options.schema);
+  }
 
   async page(stream: ReplayStream, start: string, page: PageSize): Promise<ReplayPage> {
     const from = this.cursors.parse(start);
@@ -36,9 +40,9 @@ export class Replay {
       >`
         SELECT m.pruned_txid::text, m.pruned_id::text, t.pruned_txid::text AS task_txid, t.pruned_id::text AS task_id,
                h.txid::text AS head_txid, h.id::text AS head_id
-        FROM ${tx.unsafe(qualified(this.options.schema, 'mesh_event_log_meta'))} m
+        FROM ${tx.unsafe(this.tables.meta)} m
         LEFT JOIN LATERAL (${this.prunedFor(tx, stream)}) t ON true
-        LEFT JOIN LATERAL (SELECT txid, id FROM ${tx.unsafe(qualified(this.options.schema, 'mesh_event_log'))} ORDER BY txid DESC, id DESC LIMIT 1) h ON true`;
+        LEFT JOIN LATERAL (SELECT txid, id FROM ${tx.unsafe(this.tables.log)} ORDER BY txid DESC, id DESC LIMIT 1) h ON true`;
       const pruned = { txid: BigInt(state!.pruned_txid), id: BigInt(state!.pruned_id) };
       if (after(pruned, from)) return { ok: false, resync: 'expired' };
       if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from))
@@ -80,13 +84,12 @@ export class Replay {
     const after = sql`(txid, id) > (${from.txid.toString()}::xid8, ${from.id.toString()}::bigint)
       AND txid < pg_snapshot_xmin(pg_current_snapshot())`;
     if (stream.kind !== 'all')
-      return sql`${sql.unsafe(qualified(this.options.schema, 'mesh_event_log'))} e WHERE task_id = ${stream.taskId}::uuid AND kind = ${stream.kind} AND ${after}`;
-    if (stream.ownerId === null)
-      return sql`${sql.unsafe(qualified(this.options.schema, 'mesh_event_log'))} e WHERE kind = 'update' AND ${after}`;
+      return sql`${sql.unsafe(this.tables.log)} e WHERE task_id = ${stream.taskId}::uuid AND kind = ${stream.kind} AND ${after}`;
+    if (stream.ownerId === null) return sql`${sql.unsafe(this.tables.log)} e WHERE kind = 'update' AND ${after}`;
     return sql`(
-        SELECT * FROM ${sql.unsafe(qualified(this.options.schema, 'mesh_event_log'))} WHERE kind = 'update' AND owner_id = ${stream.ownerId}::uuid AND ${after}
+        SELECT * FROM ${sql.unsafe(this.tables.log)} WHERE kind = 'update' AND owner_id = ${stream.ownerId}::uuid AND ${after}
         UNION ALL
-        SELECT * FROM ${sql.unsafe(qualified(this.options.schema, 'mesh_event_log'))} WHERE kind = 'update' AND NOT owner_given AND ${after}
+        SELECT * FROM ${sql.unsafe(this.tables.log)} WHERE kind = 'update' AND NOT owner_given AND ${after}
       ) e`;
   }
 
@@ -98,6 +101,6 @@ export class Replay {
         : stream.ownerId === null
           ? sql`true`
           : sql`(owner_id = ${stream.ownerId}::uuid OR owner_id IS NULL)`;
-    return sql`SELECT pruned_txid, pruned_id FROM ${sql.unsafe(qualified(this.options.schema, 'mesh_event_log_pruned_tasks'))} WHERE ${where} ORDER BY pruned_txid DESC, pruned_id DESC LIMIT 1`;
+    return sql`SELECT pruned_txid, pruned_id FROM ${sql.unsafe(this.tables.prunedTasks)} WHERE ${where} ORDER BY pruned_txid DESC, pruned_id DESC LIMIT 1`;
   }
 }

@@ -7,7 +7,7 @@
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql } from 'postgres';
 import type { PostgresOptions } from '../../options.js';
-import { qualified } from './schema.js';
+import { logTables } from './schema.js';
 
 export interface RetentionOptions extends Pick<PostgresOptions, 'retentionMs' | 'retentionPerTask' | 'schema'> {
   /** Called after each pruning round that removed rows. */
@@ -20,11 +20,15 @@ const PRUNE_LOCK = 0x6d657368_7072756en; // "meshprun"
 export class Retention {
   private stopped = false;
 
+  private readonly tables: ReturnType<typeof logTables>;
+
   constructor(
     private readonly sql: Sql<any>,
     private readonly options: RetentionOptions,
     private readonly log: FastifyBaseLogger,
-  ) {}
+  ) {
+    this.tables = logTables(this.options.schema);
+  }
 
   /** From now on: no new round, and a round under way stops after its current batch. */
   halt(): void {
@@ -50,12 +54,12 @@ export class Retention {
         for (let n = PRUNE_BATCH; n === PRUNE_BATCH && !this.stopped;) {
           const [r] = await reserved<{ n: number }[]>`
             WITH gone AS (
-              DELETE FROM ${reserved.unsafe(qualified(this.options.schema, 'mesh_event_log'))} WHERE (txid, id) IN (
-                SELECT txid, id FROM ${reserved.unsafe(qualified(this.options.schema, 'mesh_event_log'))} WHERE created_at < ${cutoff} ORDER BY created_at LIMIT ${PRUNE_BATCH})
+              DELETE FROM ${reserved.unsafe(this.tables.log)} WHERE (txid, id) IN (
+                SELECT txid, id FROM ${reserved.unsafe(this.tables.log)} WHERE created_at < ${cutoff} ORDER BY created_at LIMIT ${PRUNE_BATCH})
               RETURNING txid, id),
             newest AS (SELECT txid, id FROM gone ORDER BY txid DESC, id DESC LIMIT 1),
             moved AS (
-              UPDATE ${reserved.unsafe(qualified(this.options.schema, 'mesh_event_log_meta'))} m SET pruned_txid = newest.txid, pruned_id = newest.id FROM newest
+              UPDATE ${reserved.unsafe(this.tables.meta)} m SET pruned_txid = newest.txid, pruned_id = newest.id FROM newest
               WHERE (newest.txid, newest.id) > (m.pruned_txid, m.pruned_id) RETURNING 1)
             SELECT count(*)::int AS n FROM gone`;
           n = r!.n;
@@ -63,16 +67,16 @@ export class Retention {
         }
         const [r] = await reserved<{ n: number }[]>`
           WITH excess AS (
-            SELECT task_id FROM ${reserved.unsafe(qualified(this.options.schema, 'mesh_event_log'))} GROUP BY task_id HAVING count(*) > ${this.options.retentionPerTask} LIMIT 100),
+            SELECT task_id FROM ${reserved.unsafe(this.tables.log)} GROUP BY task_id HAVING count(*) > ${this.options.retentionPerTask} LIMIT 100),
           doomed AS (
             SELECT e.txid, e.id FROM excess x CROSS JOIN LATERAL (
-              SELECT txid, id FROM ${reserved.unsafe(qualified(this.options.schema, 'mesh_event_log'))} WHERE task_id = x.task_id
+              SELECT txid, id FROM ${reserved.unsafe(this.tables.log)} WHERE task_id = x.task_id
               ORDER BY txid DESC, id DESC OFFSET ${this.options.retentionPerTask}) e),
           gone AS (
-            DELETE FROM ${reserved.unsafe(qualified(this.options.schema, 'mesh_event_log'))} l USING doomed d WHERE l.txid = d.txid AND l.id = d.id
+            DELETE FROM ${reserved.unsafe(this.tables.log)} l USING doomed d WHERE l.txid = d.txid AND l.id = d.id
             RETURNING l.task_id, l.owner_id, l.txid, l.id),
           marked AS (
-            INSERT INTO ${reserved.unsafe(qualified(this.options.schema, 'mesh_event_log_pruned_tasks'))} (task_id, owner_id, pruned_txid, pruned_id)
+            INSERT INTO ${reserved.unsafe(this.tables.prunedTasks)} (task_id, owner_id, pruned_txid, pruned_id)
             SELECT DISTINCT ON (task_id) task_id, owner_id, txid, id FROM gone ORDER BY task_id, txid DESC, id DESC
             ON CONFLICT (task_id) DO UPDATE SET owner_id = excluded.owner_id, pruned_txid = excluded.pruned_txid, pruned_id = excluded.pruned_id
               WHERE (excluded.pruned_txid, excluded.pruned_id) > (mesh_event_log_pruned_tasks.pruned_txid, mesh_event_log_pruned_tasks.pruned_id)

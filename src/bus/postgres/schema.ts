@@ -51,6 +51,14 @@ export const quoteIdentifier = (name: string): string => `"${name.replaceAll('"'
 /** `"schema"."name"`, ready for SQL text. */
 export const qualified = (schema: string, name: string): string => `${quoteIdentifier(schema)}.${quoteIdentifier(name)}`;
 
+/** The log's tables, quoted with their schema once per part (a bus's schema does not change), not per query. */
+export const logTables = (schema: string) =>
+  ({
+    log: qualified(schema, 'mesh_event_log'),
+    meta: qualified(schema, 'mesh_event_log_meta'),
+    prunedTasks: qualified(schema, 'mesh_event_log_pruned_tasks'),
+  }) as const;
+
 /** `app.tasks` → `"app"."tasks"`, `tasks` → `"tasks"`: the option is checked to be plain identifiers. */
 export const quoteTable = (table: string): string => table.split('.').map(quoteIdentifier).join('.');
 
