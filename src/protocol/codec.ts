@@ -6,6 +6,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import type { TSchema } from '@sinclair/typebox';
 import { ClientMessages, TaskOutputNotification, TaskUpdateNotification, type ClientMessage } from './schemas.js';
 import { MeshPublishError, type ErrorCode } from '../errors.js';
+import { HISTORY_START, type TruncatedReason } from './wire.js';
 
 const clientCheckers = new Map<string, TypeCheck<TSchema>>(
   Object.entries(ClientMessages).map(([type, schema]) => [type, TypeCompiler.Compile(schema)]),
@@ -47,7 +48,11 @@ export function parseClientFrame(text: string): ParseResult {
   // Rebuilt from the schema's fields only: extra fields (even one named taskId on subscribeAll) stay behind.
   const { since } = value as { since?: string };
   if (type === 'unsubscribeAll') return { ok: true, message: { type } };
-  if (type === 'subscribeAll') return { ok: true, message: since === undefined ? { type } : { type, since } };
+  if (type === 'subscribeAll') {
+    if (since === HISTORY_START)
+      return { ok: false, reason: `"since": "${HISTORY_START}" is for one task's stream (subscribe, subscribeOutput)` };
+    return { ok: true, message: since === undefined ? { type } : { type, since } };
+  }
   const { taskId } = value as { taskId: string };
   // Canonical lower case: acks echo it, and the subscription index keys on it.
   const message = { type, taskId: taskId.toLowerCase() } as ClientMessage & { since?: string };
@@ -72,6 +77,8 @@ export const encodeResyncRequired = (
   taskId: string | undefined,
   reason: string,
 ): string => encode({ type: 'resyncRequired', subscription, taskId, reason });
+export const encodeHistoryTruncated = (subscription: 'subscribe' | 'subscribeOutput', taskId: string, reason: TruncatedReason): string =>
+  encode({ type: 'historyTruncated', subscription, taskId, reason });
 export const encodeError = (code: ErrorCode, message: string): string => encode({ type: 'error', code, message });
 
 /** A validated task update with its owner settled: `null` means admins only. */

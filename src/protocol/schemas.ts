@@ -5,7 +5,7 @@
  * camelCase); PROTOCOL.md explains each message.
  */
 import { Type, type Static, type TLiteral, type TSchema } from '@sinclair/typebox';
-import { RESYNC_REASONS, SUBSCRIPTION_KINDS, type ClientFrameType, type ServerFrameType } from './wire.js';
+import { RESYNC_REASONS, SUBSCRIPTION_KINDS, TRUNCATED_REASONS, type ClientFrameType, type ServerFrameType } from './wire.js';
 
 /** One `Type.Literal` per name of a wire.ts list, in its order. */
 const literals = <const T extends readonly string[]>(values: T) =>
@@ -34,9 +34,18 @@ export const Since = Type.Optional(
   }),
 );
 
+/** `subscribe` and `subscribeOutput` also take `"start"`: the task's whole retained stream, then live. */
+export const TaskSince = Type.Optional(
+  Type.String({
+    minLength: 1,
+    maxLength: 128,
+    description: 'Resume after this cursor, or `"start"`: replay the task\'s whole retained stream (oldest first), then go on live',
+  }),
+);
+
 export const ClientMessages = {
   subscribe: Type.Object(
-    { type: Type.Literal('subscribe'), taskId: Uuid, since: Since },
+    { type: Type.Literal('subscribe'), taskId: Uuid, since: TaskSince },
     { $id: 'subscribe', description: 'Receive `taskUpdated` for one task the caller may see.' },
   ),
   unsubscribe: withTaskId('unsubscribe', 'Stop receiving `taskUpdated` for one task.'),
@@ -46,7 +55,7 @@ export const ClientMessages = {
   ),
   unsubscribeAll: bare('unsubscribeAll', 'Stop the `subscribeAll` stream.'),
   subscribeOutput: Type.Object(
-    { type: Type.Literal('subscribeOutput'), taskId: Uuid, since: Since },
+    { type: Type.Literal('subscribeOutput'), taskId: Uuid, since: TaskSince },
     { $id: 'subscribeOutput', description: 'Receive `taskOutput` (live transcript) of one task the caller may see.' },
   ),
   unsubscribeOutput: withTaskId('unsubscribeOutput', 'Stop receiving `taskOutput` for one task.'),
@@ -151,6 +160,25 @@ export const ServerMessages = {
       $id: 'resyncRequired',
       additionalProperties: false,
       description: 'Events after `since` cannot be replayed: refetch the state this subscription covers. Sent right after its ack.',
+    },
+  ),
+  historyTruncated: Type.Object(
+    {
+      type: Type.Literal('historyTruncated'),
+      subscription: Type.Union([Type.Literal('subscribe'), Type.Literal('subscribeOutput')], {
+        description: 'The subscription whose `"since":"start"` history begins after the task\'s first event',
+      }),
+      taskId: Uuid,
+      reason: Type.Union(literals(TRUNCATED_REASONS), {
+        description:
+          'retention: retention pruned the older events; maxReplay: more events are retained than one replay sends, only the newest `maxReplay` follow',
+      }),
+    },
+    {
+      $id: 'historyTruncated',
+      additionalProperties: false,
+      description:
+        'Older events of this stream are gone: the history that follows does not begin at the task\'s first event. Sent after the ack of a `"since":"start"` subscription, before its first replayed event.',
     },
   ),
   error: Type.Object(

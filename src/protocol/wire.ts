@@ -12,6 +12,13 @@ export const SUBSCRIBE_PATH = '/mesh/tasks/subscribe';
 /** The route that mints single-use tickets, under the prefix. */
 export const TICKETS_PATH = '/mesh/tickets';
 
+/** The REST history of one task's output and of its updates, under the prefix (`:taskId` a UUID). */
+export const OUTPUT_HISTORY_PATH = '/mesh/tasks/:taskId/output';
+export const UPDATES_HISTORY_PATH = '/mesh/tasks/:taskId/updates';
+
+/** `since` value that asks for a task's whole retained stream (`subscribe`, `subscribeOutput`). */
+export const HISTORY_START = 'start';
+
 /** The subprotocol every client that offers subprotocols must offer; the server selects it. */
 export const MESH_PROTOCOL = 'mesh.v1';
 /** A ticket travels as the subprotocol `mesh.ticket.<ticket>`. */
@@ -61,12 +68,28 @@ export const ACK_TYPES = [
 export type AckFrameType = (typeof ACK_TYPES)[number];
 
 /** `type` of every frame the server sends. */
-export const SERVER_FRAME_TYPES = [...ACK_TYPES, 'taskUpdated', 'taskOutput', 'lagged', 'resyncRequired', 'error'] as const;
+export const SERVER_FRAME_TYPES = [
+  ...ACK_TYPES,
+  'taskUpdated',
+  'taskOutput',
+  'lagged',
+  'resyncRequired',
+  'historyTruncated',
+  'error',
+] as const;
 export type ServerFrameType = (typeof SERVER_FRAME_TYPES)[number];
 
 /** Why a `since` could not be honoured (`reason` of a `resyncRequired` frame). */
 export const RESYNC_REASONS = ['unknownCursor', 'expired', 'tooFarBehind', 'unavailable'] as const;
 export type ResyncReason = (typeof RESYNC_REASONS)[number];
+
+/**
+ * Why a history from `"since":"start"` begins after the task's first event (`reason` of a
+ * `historyTruncated` frame): retention pruned its older events, or more are retained than one
+ * replay may send (`maxReplay`), so only the newest are.
+ */
+export const TRUNCATED_REASONS = ['retention', 'maxReplay'] as const;
+export type TruncatedReason = (typeof TRUNCATED_REASONS)[number];
 
 /** `code` of an `{type: "error"}` frame. The socket stays open after each of these. */
 export const ErrorCode = {
@@ -120,4 +143,17 @@ export const UpgradeError = {
   SHUTTING_DOWN: { status: 503, code: 'SHUTTING_DOWN', message: 'the server is shutting down; retry on another instance' },
   /** `authenticate` threw (its store is down): not a verdict on the credentials, so retry. */
   UNAVAILABLE: { status: 503, code: 'UNAVAILABLE', message: 'credentials could not be checked right now; retry later' },
+} as const;
+
+/** Answers of the REST history routes other than 200. Bodies are `{code, message}`. */
+export const HistoryError = {
+  INVALID_REQUEST: { status: 400, code: 'INVALID_REQUEST', message: 'the request does not match the route’s schema' },
+  INVALID_CURSOR: { status: 400, code: 'INVALID_CURSOR', message: '`after` is not a cursor of this log' },
+  NOT_FOUND: { status: 404, code: 'NOT_FOUND', message: 'task not found' },
+  CURSOR_EXPIRED: {
+    status: 410,
+    code: 'CURSOR_EXPIRED',
+    message: 'events after `after` were pruned; read the history again without `after`',
+  },
+  UNAVAILABLE: { status: 503, code: 'UNAVAILABLE', message: 'the event log could not be read right now; retry later' },
 } as const;
