@@ -5,12 +5,13 @@
  * `publish port` (by default the same one) to publish, and prints one JSON line of results.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import type { BenchTask, PeerName } from './peers.js';
 import type { PublishPlan } from './server.js';
 import { connect, type WireClient } from './wire.js';
 
-export type Workload = 'W1' | 'W2' | 'W3' | 'W5' | 'W6' | 'R1';
+export type Workload = 'W1' | 'W2' | 'W3' | 'W5' | 'W6' | 'R1' | 'W8';
 
 const [peer, workload, portText, tasksFile, scaleText, publishPortText] = process.argv.slice(2) as [
   PeerName,
@@ -182,6 +183,155 @@ async function watch(interval: number) {
 
 const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
 
+/** W8: one client's reading of a transcript: ms from the request to its first and last event (NaN: not yet). */
+interface Reading {
+  ack: number;
+  first: number;
+  last: number;
+  /** Events of the transcript received so far, each the one after the last. */
+  received: number;
+  /** A frame that is not the next event (or not the ack): the reading is void. */
+  failed: boolean;
+}
+
+/** W8: the first frames or answers that failed a reading. */
+const oddFrames: string[] = [];
+const noteOdd = (what: string) => void (oddFrames.length < 10 && oddFrames.push(what.slice(0, 200)));
+const CONTENT = Buffer.from('"content":"');
+const CURSOR = Buffer.from('"cursor":"');
+/** Output g's content begins with g in 5 digits (bench/run.ts, seedTranscripts). */
+const sequenceAt = (payload: Buffer, at: number) => Number(payload.subarray(at + CONTENT.length, at + CONTENT.length + 5).toString());
+
+/**
+ * Reads one task's transcript on `c` after a `subscribeOutput` with `"since":"start"` sent at
+ * `sent()`: the ack, then outputs 1..events in order, each a `taskOutput` frame of that task with
+ * its cursor. Anything else (a `historyTruncated` included: no event of these tasks was pruned, and
+ * exactly maxReplay are retained) fails the reading. Frames after the last are live: counted only.
+ */
+function readTranscript(c: WireClient, taskId: string, events: number, sent: () => number): Reading {
+  const reading: Reading = { ack: NaN, first: NaN, last: NaN, received: 0, failed: false };
+  const head = Buffer.from(`{"type":"taskOutput","taskId":"${taskId}",`);
+  c.onText = (payload) => {
+    if (reading.failed || reading.received >= events) return;
+    if (Number.isNaN(reading.ack)) {
+      if (payload.includes('"outputSubscribed"')) reading.ack = performance.now() - sent();
+      else {
+        reading.failed = true;
+        noteOdd(payload.toString());
+      }
+      return;
+    }
+    const at = payload.indexOf(CONTENT);
+    const ok =
+      at !== -1 &&
+      payload.subarray(0, head.length).equals(head) &&
+      payload.includes(CURSOR) &&
+      sequenceAt(payload, at) === reading.received + 1;
+    if (!ok) {
+      reading.failed = true;
+      noteOdd(payload.toString());
+      return;
+    }
+    reading.received++;
+    if (reading.received === 1) reading.first = performance.now() - sent();
+    if (reading.received === events) reading.last = performance.now() - sent();
+  };
+  return reading;
+}
+
+const transcriptAgent = new http.Agent({ keepAlive: true });
+
+/** One GET of the bench server's mesh routes as `principal`: status and body. */
+function get(path: string, principal: string): Promise<{ status: number; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const request = http.get(
+      { host: '127.0.0.1', port, path, agent: transcriptAgent, headers: { 'x-bench-owner': principal } },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks) }));
+        response.on('error', reject);
+      },
+    );
+    request.on('error', reject);
+  });
+}
+
+/** The route is not there (a Fastify 404 without the history's `code`), as opposed to its answer. */
+class NoHistoryRoute extends Error {}
+
+/**
+ * Reads one task's transcript over `GET …/mesh/tasks/{id}/output?limit=500`, following `cursor`
+ * while `more`, with the same checks as readTranscript. Items are not parsed as JSON one by one
+ * (the WebSocket reader does not parse its frames either): each page's `items` array is cut out,
+ * its events checked by scanning, and the rest of the body parsed. Cutting at the first `]` after
+ * `"items":[` is sound here because no seeded frame holds a `]`.
+ */
+async function fetchTranscript(task: BenchTask, events: number): Promise<Reading & { pages: number }> {
+  const started = performance.now();
+  const reading = { ack: NaN, first: NaN, last: NaN, received: 0, failed: false, pages: 0 };
+  const head = Buffer.from(`{"type":"taskOutput","taskId":"${task.taskId}",`);
+  let after: string | undefined;
+  for (;;) {
+    const query = `limit=500${after === undefined ? '' : `&after=${encodeURIComponent(after)}`}`;
+    const { status, body } = await get(`/api/v1/mesh/tasks/${task.taskId}/output?${query}`, task.ownerId);
+    reading.pages++;
+    if (status === 404 && !body.includes('"code"')) throw new NoHistoryRoute();
+    const open = body.indexOf('"items":[');
+    const close = open === -1 ? -1 : body.indexOf(']', open);
+    if (status !== 200 || close === -1) {
+      reading.failed = true;
+      noteOdd(`${status} ${body.toString()}`);
+      return reading;
+    }
+    const rest = JSON.parse(`${body.subarray(0, open + 9).toString()}${body.subarray(close).toString()}`) as {
+      cursor?: unknown;
+      more?: unknown;
+      truncated?: unknown;
+    };
+    const items = body.subarray(open + 9, close);
+    for (let at = items.indexOf(CONTENT); at !== -1; at = items.indexOf(CONTENT, at + 1)) {
+      const start = items.lastIndexOf('{"type":', at);
+      const end = items.indexOf(CURSOR, at);
+      if (
+        start === -1 ||
+        end === -1 ||
+        !items.subarray(start, start + head.length).equals(head) ||
+        sequenceAt(items, at) !== reading.received + 1
+      ) {
+        reading.failed = true;
+        noteOdd(items.subarray(Math.max(0, at - 100), at + 100).toString());
+        return reading;
+      }
+      reading.received++;
+    }
+    if (reading.pages === 1) reading.first = performance.now() - started;
+    if (typeof rest.cursor !== 'string' || typeof rest.more !== 'boolean' || (after === undefined && rest.truncated !== false)) {
+      reading.failed = true;
+      noteOdd(JSON.stringify(rest));
+      return reading;
+    }
+    if (!rest.more) break;
+    after = rest.cursor;
+  }
+  if (reading.received === events) reading.last = performance.now() - started;
+  else {
+    reading.failed = true;
+    noteOdd(`REST: ${reading.received} of ${events} events`);
+  }
+  return reading;
+}
+
+/** Resets the server's VmHWM to its current RSS (Linux: `5` in clear_refs), so that a peak is this phase's own. */
+function resetPeak(): boolean {
+  try {
+    writeFileSync(`/proc/${process.env.BENCH_SERVER_PID}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const result: Record<string, unknown> = { peer, workload };
 
 if (workload === 'W1') {
@@ -334,6 +484,136 @@ if (workload === 'W1') {
     clientsClosed: clients.filter((c) => c.closed).length,
     odd: odd.slice(0, 3),
     complete: replayed && live && finished.length === count && odd.length === 0,
+  });
+} else if (workload === 'W8') {
+  // Open a transcript: tasks with `events` logged outputs each (bench/run.ts, seedTranscripts).
+  const first = Number(process.env.BENCH_TRANSCRIPT_FIRST);
+  const transcripts = tasks.slice(first, first + Number(process.env.BENCH_TRANSCRIPT_TASKS));
+  const events = Number(process.env.BENCH_TRANSCRIPT_EVENTS);
+  const clientCount = Number(process.env.BENCH_TRANSCRIPT_CLIENTS);
+  const opens = Number(process.env.BENCH_TRANSCRIPT_OPENS);
+  const openFrame = (task: BenchTask) => JSON.stringify({ type: 'subscribeOutput', taskId: task.taskId, since: 'start' });
+  const settled = (r: Reading) => r.failed || !Number.isNaN(r.last);
+  let rest = true;
+
+  // 1. One open at a time, each on a new connection as its owner, each followed by the same
+  // history over REST (same task, same minute). A few unmeasured opens first warm both paths.
+  const WARM_UP = 5;
+  const ws: Reading[] = [];
+  const rs: Reading[] = [];
+  for (let i = 0; i < WARM_UP + opens; i++) {
+    const task = transcripts[i % transcripts.length]!;
+    const c = await client(task.ownerId);
+    let sent = 0;
+    const reading = readTranscript(c, task.taskId, events, () => sent);
+    sent = performance.now();
+    c.send(openFrame(task));
+    await until(() => settled(reading) || c.closed, 120_000);
+    c.socket.destroy();
+    if (i >= WARM_UP) ws.push(reading);
+    if (rest) {
+      try {
+        const r = await fetchTranscript(task, events);
+        if (i >= WARM_UP) rs.push(r);
+      } catch (error) {
+        if (!(error instanceof NoHistoryRoute)) throw error;
+        rest = false;
+      }
+    }
+  }
+  const times = (readings: Reading[], key: 'ack' | 'first' | 'last') =>
+    readings
+      .filter((r) => !r.failed)
+      .map((r) => r[key])
+      .sort((a, b) => a - b);
+  const summary = (prefix: string, readings: Reading[]) => {
+    const firsts = times(readings, 'first');
+    const lasts = times(readings, 'last');
+    return {
+      [`${prefix}Opens`]: readings.length,
+      [`${prefix}Failed`]: readings.filter((r) => r.failed || Number.isNaN(r.last)).length,
+      [`${prefix}FirstP50`]: quantile(firsts, 0.5),
+      [`${prefix}FirstP99`]: quantile(firsts, 0.99),
+      [`${prefix}FirstMax`]: firsts.at(-1),
+      [`${prefix}LastP50`]: quantile(lasts, 0.5),
+      [`${prefix}LastP99`]: quantile(lasts, 0.99),
+      [`${prefix}LastMax`]: lasts.at(-1),
+    };
+  };
+  Object.assign(result, { tasks: transcripts.length, events, restRoute: rest, ...summary('ws', ws), ...summary('rest', rs) });
+  if (ws.length > 0) result.wsAckP50 = quantile(times(ws, 'ack'), 0.5);
+
+  // 2. `clientCount` clients open at once (client i: task i % tasks), connected beforehand; the
+  // watcher samples the server's RSS every 50 ms. Then one live output per task reaches every client.
+  const storm = async (read: (c: WireClient | undefined, i: number) => Promise<Reading> | Reading, clients: WireClient[]) => {
+    const idle = (await memory()).rss;
+    const reset = resetPeak();
+    const stop = await watch(50);
+    await new Promise((r) => setTimeout(r, 1000));
+    const startAt = wallClock();
+    const started = performance.now();
+    const readings = await Promise.all(Array.from({ length: clientCount }, (_, i) => read(clients[i], i)));
+    const complete = await until(() => readings.every(settled) || clients.some((c) => c.closed), 600_000);
+    const elapsed = performance.now() - started;
+    const endAt = wallClock();
+    return { readings, complete, elapsed, idle, reset, stop, startAt, endAt };
+  };
+  const peak = (samples: Awaited<ReturnType<Awaited<ReturnType<typeof watch>>>>, from: number) =>
+    Math.max(...samples.rss.filter(([at]) => at >= from).map(([, v]) => v));
+  const stormSummary = (prefix: string, s: Awaited<ReturnType<typeof storm>>) => ({
+    [`${prefix}StormMs`]: s.elapsed,
+    [`${prefix}StormFailed`]: s.readings.filter((r) => r.failed || Number.isNaN(r.last)).length,
+    [`${prefix}StormFirstP50`]: quantile(times(s.readings, 'first'), 0.5),
+    [`${prefix}StormFirstMax`]: times(s.readings, 'first').at(-1),
+    [`${prefix}StormLastP50`]: quantile(times(s.readings, 'last'), 0.5),
+    [`${prefix}StormLastMin`]: times(s.readings, 'last')[0],
+    [`${prefix}StormRssBefore`]: s.idle,
+  });
+
+  const clients = await openAll(clientCount, (i) => transcripts[i % transcripts.length]!.ownerId);
+  let sentAll = 0;
+  const wsStorm = await storm((c, i) => {
+    const task = transcripts[i % transcripts.length]!;
+    const reading = readTranscript(c!, task.taskId, events, () => sentAll);
+    if (i === 0) sentAll = performance.now();
+    c!.send(openFrame(task));
+    return reading;
+  }, clients);
+  const liveBase = clients.map((c) => c.frames);
+  const liveStarted = performance.now();
+  await publish({ kind: 'output', tasks: transcripts, count: transcripts.length, perTick: transcripts.length, size: 500 });
+  const live = await until(() => clients.every((c, i) => c.frames > liveBase[i]!), 60_000);
+  const liveMs = performance.now() - liveStarted;
+  const wsSamples = await wsStorm.stop();
+  Object.assign(result, stormSummary('ws', wsStorm), {
+    clients: clientCount,
+    wsStormRssPeak: peak(wsSamples, wsStorm.startAt),
+    wsStormHwm: wsStorm.reset ? wsSamples.hwm : NaN,
+    liveMs,
+    clientsClosed: clients.filter((c) => c.closed).length,
+  });
+  for (const c of clients) c.socket.destroy();
+
+  let restComplete = true;
+  if (rest) {
+    const restStorm = await storm((_, i) => fetchTranscript(transcripts[i % transcripts.length]!, events), []);
+    const restSamples = await restStorm.stop();
+    restComplete = restStorm.complete && restStorm.readings.every((r) => !r.failed);
+    Object.assign(result, stormSummary('rest', restStorm), {
+      restStormRssPeak: peak(restSamples, restStorm.startAt),
+      restStormHwm: restStorm.reset ? restSamples.hwm : NaN,
+    });
+  }
+  Object.assign(result, {
+    odd: oddFrames.slice(0, 3),
+    complete:
+      oddFrames.length === 0 &&
+      wsStorm.complete &&
+      live &&
+      ws.every((r) => !r.failed) &&
+      wsStorm.readings.every((r) => !r.failed && !Number.isNaN(r.last)) &&
+      rs.every((r) => !r.failed) &&
+      restComplete,
   });
 }
 

@@ -7,6 +7,10 @@
  * updates for each of 200 tasks straight into `mesh_event_log`, then has 200 clients resume them
  * at once from a server on the PostgreSQL bus; only mesh can replay. BENCH_MESH_OPTIONS (JSON) adds
  * plugin options to its server, e.g. '{"replayConcurrency":8}'.
+ * W8 (open a transcript; not in the default list either: `--workloads W8 --peers mesh`) logs
+ * 10,000 outputs of 500 B for each of 20 tasks, then opens them from a server on the PostgreSQL
+ * bus with `"since":"start"`: one at a time, then 200 clients at once; beside each, the same history
+ * read over the REST history route in pages of 500.
  * `--scale` shrinks the client and event counts; the recorded runs use 1.
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -19,6 +23,7 @@ import pino from 'pino';
 import postgres from 'postgres';
 import { freePort, scratchDirectory, startEmbeddedPostgres } from '../example/src/embedded-postgres.js';
 import { migrate as migrateEventLog } from '../src/bus/postgres/migration.js';
+import { Writer } from '../src/bus/postgres/writer.js';
 import { migrate } from '../example/src/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
 
@@ -46,7 +51,7 @@ const tasksFile = path.join(scratch, 'tasks.json');
 writeFileSync(tasksFile, JSON.stringify([...tasks]));
 await sql.end();
 
-/** The peers that can resume a stream from a cursor (R1). */
+/** The peers that can resume a stream from a cursor (R1) or replay a task's whole history (W8). */
 const REPLAY_PEERS: readonly PeerName[] = ['mesh'];
 const scaled = (value: number) => Math.max(1, Math.round(value * Number(values.scale)));
 /** R1: how many tasks are resumed (one client each), and how many logged updates each resumes. */
@@ -100,6 +105,101 @@ async function seedReplay(): Promise<string> {
   }
 }
 
+/**
+ * W8: how many tasks hold a transcript, how many outputs each, of how many bytes of content; how
+ * many clients open one at once (client i opens task i % TRANSCRIPT_TASKS), and how many opens
+ * one at a time are timed. 200 tasks of 10,000 outputs would be a log of ~1.5 GB; 20 tasks keep
+ * it near 170 MB, and the server reads a page per subscription whoever else reads the same task,
+ * so 10 clients on a task cost it what 10 tasks would (PostgreSQL's cache is warmer, see BENCHMARKS.md).
+ */
+const TRANSCRIPT_TASKS = scaled(20);
+const TRANSCRIPT_EVENTS = scaled(10_000);
+const TRANSCRIPT_CLIENTS = scaled(200);
+const TRANSCRIPT_OPENS = scaled(100);
+const TRANSCRIPT_CONTENT_BYTES = 500;
+/** W8's tasks start here in tasks.json: clear of R1's, which may share the log in one run. */
+const TRANSCRIPT_FIRST_TASK = 1000;
+
+/**
+ * W8's log: TRANSCRIPT_EVENTS outputs for each of TRANSCRIPT_TASKS tasks, interleaved as
+ * publishers running side by side would log them (output g of every task, then g + 1), in one
+ * `INSERT … SELECT generate_series`. Output g's content is g in 5 digits, a space, then filler to
+ * TRANSCRIPT_CONTENT_BYTES, so that a reader can check order cheaply. The plugin's own writer logs
+ * output 1 of the first task once more, for a task of its own: its row must equal the seeded one
+ * (kind, settled owner, payload text byte for byte), or the run stops. Then VACUUM ANALYZE and a
+ * checkpoint, as for R1.
+ */
+async function seedTranscripts(): Promise<Record<string, string>> {
+  const db = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    await migrateEventLog(db, { tasks: { table: 'tasks' } });
+    const seeded = tasks.slice(TRANSCRIPT_FIRST_TASK, TRANSCRIPT_FIRST_TASK + TRANSCRIPT_TASKS);
+    const reference = tasks[TRANSCRIPT_FIRST_TASK + TRANSCRIPT_TASKS]!;
+    const filler = TRANSCRIPT_CONTENT_BYTES - 6;
+    const started = performance.now();
+    await db`
+      INSERT INTO mesh_event_log (kind, task_id, owner_id, owner_given, payload)
+      SELECT 'output', t.task_id, t.owner_id, true,
+             ('{"messageType":"assistant","content":"' || lpad(g::text, 5, '0') || ' ' || repeat('x', ${filler}::int) || '","isPartial":false}')::json
+      FROM generate_series(1, ${TRANSCRIPT_EVENTS}::int) g
+      CROSS JOIN unnest(${seeded.map((t) => t.taskId)}::uuid[], ${seeded.map((t) => t.ownerId)}::uuid[]) WITH ORDINALITY AS t(task_id, owner_id, n)
+      ORDER BY g, t.n`;
+    const inserted = performance.now() - started;
+    const content = `00001 ${'x'.repeat(filler)}`;
+    const writer = new Writer(db, { publishTimeoutMs: 30_000, schema: 'public', tasks: undefined });
+    await writer.publish({
+      kind: 'output',
+      event: {
+        taskId: reference.taskId,
+        ownerId: reference.ownerId,
+        messageType: 'assistant',
+        content,
+        toolName: undefined,
+        toolInput: undefined,
+        isError: undefined,
+        costUsd: undefined,
+        durationMs: undefined,
+        isPartial: false,
+      },
+    });
+    const compared = await db<{ task: string; kind: string; owner: string; given: boolean; payload: string }[]>`
+      SELECT task_id::text AS task, kind, owner_id::text AS owner, owner_given AS given, payload::text AS payload
+      FROM mesh_event_log WHERE task_id = ANY(${[seeded[0]!.taskId, reference.taskId]}::uuid[]) AND payload->>'content' = ${content}`;
+    const mine = compared.find((row) => row.task === seeded[0]!.taskId);
+    const real = compared.find((row) => row.task === reference.taskId);
+    const same =
+      mine !== undefined &&
+      real !== undefined &&
+      mine.owner === seeded[0]!.ownerId &&
+      real.owner === reference.ownerId &&
+      mine.kind === real.kind &&
+      mine.given === real.given &&
+      mine.payload === real.payload;
+    if (!same) throw new Error(`W8 seed: the seeded row is not what a publish writes: ${JSON.stringify({ mine, real })}`);
+    const counts = await db<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM mesh_event_log WHERE kind = 'output' AND task_id = ANY(${seeded.map((t) => t.taskId)}::uuid[]) GROUP BY task_id`;
+    if (counts.length !== seeded.length || counts.some((c) => c.n !== TRANSCRIPT_EVENTS))
+      throw new Error('W8 seed: not every task has its outputs');
+    await db`VACUUM ANALYZE mesh_event_log`;
+    await db`CHECKPOINT`.catch(() => {});
+    const [table] = await db<{ rows: number; size: string }[]>`
+      SELECT count(*)::int AS rows, pg_size_pretty(pg_total_relation_size('mesh_event_log')) AS size FROM mesh_event_log`;
+    process.stderr.write(
+      `W8 seed: ${seeded.length} × ${TRANSCRIPT_EVENTS} outputs; the log now ${table!.rows} rows (${table!.size} with indexes), inserted in ${(inserted / 1000).toFixed(1)} s; ` +
+        `a publish writes the same row (${real!.payload.length} B of payload)\n`,
+    );
+    return {
+      BENCH_TRANSCRIPT_FIRST: String(TRANSCRIPT_FIRST_TASK),
+      BENCH_TRANSCRIPT_TASKS: String(TRANSCRIPT_TASKS),
+      BENCH_TRANSCRIPT_EVENTS: String(TRANSCRIPT_EVENTS),
+      BENCH_TRANSCRIPT_CLIENTS: String(TRANSCRIPT_CLIENTS),
+      BENCH_TRANSCRIPT_OPENS: String(TRANSCRIPT_OPENS),
+    };
+  } finally {
+    await db.end();
+  }
+}
+
 /** One server process of `peer`, resolved once it listens; `stop` ends it. */
 async function startServer(peer: PeerName, bus: BenchBus, env: Record<string, string> = {}) {
   const port = await freePort();
@@ -122,20 +222,25 @@ async function startServer(peer: PeerName, bus: BenchBus, env: Record<string, st
 async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
   // W6: the clients on B, the publisher on A, events between them only through PostgreSQL.
   // R1: one server on the PostgreSQL bus, started after the log is seeded (it reads on from the head).
+  // W8: the same, on the plugin's defaults (retention keeps 10,000 per task, a replay sends up to 10,000).
   const replay =
     workload === 'R1'
       ? { BENCH_REPLAY_SINCE: await seedReplay(), BENCH_REPLAY_TASKS: String(REPLAY_TASKS), BENCH_REPLAY_EVENTS: String(REPLAY_EVENTS) }
-      : undefined;
+      : workload === 'W8'
+        ? await seedTranscripts()
+        : undefined;
   const servers =
     workload === 'W6'
       ? [await startServer(peer, 'postgres'), await startServer(peer, 'postgres')]
-      : replay
-        ? [
-            await startServer(peer, 'postgres', {
-              BENCH_MESH_OPTIONS: JSON.stringify({ retentionPerTask: 1_000_000, ...JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') }),
-            }),
-          ]
-        : [await startServer(peer, 'memory')];
+      : workload === 'W8'
+        ? [await startServer(peer, 'postgres')]
+        : replay
+          ? [
+              await startServer(peer, 'postgres', {
+                BENCH_MESH_OPTIONS: JSON.stringify({ retentionPerTask: 1_000_000, ...JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') }),
+              }),
+            ]
+          : [await startServer(peer, 'memory')];
   try {
     const ports = servers.map((s) => String(s.port));
     const out = execFileSync(
@@ -158,7 +263,7 @@ const results = new Map<string, Record<string, number | string | boolean>>();
 for (const workload of workloads) {
   for (const peer of peers) {
     if (workload === 'W6' && !BUS_PEERS.includes(peer)) continue;
-    if (workload === 'R1' && !REPLAY_PEERS.includes(peer)) continue;
+    if ((workload === 'R1' || workload === 'W8') && !REPLAY_PEERS.includes(peer)) continue;
     const r = await runOne(peer, workload);
     results.set(`${workload}/${peer}`, r);
     process.stderr.write(`${workload} ${peer}: ${JSON.stringify(r)}\n`);
@@ -188,6 +293,32 @@ const rows: Row[] = [
   { label: 'R1 replay, /healthz p50 ms', workload: 'R1', key: 'healthzP50', better: 'lower', format: fmt(2) },
   { label: 'R1 replay, /healthz p99 ms', workload: 'R1', key: 'healthzP99', better: 'lower', format: fmt(2) },
   { label: 'R1 replay, /healthz max ms', workload: 'R1', key: 'healthzMax', better: 'lower', format: fmt(2) },
+  { label: 'W8 open over WS, first event p50 ms', workload: 'W8', key: 'wsFirstP50', better: 'lower', format: fmt(1) },
+  { label: 'W8 open over WS, first event p99 ms', workload: 'W8', key: 'wsFirstP99', better: 'lower', format: fmt(1) },
+  { label: 'W8 open over WS, last event p50 ms', workload: 'W8', key: 'wsLastP50', better: 'lower', format: fmt(1) },
+  { label: 'W8 open over WS, last event p99 ms', workload: 'W8', key: 'wsLastP99', better: 'lower', format: fmt(1) },
+  { label: 'W8 open over REST, first page p50 ms', workload: 'W8', key: 'restFirstP50', better: 'lower', format: fmt(1) },
+  { label: 'W8 open over REST, first page p99 ms', workload: 'W8', key: 'restFirstP99', better: 'lower', format: fmt(1) },
+  { label: 'W8 open over REST, last page p50 ms', workload: 'W8', key: 'restLastP50', better: 'lower', format: fmt(1) },
+  { label: 'W8 open over REST, last page p99 ms', workload: 'W8', key: 'restLastP99', better: 'lower', format: fmt(1) },
+  { label: 'W8 all opening over WS, s to all last', workload: 'W8', key: 'wsStormMs', better: 'lower', format: (v) => fmt(2)(v / 1000) },
+  {
+    label: 'W8 all opening over WS, RSS idle MiB',
+    workload: 'W8',
+    key: 'wsStormRssBefore',
+    better: 'lower',
+    format: (v) => fmt(1)(v / 2 ** 20),
+  },
+  {
+    label: 'W8 all opening over WS, peak RSS MiB',
+    workload: 'W8',
+    key: 'wsStormRssPeak',
+    better: 'lower',
+    format: (v) => fmt(1)(v / 2 ** 20),
+  },
+  { label: 'W8 all then live, ms', workload: 'W8', key: 'liveMs', better: 'lower', format: fmt(0) },
+  { label: 'W8 all over REST, s to all last', workload: 'W8', key: 'restStormMs', better: 'lower', format: (v) => fmt(2)(v / 1000) },
+  { label: 'W8 all over REST, peak RSS MiB', workload: 'W8', key: 'restStormRssPeak', better: 'lower', format: (v) => fmt(1)(v / 2 ** 20) },
 ];
 const others = peers.filter((p) => p !== 'mesh');
 const header = ['measure', ...peers, ...others.map((p) => `mesh vs ${p}`)];
