@@ -558,8 +558,15 @@ if (workload === 'W1') {
     const endAt = wallClock();
     return { readings, complete, elapsed, idle, reset, stop, startAt, endAt };
   };
-  const peak = (samples: Awaited<ReturnType<Awaited<ReturnType<typeof watch>>>>, from: number) =>
-    Math.max(...samples.rss.filter(([at]) => at >= from).map(([, v]) => v));
+  type Samples = Awaited<ReturnType<Awaited<ReturnType<typeof watch>>>>;
+  const peak = (samples: Samples, from: number) => Math.max(...samples.rss.filter(([at]) => at >= from).map(([, v]) => v));
+  // CPU from the first request to the last event, in cores: the server's, and the whole machine's.
+  const cores = (samples: Samples, from: number, to: number) => {
+    const window = samples.rss.filter(([at]) => at >= from && at <= to);
+    if (window.length < 2) return { server: NaN, machine: NaN };
+    const span = window.at(-1)![0] - window[0]![0];
+    return { server: (window.at(-1)![2] - window[0]![2]) / span, machine: (window.at(-1)![3] - window[0]![3]) / span };
+  };
   const stormSummary = (prefix: string, s: Awaited<ReturnType<typeof storm>>) => ({
     [`${prefix}StormMs`]: s.elapsed,
     [`${prefix}StormFailed`]: s.readings.filter((r) => r.failed || Number.isNaN(r.last)).length,
@@ -589,6 +596,8 @@ if (workload === 'W1') {
     clients: clientCount,
     wsStormRssPeak: peak(wsSamples, wsStorm.startAt),
     wsStormHwm: wsStorm.reset ? wsSamples.hwm : NaN,
+    wsStormServerCores: cores(wsSamples, wsStorm.startAt, wsStorm.endAt).server,
+    wsStormMachineCores: cores(wsSamples, wsStorm.startAt, wsStorm.endAt).machine,
     liveMs,
     clientsClosed: clients.filter((c) => c.closed).length,
   });
@@ -602,6 +611,8 @@ if (workload === 'W1') {
     Object.assign(result, stormSummary('rest', restStorm), {
       restStormRssPeak: peak(restSamples, restStorm.startAt),
       restStormHwm: restStorm.reset ? restSamples.hwm : NaN,
+      restStormServerCores: cores(restSamples, restStorm.startAt, restStorm.endAt).server,
+      restStormMachineCores: cores(restSamples, restStorm.startAt, restStorm.endAt).machine,
     });
   }
   Object.assign(result, {
