@@ -160,7 +160,15 @@ async function latency(clients: WireClient[], plan: PublishPlan) {
 async function watch(interval: number) {
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', 'bench/poll.ts', String(port), process.env.BENCH_SERVER_PID!, String(interval)],
+    [
+      '--import',
+      'tsx',
+      'bench/poll.ts',
+      String(port),
+      process.env.BENCH_SERVER_PID!,
+      String(interval),
+      ...(process.env.BENCH_POSTMASTER_PID ? [process.env.BENCH_POSTMASTER_PID] : []),
+    ],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
     },
@@ -173,7 +181,7 @@ async function watch(interval: number) {
     child.kill('SIGTERM');
     await exited;
     return JSON.parse(out.trim().split('\n').pop()!) as {
-      rss: [number, number, number, number][];
+      rss: [number, number, number, number, number][];
       healthz: [number, number, number][];
       unanswered: number;
       hwm: number;
@@ -563,9 +571,10 @@ if (workload === 'W1') {
   // CPU from the first request to the last event, in cores: the server's, and the whole machine's.
   const cores = (samples: Samples, from: number, to: number) => {
     const window = samples.rss.filter(([at]) => at >= from && at <= to);
-    if (window.length < 2) return { server: NaN, machine: NaN };
+    if (window.length < 2) return { server: NaN, machine: NaN, postgres: NaN };
     const span = window.at(-1)![0] - window[0]![0];
-    return { server: (window.at(-1)![2] - window[0]![2]) / span, machine: (window.at(-1)![3] - window[0]![3]) / span };
+    const used = (k: 2 | 3 | 4) => (window.at(-1)![k] - window[0]![k]) / span;
+    return { server: used(2), machine: used(3), postgres: used(4) };
   };
   const stormSummary = (prefix: string, s: Awaited<ReturnType<typeof storm>>) => ({
     [`${prefix}StormMs`]: s.elapsed,
@@ -598,6 +607,7 @@ if (workload === 'W1') {
     wsStormHwm: wsStorm.reset ? wsSamples.hwm : NaN,
     wsStormServerCores: cores(wsSamples, wsStorm.startAt, wsStorm.endAt).server,
     wsStormMachineCores: cores(wsSamples, wsStorm.startAt, wsStorm.endAt).machine,
+    wsStormPostgresCores: cores(wsSamples, wsStorm.startAt, wsStorm.endAt).postgres,
     liveMs,
     clientsClosed: clients.filter((c) => c.closed).length,
   });
@@ -613,6 +623,7 @@ if (workload === 'W1') {
       restStormHwm: restStorm.reset ? restSamples.hwm : NaN,
       restStormServerCores: cores(restSamples, restStorm.startAt, restStorm.endAt).server,
       restStormMachineCores: cores(restSamples, restStorm.startAt, restStorm.endAt).machine,
+      restStormPostgresCores: cores(restSamples, restStorm.startAt, restStorm.endAt).postgres,
     });
   }
   Object.assign(result, {

@@ -1,15 +1,15 @@
 /**
  * A watcher of one server process, in a process of its own so that the load generator's busy loop
- * does not add to what it measures: `bench/poll.ts <port> <server pid> [<interval ms>]`.
+ * does not add to what it measures: `bench/poll.ts <port> <server pid> [<interval ms>] [<postmaster pid>]`.
  * Every interval it sends `GET /healthz` (on schedule, whether or not the previous one has been
  * answered: a stalled server is charged for every request it keeps waiting) and reads the server's
  * VmRSS and CPU time from /proc, and the whole machine's busy CPU time. On SIGTERM it prints one JSON line: every sample, stamped with wall-clock ms,
  * the server's VmHWM (its peak RSS since it started), and how many requests were still unanswered.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 
-const [portText, pidText, intervalText] = process.argv.slice(2) as [string, string, string?];
+const [portText, pidText, intervalText, postmasterText] = process.argv.slice(2) as [string, string, string?, string?];
 const port = Number(portText);
 const interval = Number(intervalText ?? 50);
 const wallClock = () => performance.timeOrigin + performance.now();
@@ -25,14 +25,33 @@ function status(field: 'VmRSS' | 'VmHWM'): number {
   }
 }
 
-/** The server's user + system CPU time, ms. */
-function cpu(): number {
+/** A process's user + system CPU time, ms, and its parent; undefined once it is gone. */
+function stat(pid: string): { cpu: number; parent: string } | undefined {
   try {
-    const fields = readFileSync(`/proc/${pidText}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / TICKS;
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return { cpu: ((Number(fields[11]) + Number(fields[12])) * 1000) / TICKS, parent: fields[1]! };
   } catch {
-    return NaN;
+    return undefined;
   }
+}
+
+/** The server's user + system CPU time, ms. */
+const cpu = (): number => stat(pidText)?.cpu ?? NaN;
+
+/**
+ * The CPU time of the PostgreSQL the server uses, ms: the postmaster and its children (the
+ * backends, the checkpointer…). Backends that ended between samples take theirs along, so this
+ * undercounts short connections; the bench's pools hold theirs for the whole run.
+ */
+function postgresCpu(): number {
+  if (postmasterText === undefined) return NaN;
+  let total = stat(postmasterText)?.cpu ?? NaN;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(entry)) continue;
+    const s = stat(entry);
+    if (s?.parent === postmasterText) total += s.cpu;
+  }
+  return total;
 }
 
 /** Every core's busy time (all but idle and iowait), ms. */
@@ -43,8 +62,8 @@ function machine(): number {
 }
 const TICKS = 100; // USER_HZ
 
-/** [at, server VmRSS bytes, server CPU ms, machine busy CPU ms] */
-const rss: [number, number, number, number][] = [];
+/** [at, server VmRSS bytes, server CPU ms, machine busy CPU ms, PostgreSQL CPU ms (NaN: no postmaster given)] */
+const rss: [number, number, number, number, number][] = [];
 /** [sent at, ms until the whole answer was in, status (0: failed)] */
 const healthz: [number, number, number][] = [];
 
@@ -68,7 +87,7 @@ function probe(): void {
 }
 
 const timer = setInterval(() => {
-  rss.push([wallClock(), status('VmRSS'), cpu(), machine()]);
+  rss.push([wallClock(), status('VmRSS'), cpu(), machine(), postgresCpu()]);
   probe();
 }, interval);
 

@@ -14,7 +14,7 @@
  * `--scale` shrinks the client and event counts; the recorded runs use 1.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import path from 'node:path';
@@ -49,6 +49,12 @@ const tasks = await sql<{ taskId: string; ownerId: string }[]>`
   RETURNING id::text AS "taskId", owner_id::text AS "ownerId"`;
 const tasksFile = path.join(scratch, 'tasks.json');
 writeFileSync(tasksFile, JSON.stringify([...tasks]));
+/** The embedded PostgreSQL's postmaster: the watcher (bench/poll.ts) adds up its processes' CPU. */
+let postmasterPid: string | undefined;
+if (embedded) {
+  const [setting] = await sql<{ data_directory: string }[]>`SHOW data_directory`;
+  postmasterPid = readFileSync(path.join(setting!.data_directory, 'postmaster.pid'), 'utf8').split('\n')[0];
+}
 await sql.end();
 
 /** The peers that can resume a stream from a cursor (R1) or replay a task's whole history (W8). */
@@ -247,7 +253,12 @@ async function runOne(peer: PeerName, workload: string): Promise<Record<string, 
       process.execPath,
       ['--import', 'tsx', 'bench/load.ts', peer, workload, ports[0]!, tasksFile, values.scale, ports.at(-1)!],
       {
-        env: { ...process.env, ...replay, BENCH_SERVER_PID: String(servers[0]!.pid) },
+        env: {
+          ...process.env,
+          ...replay,
+          BENCH_SERVER_PID: String(servers[0]!.pid),
+          ...(postmasterPid ? { BENCH_POSTMASTER_PID: postmasterPid } : {}),
+        },
         encoding: 'utf8',
         stdio: ['ignore', 'pipe', 'inherit'],
         maxBuffer: 1 << 20,
