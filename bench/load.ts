@@ -586,6 +586,20 @@ if (workload === 'W1') {
     [`${prefix}StormRssBefore`]: s.idle,
   });
 
+  // Over REST first: the WebSocket storm ends with a live output per task, which the history would then hold.
+  let restComplete = true;
+  if (rest) {
+    const restStorm = await storm((_, i) => fetchTranscript(transcripts[i % transcripts.length]!, events), []);
+    const restSamples = await restStorm.stop();
+    restComplete = restStorm.complete && restStorm.readings.every((r) => !r.failed);
+    Object.assign(result, stormSummary('rest', restStorm), {
+      restStormRssPeak: peak(restSamples, restStorm.startAt),
+      restStormHwm: restStorm.reset ? restSamples.hwm : NaN,
+      restStormServerCores: cores(restSamples, restStorm.startAt, restStorm.endAt).server,
+      restStormMachineCores: cores(restSamples, restStorm.startAt, restStorm.endAt).machine,
+      restStormPostgresCores: cores(restSamples, restStorm.startAt, restStorm.endAt).postgres,
+    });
+  }
   const clients = await openAll(clientCount, (i) => transcripts[i % transcripts.length]!.ownerId);
   let sentAll = 0;
   const wsStorm = await storm((c, i) => {
@@ -613,19 +627,6 @@ if (workload === 'W1') {
   });
   for (const c of clients) c.socket.destroy();
 
-  let restComplete = true;
-  if (rest) {
-    const restStorm = await storm((_, i) => fetchTranscript(transcripts[i % transcripts.length]!, events), []);
-    const restSamples = await restStorm.stop();
-    restComplete = restStorm.complete && restStorm.readings.every((r) => !r.failed);
-    Object.assign(result, stormSummary('rest', restStorm), {
-      restStormRssPeak: peak(restSamples, restStorm.startAt),
-      restStormHwm: restStorm.reset ? restSamples.hwm : NaN,
-      restStormServerCores: cores(restSamples, restStorm.startAt, restStorm.endAt).server,
-      restStormMachineCores: cores(restSamples, restStorm.startAt, restStorm.endAt).machine,
-      restStormPostgresCores: cores(restSamples, restStorm.startAt, restStorm.endAt).postgres,
-    });
-  }
   Object.assign(result, {
     odd: oddFrames.slice(0, 3),
     complete:
