@@ -133,6 +133,37 @@ describe('who sees history', () => {
     ]);
   });
 
+  test('an owner change between history and live: the previous owner gets nothing after it, the new one the whole transcript', async () => {
+    const old = await a.owner();
+    const next = await a.owner();
+    const taskId = await a.task(old.ownerId);
+    const marker = await a.task(old.ownerId);
+    await logOutputs(db.sql, taskId, 'h', 3);
+    const oldClient = await b.connect(old.key);
+    oldClient.send({ type: 'subscribeOutput', taskId, since: 'start' });
+    oldClient.send({ type: 'subscribe', taskId: marker });
+    await a.app.mesh.taskOutput.publish(output(taskId, 'live-before'));
+    assert.deepEqual(contents(await until(oldClient, (f) => f.content === 'live-before')), [...range('h', 0, 3), 'live-before']);
+    await db.sql`UPDATE tasks SET owner_id = ${next.ownerId} WHERE id = ${taskId}`;
+    await a.app.mesh.taskOutput.publish(output(taskId, 'live-after'));
+    await logOutputs(db.sql, taskId, 'sql-after', 1);
+    await a.app.mesh.taskUpdates.publish({ taskId: marker, version: 1, status: 'x', updatedFields: [], updatedBy: 't' });
+    const seen = await until(oldClient, (f) => f.taskId === marker && f.type === 'taskUpdated');
+    assert.deepEqual(
+      seen.filter((f) => f.taskId === taskId),
+      [],
+      'nothing of the task after the change',
+    );
+    const newClient = await a.connect(next.key);
+    newClient.send({ type: 'subscribeOutput', taskId, since: 'start' });
+    assert.deepEqual(contents(await until(newClient, (f) => f.content === 'sql-after0')), [
+      ...range('h', 0, 3),
+      'live-before',
+      'live-after',
+      'sql-after0',
+    ]);
+  });
+
   test('an owner change during the replay ends it for the previous owner: the rest is not sent, nor anything live', async () => {
     const old = await b.owner();
     const next = await b.owner();
