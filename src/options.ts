@@ -67,7 +67,7 @@ export const PlainOptionsSchema = Type.Object({
   historyRoutes: Type.Boolean({
     default: true,
     description:
-      'serve `GET {prefix}/mesh/tasks/{taskId}/output` and `…/updates`: a task\'s retained history, a page at a time, ' +
+      "serve `GET {prefix}/mesh/tasks/{taskId}/output` and `…/updates`: a task's retained history, a page at a time, " +
       'authenticated by `authenticate` (PROTOCOL.md, "REST history"); `false`: the routes do not exist',
     refusal: 'a boolean',
   }),

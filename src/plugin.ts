@@ -207,7 +207,12 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
   }
 
   if (options.historyRoutes) {
-    await historyRoutes(child, { prefix: options.prefix, authenticate: options.authenticate, history: hub.history, serializerCompiler: asIs });
+    await historyRoutes(child, {
+      prefix: options.prefix,
+      authenticate: options.authenticate,
+      history: hub.history,
+      serializerCompiler: asIs,
+    });
   }
 }
 

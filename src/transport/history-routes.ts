@@ -5,37 +5,21 @@
  * `subscribeOutput`/`subscribe` `since` goes live with no gap and no repeat. Authenticated and
  * scoped like the upgrade: the host's `authenticate`, whoever may see the task now.
  */
-import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { KindGuard, Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { Value } from '@sinclair/typebox/value';
 import type { FastifyInstance, FastifyReply, FastifySchema, FastifySchemaCompiler } from 'fastify';
 import { refuse } from '../auth/admission.js';
 import { authenticateRequest } from '../auth/authenticate.js';
-import type { Principal } from '../core/ports.js';
+import type { EventHistory } from '../core/history.js';
+import type { Replayed } from '../core/history-types.js';
 import { HistoryError, RETRY_AFTER_SECONDS, UpgradeError } from '../errors.js';
 import { ServerMessages, Uuid } from '../protocol/schemas.js';
-import {
-  HISTORY_START,
-  OUTPUT_HISTORY_PATH,
-  UPDATES_HISTORY_PATH,
-  type ResyncReason,
-  type TruncatedReason,
-} from '../protocol/wire.js';
+import { HISTORY_START, OUTPUT_HISTORY_PATH, UPDATES_HISTORY_PATH, type ResyncReason } from '../protocol/wire.js';
 import type { ResolvedOptions } from '../options.js';
 
-/** What the routes read of the history (src/core/history.ts): one page of one task's stream, for one principal. */
-export interface TaskHistory {
-  taskPage(
-    principal: Principal,
-    stream: { kind: 'update' | 'output'; taskId: string },
-    after: string,
-    rows: number,
-  ): Promise<
-    | { ok: true; frames: ReadonlyArray<{ frame: Buffer }>; last: string; more: boolean; truncated?: TruncatedReason }
-    | { ok: false; resync: ResyncReason }
-    | { ok: false; hidden: true }
-  >;
-}
+/** What the routes read of the history: one page of one task's stream, for one principal. */
+export type TaskHistory = Pick<EventHistory, 'taskPage'>;
 
 export interface HistoryRoutesOptions {
   prefix: string;
@@ -116,22 +100,37 @@ function responses(item: TSchema, what: string) {
 }
 
 /**
+ * Query strings carry strings: an integer's is converted when it is written as one (`7`, `-1`),
+ * nothing else (TypeBox's own conversion would read `1.5` and `1e2` as 1, `0x10` as 16).
+ */
+function integersOf(schema: TSchema, data: unknown): unknown {
+  if (!KindGuard.IsObject(schema) || typeof data !== 'object' || data === null) return data;
+  const converted: Record<string, unknown> = { ...(data as Record<string, unknown>) };
+  for (const [name, property] of Object.entries(schema.properties)) {
+    const value = converted[name];
+    if (KindGuard.IsInteger(property) && typeof value === 'string' && /^-?[0-9]{1,15}$/.test(value)) converted[name] = Number(value);
+  }
+  return converted;
+}
+
+/**
  * The routes' own validation, with TypeBox: it does not depend on the host's Ajv settings (a host
  * that turns type coercion off, as the example does, would otherwise refuse every `limit`).
- * Query strings are strings: `limit` is converted, then checked; absent, it takes its default.
  */
 const typeBoxValidator: FastifySchemaCompiler<FastifySchema> = (route) => {
   // Only this file's TypeBox schemas (params, querystring) reach it.
   const schema = route.schema as TSchema;
   const check = TypeCompiler.Compile(schema);
   return (data: unknown) => {
-    const value: unknown = Value.Default(schema, Value.Convert(schema, data));
+    const value: unknown = Value.Default(schema, integersOf(schema, data));
     if (check.Check(value)) return { value };
     const problem = check.Errors(value).First();
     const field = problem?.path.replace(/^\//, '') ?? '';
     // The input itself is never echoed: a client cannot make the answer carry what it sent.
     const detail =
-      field === 'taskId' ? '`taskId` must be a UUID (8-4-4-4-12 hex digits)' : `\`${field || 'request'}\`: ${problem?.message ?? 'invalid'}`;
+      field === 'taskId'
+        ? '`taskId` must be a UUID (8-4-4-4-12 hex digits)'
+        : `\`${field || 'request'}\`: ${problem?.message ?? 'invalid'}`;
     return { error: new Error(detail) };
   };
 };
@@ -156,12 +155,22 @@ const RESYNC_ANSWER: Record<ResyncReason, Answer> = {
 const OPEN = Buffer.from('{"items":[');
 const COMMA = Buffer.from(',');
 
+/**
+ * The JSON text of a replayed frame: the frame is framed for WebSocket once, as every socket gets
+ * it (src/transport/websocket-frame.ts: FIN + text, unmasked, the length in 7, 7+16 or 7+64 bits),
+ * so its payload is what follows that header. A view, not a copy.
+ */
+function jsonOf(frame: Buffer): Buffer {
+  const length = frame[1]! & 0x7f;
+  return frame.subarray(length < 126 ? 2 : length === 126 ? 4 : 10);
+}
+
 /** The body, around the frames' JSON text as it is. */
-function pageBody(frames: ReadonlyArray<{ frame: Buffer }>, cursor: string, more: boolean, truncated: boolean): Buffer {
+function pageBody(frames: readonly Replayed[], cursor: string, more: boolean, truncated: boolean): Buffer {
   const parts: Buffer[] = [OPEN];
   frames.forEach(({ frame }, i) => {
     if (i > 0) parts.push(COMMA);
-    parts.push(frame);
+    parts.push(jsonOf(frame));
   });
   parts.push(Buffer.from(`],"cursor":${JSON.stringify(cursor)},"more":${more},"truncated":${truncated}}`));
   return Buffer.concat(parts);
@@ -229,11 +238,12 @@ export async function historyRoutes(child: FastifyInstance, options: HistoryRout
           return answer(reply, HistoryError.UNAVAILABLE);
         }
         if (!read.ok) return answer(reply, 'hidden' in read ? HistoryError.NOT_FOUND : RESYNC_ANSWER[read.resync]);
+        const { frames, last, more, truncated } = read.page;
         return reply
           .code(200)
           .header('cache-control', 'no-store')
           .type('application/json; charset=utf-8')
-          .send(pageBody(read.frames, read.last, read.more, after === HISTORY_START && read.truncated !== undefined));
+          .send(pageBody(frames, last, more, after === HISTORY_START && truncated !== undefined));
       },
     });
   }
