@@ -181,6 +181,8 @@ describe('pages', () => {
     assert.equal(second.more, false);
 
     const empty = await server.task(ownerId);
+    // `after=start` is the same as no `after`.
+    assert.deepEqual(await page(server, outputPath(taskId, '?after=start'), key), first);
     const none = await page(server, outputPath(empty), key);
     assert.deepEqual({ items: none.items, more: none.more, truncated: none.truncated }, { items: [], more: false, truncated: false });
     assert.equal(typeof none.cursor, 'string');
@@ -355,7 +357,11 @@ describe('bad requests', () => {
   test('400 INVALID_CURSOR for an `after` that is not a cursor of this log', async () => {
     const { ownerId, key } = await server.owner();
     const taskId = await server.task(ownerId);
-    for (const garbage of ['garbage', 'x'.repeat(128), '0-0-0', '💥']) {
+    // Well-formed, but of another log: its log id differs.
+    const [real] = await publishOutputs(server, taskId, ownerId, ['x']);
+    const logId = real!.split('.')[0]!;
+    const otherLog = `${logId === '00000000' ? '00000001' : '00000000'}${real!.slice(logId.length)}`;
+    for (const garbage of ['garbage', 'x'.repeat(128), '0-0-0', '💥', otherLog]) {
       const answer = await get(server, outputPath(taskId, `?after=${encodeURIComponent(garbage)}`), key);
       assert.deepEqual(
         { status: answer.status, body: answer.body },
