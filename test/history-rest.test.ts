@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
+import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance } from 'fastify';
 import meshSubscriptions, { type Principal } from '../src/index.js';
@@ -536,7 +537,7 @@ describe('a host of its own (memory bus, resolveOwners)', () => {
     assert.equal((await read(updatesPath(taskId))).status, 200);
   });
 
-  test('a host’s own hook answers pass through unchanged', async () => {
+  test('a host’s own hook answers pass through unchanged: an auth guard’s 401, @fastify/rate-limit’s 429', async () => {
     const GUARD_BODY = { error: 'Unauthorized', message: 'the host wants its token' };
     const { read } = await host({}, async (app) => {
       app.addHook('onRequest', async (request, reply) => {
@@ -545,6 +546,18 @@ describe('a host of its own (memory bus, resolveOwners)', () => {
     });
     const guarded = await read(outputPath(randomUUID()), {});
     assert.deepEqual([guarded.status, guarded.body], [401, GUARD_BODY]);
+
+    const limited = await host({}, async (app) => {
+      await app.register(rateLimit, { max: 1, timeWindow: '1 minute' });
+    });
+    const taskId = randomUUID();
+    limited.tasks.set(taskId, owner);
+    assert.equal((await limited.read(outputPath(taskId))).status, 200);
+    const refused = await limited.read(updatesPath(taskId));
+    assert.deepEqual(
+      [refused.status, refused.body],
+      [429, { statusCode: 429, error: 'Too Many Requests', message: 'Rate limit exceeded, retry in 1 minute' }],
+    );
   });
 
   test('in the host’s OpenAPI document: both routes with their parameters, page and error schemas, and the security a host adds', async () => {

@@ -25,7 +25,7 @@ test('the REST history routes are documented with their parameters, page schema 
   for (const [path, frame] of [
     ['/api/v1/mesh/tasks/{taskId}/output', 'taskOutput'],
     ['/api/v1/mesh/tasks/{taskId}/updates', 'taskUpdated'],
-  ]) {
+  ] as const) {
     const route = document.paths[path]?.get;
     assert.ok(route, `${path} is missing`);
     assert.deepEqual(route.parameters.map((p: { in: string; name: string }) => `${p.in}:${p.name}`).sort(), [

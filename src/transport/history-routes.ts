@@ -55,7 +55,10 @@ const Query = Type.Object({
 type Params = Static<typeof Params>;
 type Query = Static<typeof Query>;
 
-/** The frame schemas without their `$id`: an `$id` nested in a route's schema would be registered once per route. */
+/**
+ * The frame schemas inline, without their `$id`: with it, a host's OpenAPI generator lifts them into
+ * its own components, under names of its choosing (`def-1`), beside the host's schemas.
+ */
 const frameSchema = ({ $id: _id, ...schema }: TSchema): TSchema => schema;
 
 const page = (item: TSchema, what: string) =>
