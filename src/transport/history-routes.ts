@@ -206,6 +206,16 @@ const DESCRIPTION = [
 export async function historyRoutes(child: FastifyInstance, options: HistoryRoutesOptions): Promise<void> {
   const { prefix, authenticate, history } = options;
   for (const stream of STREAMS) {
+    // Documentation keys (`summary`, `tags`) are OpenAPI's, not Fastify's own FastifySchema: kept apart
+    // from the route literal, as a host without @fastify/swagger's types does not know them.
+    const schema = {
+      summary: stream.summary,
+      description: DESCRIPTION,
+      tags: ['Mesh'],
+      params: Params,
+      querystring: Query,
+      response: responses(stream.item, stream.what),
+    };
     child.route<{ Params: Params; Querystring: Query }>({
       method: 'GET',
       url: `${prefix}${stream.path}`,
@@ -213,14 +223,7 @@ export async function historyRoutes(child: FastifyInstance, options: HistoryRout
       validatorCompiler: typeBoxValidator,
       // Answered in the handler, after authentication, as INVALID_REQUEST (not the host's error handler's shape).
       attachValidation: true,
-      schema: {
-        summary: stream.summary,
-        description: DESCRIPTION,
-        tags: ['Mesh'],
-        params: Params,
-        querystring: Query,
-        response: responses(stream.item, stream.what),
-      },
+      schema,
       handler: async (request, reply) => {
         const outcome = await authenticateRequest(authenticate, request);
         if (!outcome.ok && outcome.why === 'unavailable') {
