@@ -64,6 +64,13 @@ export const PlainOptionsSchema = Type.Object({
     refusal: '"" or a path like "/api/v1" (leading slash, no trailing slash)',
     nullIsUnset: true,
   }),
+  historyRoutes: Type.Boolean({
+    default: true,
+    description:
+      "serve `GET {prefix}/mesh/tasks/{taskId}/output` and `…/updates`: a task's retained history, a page at a time, " +
+      'authenticated by `authenticate` (PROTOCOL.md, "REST history"); `false`: the routes do not exist',
+    refusal: 'a boolean',
+  }),
   bus: Type.Union([Type.Literal('memory'), Type.Literal('postgres')], {
     description:
       'where events are logged: this process only, recent events kept in memory for `since` (`memory`), or the ' +
