@@ -15,7 +15,7 @@ test('GET /api/v1/mesh/tasks/subscribe is documented with a 101 response', async
   assert.match(route.responses['101'].description, /Switching Protocols/);
   assert.match(route.description, /subscribeAll/);
   assert.ok(route.responses['401']);
-  for (const path of ['/api/v1/mesh/tasks', '/api/v1/mesh/tasks/{id}', '/api/v1/mesh/tasks/{id}/output', '/healthz']) {
+  for (const path of ['/api/v1/mesh/tasks', '/api/v1/mesh/tasks/{taskId}', '/api/v1/mesh/tasks/{taskId}/output', '/healthz']) {
     assert.ok(document.paths[path], `${path} is missing`);
   }
 });
