@@ -133,6 +133,7 @@ function setup(options: Options = {}) {
     updates: new Set(options.updates ?? ['t1']),
     all: options.all ?? false,
     open: true,
+    lostSight: () => assert.fail('no test here takes a task away'),
     isOpen() {
       return this.open;
     },

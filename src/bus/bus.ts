@@ -4,7 +4,7 @@
  * instances and keeps them for replay. Either hands the hub each new event once, in log order.
  */
 import type { TaskOutputEvent, TaskUpdateEvent } from '../protocol/codec.js';
-import type { ResyncReason } from '../protocol/wire.js';
+import type { ResyncReason, TruncatedReason } from '../protocol/wire.js';
 
 /** An event to log. `event.ownerId` undefined: the owner is looked up on delivery. */
 export type BusEntry = { kind: 'update'; event: TaskUpdateEvent } | { kind: 'output'; event: TaskOutputEvent };
@@ -21,7 +21,7 @@ export type ReplayStream =
   | { kind: 'all'; ownerId: string | null };
 
 /** Why a replay cannot be made; the client gets `resyncRequired` with it. */
-export type { ResyncReason };
+export type { ResyncReason, TruncatedReason };
 
 /** How much one page of a replay may hold; the first page also says how far back a replay may reach. */
 export interface PageSize {
@@ -33,11 +33,16 @@ export interface PageSize {
 }
 
 /**
- * One page of a replay. `last` is the cursor of the last event read (the next page starts after
- * it), `more` whether events may follow it. Each page is read in one snapshot of the log, with
- * its check for pruning: a page is gapless from where it starts, or the answer is `expired`.
+ * One page of a replay. `last` is where the next page starts: the cursor of the last event read
+ * while `more` (events may follow it); on the last page, the snapshot's horizon, at or after every
+ * event the snapshot could see (a real cursor, even for an empty history), so that a stream that
+ * goes live from it neither misses nor repeats one. Each page is read in one snapshot of the log,
+ * with its check for pruning: a page is gapless from where it starts, or the answer is `expired`.
+ * `truncated`, on the first page of a replay from HISTORY_START only: the history does not begin
+ * at the stream's first event.
  */
-export type ReplayPage = { ok: true; events: LoggedEvent[]; last: string; more: boolean } | { ok: false; resync: ResyncReason };
+export type ReplayPage =
+  { ok: true; events: LoggedEvent[]; last: string; more: boolean; truncated?: TruncatedReason } | { ok: false; resync: ResyncReason };
 
 /** Receives new events in log order; resolves once they have been handed to the sockets. */
 export type BusSink = (events: readonly LoggedEvent[]) => Promise<void>;
@@ -53,7 +58,9 @@ export interface EventBus {
   publish(entry: BusEntry, transaction?: unknown): Promise<string>;
   /**
    * The events of `stream` after `after`, in log order, one page of them: everything the stream
-   * would have delivered. Owner filtering is left to the caller.
+   * would have delivered. Owner filtering is left to the caller. `after` HISTORY_START (task
+   * streams only): from the stream's oldest retained event, or, past `page.limit` events, from the
+   * newest `limit` of them.
    */
   replay(stream: ReplayStream, after: string, page: PageSize): Promise<ReplayPage>;
   /** A cursor before everything the log will deliver from now on: where a new stream starts. */

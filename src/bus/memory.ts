@@ -1,6 +1,7 @@
 /**
  * The one-process bus: events go straight to this process's sockets, and the last `historySize`
- * stay in a ring for `since`. Cursors are `<epoch>.<sequence>`, the epoch drawn at start, so a
+ * stay in a ring for `since` (a ring for the whole process: a busy task pushes a quiet one's
+ * events out; the PostgreSQL bus keeps them per task). Cursors are `<epoch>.<sequence>`, the epoch drawn at start, so a
  * cursor from another process or an earlier run is told apart rather than misread.
  */
 import { randomBytes } from 'node:crypto';
@@ -14,6 +15,7 @@ import {
   type ReplayPage,
   type ReplayStream,
 } from './bus.js';
+import { HISTORY_START, type TruncatedReason } from '../protocol/wire.js';
 
 const CURSOR = /^([0-9a-f]{8})\.([1-9][0-9]{0,15}|0)$/;
 
@@ -23,6 +25,14 @@ export class MemoryBus implements EventBus {
   /** A ring: entry of sequence s is at (s - 1) % size, for the last `size` sequences. */
   private readonly ring: LoggedEvent[] = [];
   private sink: BusSink | undefined;
+  /**
+   * Per task stream, the sequence of its first event: a history from HISTORY_START tells whether
+   * the ring still holds it. Bounded: when it outgrows the ring, the entries of streams whose
+   * first event left the ring go, and from then on a stream seen for the first time may be one of
+   * those, so its history counts as truncated (0): a false marker, never a silent gap.
+   */
+  private readonly firsts = new Map<string, number>();
+  private forgot = false;
 
   constructor(private readonly size: number) {}
 
@@ -38,20 +48,39 @@ export class MemoryBus implements EventBus {
     const sequence = ++this.sequence;
     const logged = { ...entry, cursor: `${this.epoch}.${sequence}`, publishedAt: Date.now() } as LoggedEvent;
     this.ring[(sequence - 1) % this.size] = logged;
+    const stream = `${entry.kind}:${entry.event.taskId}`;
+    if (!this.firsts.has(stream)) {
+      if (this.firsts.size >= 4 * this.size) this.forgetGone();
+      this.firsts.set(stream, this.forgot ? 0 : sequence);
+    }
     await this.sink?.([logged]);
     return logged.cursor;
   }
 
   async replay(stream: ReplayStream, after: string, page: PageSize): Promise<ReplayPage> {
-    const match = CURSOR.exec(after);
-    if (!match || match[1] !== this.epoch || Number(match[2]) > this.sequence) return { ok: false, resync: 'unknownCursor' };
-    const from = Number(match[2]) + 1;
-    const oldest = Math.max(1, this.sequence - this.size + 1);
-    if (from < oldest) return { ok: false, resync: 'expired' };
+    const oldest = this.oldest();
+    let from: number;
+    let truncated: TruncatedReason | undefined;
+    if (after === HISTORY_START && stream.kind !== 'all') {
+      from = oldest;
+      const first = this.firsts.get(`${stream.kind}:${stream.taskId}`);
+      if (first === undefined ? this.forgot : first < oldest) truncated = 'retention';
+    } else {
+      const match = CURSOR.exec(after);
+      if (!match || match[1] !== this.epoch || Number(match[2]) > this.sequence) return { ok: false, resync: 'unknownCursor' };
+      from = Number(match[2]) + 1;
+      if (from < oldest) return { ok: false, resync: 'expired' };
+    }
     if (page.limit !== undefined) {
       let count = 0;
-      for (let s = from; s <= this.sequence; s++)
-        if (matches(stream, this.at(s)) && ++count > page.limit) return { ok: false, resync: 'tooFarBehind' };
+      for (let s = this.sequence; s >= from; s--) {
+        if (!matches(stream, this.at(s)) || ++count <= page.limit) continue;
+        if (after !== HISTORY_START) return { ok: false, resync: 'tooFarBehind' };
+        // From the start, the newest `limit` events: a transcript shows its end.
+        from = s + 1;
+        truncated = 'maxReplay';
+        break;
+      }
     }
     const events: LoggedEvent[] = [];
     let bytes = 0;
@@ -62,7 +91,21 @@ export class MemoryBus implements EventBus {
       events.push(e);
       bytes += e.kind === 'output' ? e.event.content.length : 64;
     }
-    return { ok: true, events, last: `${this.epoch}.${s - 1}`, more: s <= this.sequence };
+    // The last page ends at the head: nothing of the stream comes before it any more.
+    const more = s <= this.sequence;
+    const result: ReplayPage = { ok: true, events, last: `${this.epoch}.${more ? s - 1 : this.sequence}`, more };
+    if (truncated) result.truncated = truncated;
+    return result;
+  }
+
+  private oldest(): number {
+    return Math.max(1, this.sequence - this.size + 1);
+  }
+
+  private forgetGone(): void {
+    const oldest = this.oldest();
+    for (const [stream, first] of this.firsts) if (first < oldest) this.firsts.delete(stream);
+    this.forgot = true;
   }
 
   private at(sequence: number): LoggedEvent {

@@ -219,6 +219,10 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
     return !this.closed;
   }
 
+  lostSight(subscription: 'subscribe' | 'subscribeOutput', taskId: string): void {
+    this.steps.run(() => (subscription === 'subscribe' ? this.dropUpdates(taskId) : this.dropOutput(taskId)));
+  }
+
   /** After re-authentication: the index re-files `subscribeAll`, and tasks no longer visible go. */
   changePrincipal(principal: Principal): void {
     const { index } = this.context;

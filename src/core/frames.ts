@@ -5,6 +5,7 @@
 import {
   encodeAck,
   encodeError,
+  encodeHistoryTruncated,
   encodeLagged,
   encodeResyncRequired,
   encodeTaskOutput,
@@ -15,7 +16,7 @@ import {
   type TaskOutputEvent,
   type TaskUpdateEvent,
 } from '../protocol/codec.js';
-import type { ErrorCode, ResyncReason } from '../protocol/wire.js';
+import type { ErrorCode, ResyncReason, TruncatedReason } from '../protocol/wire.js';
 import type { FrameText } from './ports.js';
 
 export type ResumableSubscription = 'subscribe' | 'subscribeAll' | 'subscribeOutput';
@@ -43,6 +44,10 @@ export class Frames {
 
   resyncRequired(subscription: ResumableSubscription, taskId: string | undefined, reason: ResyncReason): Buffer {
     return this.frame(encodeResyncRequired(subscription, taskId, reason));
+  }
+
+  historyTruncated(subscription: 'subscribe' | 'subscribeOutput', taskId: string, reason: TruncatedReason): Buffer {
+    return this.frame(encodeHistoryTruncated(subscription, taskId, reason));
   }
 
   taskUpdated(event: TaskUpdateEvent, cursor: string): Buffer {

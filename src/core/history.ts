@@ -5,8 +5,8 @@
  */
 import pLimit, { type LimitFunction } from 'p-limit';
 import pTimeout from 'p-timeout';
-import type { EventBus, LoggedEvent, ReplayStream } from '../bus/bus.js';
-import type { History, Replayed, ReplayResult } from './history-types.js';
+import type { EventBus, LoggedEvent, ReplayPage, ReplayStream } from '../bus/bus.js';
+import type { History, Replayed, ReplayedPage, ReplayResult, TaskStream } from './history-types.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
 import type { Principal } from './ports.js';
 import { canSee } from './principal.js';
@@ -25,6 +25,8 @@ export interface HistorySettings {
   /** Payload bytes per page, at most (it always holds at least one event). */
   pageBytes: number;
 }
+
+const HIDDEN = { ok: false, hidden: true } as const;
 
 export class EventHistory implements History {
   private readonly pages: LimitFunction;
@@ -54,17 +56,12 @@ export class EventHistory implements History {
   async replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayResult> {
     if (stream.kind === 'all' && !principal.admin && principal.ownerId === null)
       return { ok: true, page: { frames: [], last: after, more: false } };
-    const limit = first ? this.settings.maxEvents : undefined;
-    // Bounded, so that a database gone mute cannot hold the replay slots (and the sockets) forever.
-    const read = await this.pages(() =>
-      pTimeout(this.bus.replay(stream, after, { rows: PAGE_ROWS, bytes: this.pageBytes, limit }), {
-        milliseconds: PAGE_TIMEOUT_MS,
-        message: `a replay page took longer than ${PAGE_TIMEOUT_MS} ms`,
-      }),
-    );
+    const read = await this.read(stream, after, PAGE_ROWS, first ? this.settings.maxEvents : undefined);
     if (!read.ok) return read;
-    // Events logged without a settled owner: one batched lookup for their tasks; a task whose owner
-    // cannot be settled is admins-only.
+    // Decided once the page is read: an owner change that committed before takes it from the old owner.
+    if (stream.kind !== 'all') return (await this.visibleNow(principal, stream.taskId)) ? this.page(read) : HIDDEN;
+    // Across tasks, each event goes by the owner it was logged with. Events logged without a
+    // settled owner: one batched lookup for their tasks; a task whose owner cannot be settled is admins-only.
     const looked = new Map<string, string | null>();
     const unknown = new Set(read.events.filter((e) => e.event.ownerId === undefined).map((e) => e.event.taskId));
     await Promise.all(
@@ -73,13 +70,48 @@ export class EventHistory implements History {
         looked.set(taskId, answer === NO_SUCH_TASK ? null : answer);
       }),
     );
+    return this.page(read, (e) =>
+      canSee(principal, e.event.ownerId !== undefined ? e.event.ownerId : (looked.get(e.event.taskId) ?? null)),
+    );
+  }
+
+  /**
+   * One page of a task's history for the REST routes: `rows` events at most after `after` (a cursor
+   * or HISTORY_START), `hidden` unless `principal` may see the task now. Throws
+   * OwnerLookupUnavailableError when that cannot be checked.
+   */
+  async taskPage(principal: Principal, stream: TaskStream, after: string, rows: number): Promise<ReplayResult> {
+    // Asked first, the same way for a task that is not there and one that is not the caller's.
+    if (!(await this.visibleNow(principal, stream.taskId))) return HIDDEN;
+    const read = await this.read(stream, after, Math.max(1, Math.min(PAGE_ROWS, rows)), undefined);
+    return read.ok ? this.page(read) : read;
+  }
+
+  /** One page of the bus, bounded in time so that a database gone mute cannot hold the replay slots (and the sockets) forever. */
+  private read(stream: ReplayStream, after: string, rows: number, limit: number | undefined): Promise<ReplayPage> {
+    return this.pages(() =>
+      pTimeout(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit }), {
+        milliseconds: PAGE_TIMEOUT_MS,
+        message: `a replay page took longer than ${PAGE_TIMEOUT_MS} ms`,
+      }),
+    );
+  }
+
+  private async visibleNow(principal: Principal, taskId: string): Promise<boolean> {
+    const owner = await this.owners.lookup(taskId);
+    return owner !== NO_SUCH_TASK && canSee(principal, owner);
+  }
+
+  /** The frames of a page's events (those `visible` lets through; undefined: all). */
+  private page(read: ReplayPage & { ok: true }, visible?: (e: LoggedEvent) => boolean): ReplayResult {
     const frames: Replayed[] = [];
     for (const e of read.events) {
-      const { taskId, ownerId } = e.event;
-      if (!canSee(principal, ownerId !== undefined ? ownerId : (looked.get(taskId) ?? null))) continue;
+      if (visible && !visible(e)) continue;
       const frame = this.frameOf(e);
-      if (frame) frames.push({ kind: e.kind, taskId, cursor: e.cursor, frame });
+      if (frame) frames.push({ kind: e.kind, taskId: e.event.taskId, cursor: e.cursor, frame });
     }
-    return { ok: true, page: { frames, last: read.last, more: read.more } };
+    const page: ReplayedPage = { frames, last: read.last, more: read.more };
+    if (read.truncated) page.truncated = read.truncated;
+    return { ok: true, page };
   }
 }

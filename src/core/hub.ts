@@ -37,6 +37,8 @@ export class MeshHub {
   readonly index = new SubscriptionIndex<ClientConnection>();
   readonly connections = new Set<ClientConnection>();
   readonly channels: Channels;
+  /** The log as replays and the REST history read it, for the principal asking. */
+  readonly history: EventHistory;
   readonly events: MeshEvents;
 
   private readonly bus: EventBus;
@@ -57,7 +59,7 @@ export class MeshHub {
     const frames = new Frames(parts.frameText);
     this.channels = new Channels(bus, owners, settings, log);
     this.delivery = new DeliveryPipeline(this.index, owners, frames, this.channels, metrics, log);
-    const history = new EventHistory(
+    const history = (this.history = new EventHistory(
       bus,
       owners,
       (logged) => this.delivery.frameOf(logged),
@@ -67,7 +69,7 @@ export class MeshHub {
         concurrency: settings.replay.concurrency,
         pageBytes: Math.floor(settings.backpressure.soft / 2),
       },
-    );
+    ));
     this.reauth = new ReauthSweep(parts.recheck, metrics);
     this.context = {
       index: this.index,

@@ -43,7 +43,7 @@ export interface Logger {
 }
 
 /** Server frame types, as counted. */
-export type FrameOutType = 'taskUpdated' | 'taskOutput' | 'ack' | 'error' | 'lagged' | 'resyncRequired';
+export type FrameOutType = 'taskUpdated' | 'taskOutput' | 'ack' | 'error' | 'lagged' | 'resyncRequired' | 'historyTruncated';
 export type AuthStage = 'upgrade' | 'reauthenticate' | 'ticket';
 /** Why a logged event reached no socket: unreadable from the log, invalid there, or not encodable. */
 export type DropReason = 'unreadable' | 'invalid' | 'unencodable';

@@ -19,6 +19,7 @@ import type { ReplayStream, ResyncReason } from '../bus/bus.js';
 import type { Frames, ResumableSubscription } from './frames.js';
 import type { History } from './history-types.js';
 import type { MetricsSink, Principal } from './ports.js';
+import { HISTORY_START } from '../protocol/wire.js';
 
 /** A stream of a socket's: `u:<task>`, `o:<task>` or `all`. */
 export type StreamKey = string;
@@ -42,6 +43,8 @@ export interface Resumer {
   readonly updates: ReadonlySet<string> | undefined;
   readonly all: boolean;
   isOpen(): boolean;
+  /** The principal may no longer see this task: its subscription ends (the client is told). */
+  lostSight(subscription: 'subscribe' | 'subscribeOutput', taskId: string): void;
 }
 
 export interface ResumeSettings {
@@ -173,8 +176,17 @@ export class ResumeSeams {
         seam.overflowed = false;
         const result = await history.replayPage(socket.principal, current(), after, first);
         if (!socket.isOpen()) return;
-        if (!result.ok) return resync(result.resync);
+        if (!result.ok) {
+          if ('resync' in result) return resync(result.resync);
+          this.end(key);
+          return socket.lostSight(subscription as 'subscribe' | 'subscribeOutput', taskId!);
+        }
         const { page } = result;
+        // Before the first event: the history does not begin at the task's first one.
+        if (page.truncated) {
+          out.control(this.frames.historyTruncated(subscription as 'subscribe' | 'subscribeOutput', taskId!, page.truncated));
+          this.metrics.sent('historyTruncated');
+        }
         let count = 0;
         for (const frame of page.frames) {
           if (frame.kind === 'update' && this.hasAlready(burst, frame.taskId, frame.cursor)) continue;
@@ -191,7 +203,7 @@ export class ResumeSeams {
       }
       // Caught up with the last page's snapshot; what came live while it was read is newer than
       // it (or in it): sent now, in order, and the seam moves past it.
-      let floor = history.compare(after, since) > 0 ? after : since;
+      let floor = since === HISTORY_START || history.compare(after, since) > 0 ? after : since;
       for (const aside of seam.aside) {
         if (history.compare(aside.cursor, floor) <= 0) continue;
         floor = aside.cursor;

@@ -6,9 +6,13 @@
 import type { Sql } from 'postgres';
 import type { LoggedEvent, PageSize, ReplayPage, ReplayStream } from '../bus.js';
 import { after, type Cursors, type Position } from './cursor.js';
+import { HISTORY_START, type TruncatedReason } from '../../protocol/wire.js';
 import type { PostgresOptions } from '../../options.js';
 import { toLogged, type Row, type RowOptions } from './rows.js';
 import { logTables } from './schema.js';
+
+/** Before every event: where a history from HISTORY_START reads on from. */
+const ORIGIN: Position = { txid: 0n, id: 0n };
 
 export class Replay {
   private readonly tables: ReturnType<typeof logTables>;
@@ -22,8 +26,10 @@ export class Replay {
   }
 
   async page(stream: ReplayStream, start: string, page: PageSize): Promise<ReplayPage> {
-    const from = this.cursors.parse(start);
-    if (!from) return { ok: false, resync: 'unknownCursor' };
+    const fromStart = start === HISTORY_START && stream.kind !== 'all';
+    const parsed = fromStart ? ORIGIN : this.cursors.parse(start);
+    if (!parsed) return { ok: false, resync: 'unknownCursor' };
+    let from: Position = parsed;
     // One snapshot for the pruning check and the read: a prune that commits in between cannot
     // remove rows after `after` unnoticed.
     return this.sql.begin('isolation level repeatable read read only', async (transaction): Promise<ReplayPage> => {
@@ -36,42 +42,66 @@ export class Replay {
           task_id: string | null;
           head_txid: string | null;
           head_id: string | null;
+          horizon_txid: string | null;
+          horizon_id: string | null;
         }[]
       >`
         SELECT m.pruned_txid::text, m.pruned_id::text, t.pruned_txid::text AS task_txid, t.pruned_id::text AS task_id,
-               h.txid::text AS head_txid, h.id::text AS head_id
+               h.txid::text AS head_txid, h.id::text AS head_id, z.txid::text AS horizon_txid, z.id::text AS horizon_id
         FROM ${tx.unsafe(this.tables.meta)} m
         LEFT JOIN LATERAL (${this.prunedFor(tx, stream)}) t ON true
-        LEFT JOIN LATERAL (SELECT txid, id FROM ${tx.unsafe(this.tables.log)} ORDER BY txid DESC, id DESC LIMIT 1) h ON true`;
+        LEFT JOIN LATERAL (SELECT txid, id FROM ${tx.unsafe(this.tables.log)} ORDER BY txid DESC, id DESC LIMIT 1) h ON true
+        -- The newest event every snapshot from now on sees (nothing before it can still commit).
+        LEFT JOIN LATERAL (
+          SELECT txid, id FROM ${tx.unsafe(this.tables.log)} WHERE (txid, id) < (pg_snapshot_xmin(pg_current_snapshot()), 0)
+          ORDER BY txid DESC, id DESC LIMIT 1) z ON true`;
       const pruned = { txid: BigInt(state!.pruned_txid), id: BigInt(state!.pruned_id) };
-      if (after(pruned, from)) return { ok: false, resync: 'expired' };
-      if (state!.task_txid !== null && after({ txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) }, from))
-        return { ok: false, resync: 'expired' };
-      const head = state!.head_txid === null ? pruned : { txid: BigInt(state!.head_txid), id: BigInt(state!.head_id!) };
-      if (after(from, head) && after(from, pruned)) return { ok: false, resync: 'unknownCursor' };
-      const events = this.eventsOf(tx, stream, from);
-      if (page.limit !== undefined) {
+      const taskPruned = state!.task_txid === null ? undefined : { txid: BigInt(state!.task_txid), id: BigInt(state!.task_id!) };
+      let truncated: TruncatedReason | undefined;
+      if (fromStart) {
+        // Per task, retention records where it pruned: that is where this history begins.
+        if (taskPruned) truncated = 'retention';
+      } else {
+        if (after(pruned, from)) return { ok: false, resync: 'expired' };
+        if (taskPruned && after(taskPruned, from)) return { ok: false, resync: 'expired' };
+        const head = state!.head_txid === null ? pruned : { txid: BigInt(state!.head_txid), id: BigInt(state!.head_id!) };
+        if (after(from, head) && after(from, pruned)) return { ok: false, resync: 'unknownCursor' };
+      }
+      const horizon = state!.horizon_txid === null ? pruned : { txid: BigInt(state!.horizon_txid), id: BigInt(state!.horizon_id!) };
+      if (fromStart && page.limit !== undefined) {
+        // Beyond the limit, the newest `limit` events: a transcript shows its end.
+        const [cut] = await tx<{ txid: string; id: string }[]>`
+          SELECT txid::text, id::text FROM ${this.eventsOf(tx, stream, from)} ORDER BY e.txid DESC, e.id DESC OFFSET ${page.limit} LIMIT 1`;
+        if (cut) {
+          from = { txid: BigInt(cut.txid), id: BigInt(cut.id) };
+          truncated = 'maxReplay';
+        }
+      } else if (page.limit !== undefined) {
         const [count] = await tx<{ n: number }[]>`
-          SELECT count(*)::int AS n FROM (SELECT 1 FROM ${events} LIMIT ${page.limit + 1}) c`;
+          SELECT count(*)::int AS n FROM (SELECT 1 FROM ${this.eventsOf(tx, stream, from)} LIMIT ${page.limit + 1}) c`;
         if (count!.n > page.limit) return { ok: false, resync: 'tooFarBehind' };
       }
       // The page stops at the row that takes it past `bytes`: it always holds at least one.
       const rows = await tx<(Row & { fetched: number })[]>`
         WITH page AS (
           SELECT txid, id, kind, task_id, owner_id, owner_given, payload, octet_length(payload::text) AS size
-          FROM ${events}
+          FROM ${this.eventsOf(tx, stream, from)}
           -- Qualified: a bare name would sort by the text column of the same name in the output.
           ORDER BY e.txid, e.id LIMIT ${page.rows}),
         sized AS (SELECT *, sum(size) OVER (ORDER BY txid, id) - size AS before, count(*) OVER () AS fetched FROM page)
         SELECT txid::text, id::text, kind, task_id::text, owner_id::text, owner_given, payload, fetched::int
         FROM sized WHERE before < ${page.bytes} ORDER BY sized.txid, sized.id`;
       const last = rows.at(-1);
-      return {
+      const more = last !== undefined && (rows.length < last.fetched || last.fetched === page.rows);
+      const end = more ? { txid: BigInt(last.txid), id: BigInt(last.id) } : after(horizon, from) ? horizon : from;
+      const result: ReplayPage = {
         ok: true,
         events: rows.map((row) => toLogged(row, this.cursors, this.options)).filter((e): e is LoggedEvent => e !== undefined),
-        last: last ? this.cursors.format(last.txid, last.id) : start,
-        more: last !== undefined && (rows.length < last.fetched || last.fetched === page.rows),
+        last: end === from && !fromStart ? start : this.cursors.format(end.txid, end.id),
+        more,
       };
+      if (truncated) result.truncated = truncated;
+      return result;
     });
   }
 

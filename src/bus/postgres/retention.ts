@@ -30,6 +30,20 @@ export class Retention {
     this.tables = logTables(this.options.schema);
   }
 
+  /**
+   * Records, per task, the newest event a round removed (from `gone`): a replay from before it
+   * answers `expired`, and a history from the start says it is truncated. Both rules record it,
+   * the age as well as the count: otherwise a quiet task could not tell a pruned past from none.
+   */
+  private markTasks(sql: Sql<any>) {
+    return sql`
+      INSERT INTO ${sql.unsafe(this.tables.prunedTasks)} (task_id, owner_id, pruned_txid, pruned_id)
+      SELECT DISTINCT ON (task_id) task_id, owner_id, txid, id FROM gone ORDER BY task_id, txid DESC, id DESC
+      ON CONFLICT (task_id) DO UPDATE SET owner_id = excluded.owner_id, pruned_txid = excluded.pruned_txid, pruned_id = excluded.pruned_id
+        WHERE (excluded.pruned_txid, excluded.pruned_id) > (mesh_event_log_pruned_tasks.pruned_txid, mesh_event_log_pruned_tasks.pruned_id)
+      RETURNING 1`;
+  }
+
   /** From now on: no new round, and a round under way stops after its current batch. */
   halt(): void {
     this.stopped = true;
@@ -56,11 +70,12 @@ export class Retention {
             WITH gone AS (
               DELETE FROM ${reserved.unsafe(this.tables.log)} WHERE (txid, id) IN (
                 SELECT txid, id FROM ${reserved.unsafe(this.tables.log)} WHERE created_at < ${cutoff} ORDER BY created_at LIMIT ${PRUNE_BATCH})
-              RETURNING txid, id),
+              RETURNING task_id, owner_id, txid, id),
             newest AS (SELECT txid, id FROM gone ORDER BY txid DESC, id DESC LIMIT 1),
             moved AS (
               UPDATE ${reserved.unsafe(this.tables.meta)} m SET pruned_txid = newest.txid, pruned_id = newest.id FROM newest
-              WHERE (newest.txid, newest.id) > (m.pruned_txid, m.pruned_id) RETURNING 1)
+              WHERE (newest.txid, newest.id) > (m.pruned_txid, m.pruned_id) RETURNING 1),
+            marked AS (${this.markTasks(reserved)})
             SELECT count(*)::int AS n FROM gone`;
           n = r!.n;
           removed += n;
@@ -75,12 +90,7 @@ export class Retention {
           gone AS (
             DELETE FROM ${reserved.unsafe(this.tables.log)} l USING doomed d WHERE l.txid = d.txid AND l.id = d.id
             RETURNING l.task_id, l.owner_id, l.txid, l.id),
-          marked AS (
-            INSERT INTO ${reserved.unsafe(this.tables.prunedTasks)} (task_id, owner_id, pruned_txid, pruned_id)
-            SELECT DISTINCT ON (task_id) task_id, owner_id, txid, id FROM gone ORDER BY task_id, txid DESC, id DESC
-            ON CONFLICT (task_id) DO UPDATE SET owner_id = excluded.owner_id, pruned_txid = excluded.pruned_txid, pruned_id = excluded.pruned_id
-              WHERE (excluded.pruned_txid, excluded.pruned_id) > (mesh_event_log_pruned_tasks.pruned_txid, mesh_event_log_pruned_tasks.pruned_id)
-            RETURNING 1)
+          marked AS (${this.markTasks(reserved)})
           SELECT count(*)::int AS n FROM gone`;
         removed += r!.n;
       } finally {
