@@ -244,6 +244,11 @@ interface Followed {
   fromStart: boolean;
   /** The `historyTruncated` marker was passed on: a repeat (a reconnect before any event) is not. */
   truncationTold?: boolean;
+  /**
+   * A replay asked for on its own (not with the others after a reconnect) waits for its ack: what
+   * another subscription delivers before it, the replay sends again, in order.
+   */
+  awaitingReplay?: boolean;
   listeners: Set<Listener>;
   /** The first ack is still owed: joiners share its answer. */
   pending?: Promise<void>;
@@ -426,7 +431,7 @@ export class MeshClient {
     ready.catch(() => {}); // a refusal also arrives as an `error` event; `ready` need not be awaited
     if (fresh) {
       followed.pending = ready;
-      this.request(followed);
+      this.request(followed, true);
     }
     return {
       ready,
@@ -441,11 +446,13 @@ export class MeshClient {
   }
 
   /** Sends (or, while disconnected, leaves to the next connection) the subscribe frame of `entry`. */
-  private request(entry: Followed): void {
+  private request(entry: Followed, alone = false): void {
     const frame: Record<string, string> = { type: entry.kind };
     if (entry.taskId !== undefined) frame.taskId = entry.taskId;
     const since = entry.cursor ?? (entry.fromStart ? HISTORY_START : undefined);
     if (since !== undefined) frame.since = since;
+    // Sent together after a reconnect, replays do not repeat each other's events: none may wait.
+    entry.awaitingReplay = alone && since !== undefined && this.socket?.readyState === OPEN;
     this.send(frame as { type: ClientFrameType; taskId?: string }, entry);
   }
 
@@ -600,8 +607,10 @@ export class MeshClient {
     const index = this.awaiting.findIndex((owed) => owed.ack === type && owed.taskId === id);
     if (index !== -1) {
       const [{ entry }] = this.awaiting.splice(index, 1) as [Owed];
-      entry?.ready?.resolve();
-      if (entry) entry.ready = undefined;
+      if (!entry) return;
+      entry.awaitingReplay = false;
+      entry.ready?.resolve();
+      entry.ready = undefined;
       return;
     }
     const kind = ENDED_BY[type];
@@ -629,7 +638,7 @@ export class MeshClient {
         ? [this.followed.get(`subscribeOutput:${message.taskId}`)]
         : [this.followed.get(`subscribe:${message.taskId}`), this.followed.get('subscribeAll')];
     const had = this.seen.get(message.cursor);
-    const to = streams.filter((entry): entry is Followed => entry !== undefined && !had?.has(entry));
+    const to = streams.filter((entry): entry is Followed => entry !== undefined && !entry.awaitingReplay && !had?.has(entry));
     if (had) to.forEach((entry) => had.add(entry));
     else this.remember(message.cursor, new Set(to));
     for (const entry of to) {

@@ -18,34 +18,39 @@ export interface Tap {
   hold(): void;
   /** Hands the client what was held, in the order it arrived, and stops holding. */
   release(): void;
-  /** The first frame that arrived (already, or later) and that `accept` takes. */
-  arrived(accept: (frame: Frame) => boolean): Promise<Frame>;
-  /** The first frame the client sent (already, or later) that `accept` takes. */
-  sends(accept: (frame: Frame) => boolean): Promise<Frame>;
+  /** The first frame that arrived (already, or later; from index `from` of `received`) and that `accept` takes. */
+  arrived(accept: (frame: Frame) => boolean, from?: number): Promise<Frame>;
+  /** The first frame the client sent (already, or later; from index `from` of `sent`) that `accept` takes. */
+  sends(accept: (frame: Frame) => boolean, from?: number): Promise<Frame>;
   /** Cuts the current connection without a close handshake (the client sees 1006). */
   drop(): void;
+  /** Stops (and starts again) reading the current connection's TCP socket: the server's writes back up. */
+  pauseReading(): void;
+  resumeReading(): void;
 }
 
 export function tappedWebSocket(): Tap {
   const sent: Frame[] = [];
   const received: Frame[] = [];
   let held: (() => void)[] | undefined;
-  const waiting: { list: Frame[]; accept: (f: Frame) => boolean; resolve: (f: Frame) => void }[] = [];
+  const waiting: { list: Frame[]; from: number; accept: (f: Frame) => boolean; resolve: (f: Frame) => void }[] = [];
   let current: WebSocket | undefined;
   const record = (list: Frame[], frame: Frame) => {
     list.push(frame);
     for (const w of [...waiting]) {
-      if (w.list === list && w.accept(frame)) {
+      if (w.list === list && list.length > w.from && w.accept(frame)) {
         waiting.splice(waiting.indexOf(w), 1);
         w.resolve(frame);
       }
     }
   };
-  const find = (list: Frame[], accept: (f: Frame) => boolean) => {
-    const found = list.find(accept);
+  const find = (list: Frame[], accept: (f: Frame) => boolean, from = 0) => {
+    const found = list.slice(from).find(accept);
     if (found) return Promise.resolve(found);
-    return new Promise<Frame>((resolve) => waiting.push({ list, accept, resolve }));
+    return new Promise<Frame>((resolve) => waiting.push({ list, from, accept, resolve }));
   };
+  /** `ws` keeps its TCP socket here. */
+  const tcp = () => (current as unknown as { _socket: { pause(): void; resume(): void } })._socket;
 
   class Tapped implements WebSocketLike {
     onopen: ((event: any) => void) | null = null;
@@ -93,10 +98,12 @@ export function tappedWebSocket(): Tap {
       held = undefined;
       passes.forEach((pass) => pass());
     },
-    arrived: (accept) => find(received, accept),
-    sends: (accept) => find(sent, accept),
+    arrived: (accept, from) => find(received, accept, from),
+    sends: (accept, from) => find(sent, accept, from),
     drop() {
       current?.terminate();
     },
+    pauseReading: () => tcp().pause(),
+    resumeReading: () => tcp().resume(),
   };
 }
