@@ -43,6 +43,13 @@ let pending: TaskOutput[] = [];
 let drawing = false;
 /** How long one frame may spend adding entries, so that input and painting still get their turn. */
 const SLICE_MS = 8;
+/**
+ * Entries per list of the transcript: the browser skips the lists off screen (CSS
+ * `content-visibility`), so a frame's work does not grow with the transcript.
+ */
+const CHUNK = 250;
+/** The list new entries go to. */
+let chunk: HTMLOListElement | undefined;
 
 async function api<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
   const res = await fetch(`${API}${path}`, {
@@ -142,6 +149,7 @@ function openTask(id: string): void {
   openTaskId = id;
   partial = undefined;
   pending = [];
+  chunk = undefined;
   for (const task of tasks.values()) renderTask(task);
   renderHeader(tasks.get(id)!);
   $('transcript').replaceChildren();
@@ -173,8 +181,8 @@ function follow(id: string, from: SubscriptionStart): void {
 }
 
 /** A line of the transcript that is not output: the history's cut, or the end of following. */
-function note(kind: string, text: string): HTMLLIElement {
-  const item = Object.assign(document.createElement('li'), { className: `note ${kind}`, textContent: text });
+function note(kind: string, text: string): HTMLParagraphElement {
+  const item = Object.assign(document.createElement('p'), { className: `note ${kind}`, textContent: text });
   item.setAttribute('role', 'note');
   return item;
 }
@@ -194,24 +202,38 @@ function appendOutput(o: TaskOutput): void {
   requestAnimationFrame(drawSlice);
 }
 
-/** Adds what one frame's time allows, in one DOM insertion, and leaves the rest to the next frame. */
+/** Adds what one frame's time allows, in one DOM insertion per list, and leaves the rest to the next frame. */
 function drawSlice(): void {
   const started = performance.now();
-  const slice = document.createDocumentFragment();
+  /** New entries for the list already on the page, and new lists. */
+  const more = document.createDocumentFragment();
+  const lists: HTMLOListElement[] = [];
+  let target: HTMLOListElement | DocumentFragment = more;
+  let room = chunk ? CHUNK - chunk.childElementCount : 0;
   let done = 0;
   // The clock is read every 32 entries: reading it costs more than drawing one.
   while (done < pending.length && (done % 32 !== 0 || performance.now() - started < SLICE_MS)) {
-    draw(pending[done++]!, slice);
+    const item = draw(pending[done++]!);
+    if (!item) continue;
+    if (room === 0) {
+      target = document.createElement('ol');
+      lists.push(target);
+      room = CHUNK;
+    }
+    target.append(item);
+    room--;
   }
   pending = pending.slice(done);
-  const transcript = $('transcript');
-  transcript.append(slice);
+  chunk?.append(more);
+  $('transcript').append(...lists);
+  chunk = lists.at(-1) ?? chunk;
   if (pending.length > 0) return void requestAnimationFrame(drawSlice);
   drawing = false;
-  transcript.removeAttribute('aria-busy');
+  $('transcript').removeAttribute('aria-busy');
 }
 
-function draw(o: TaskOutput, slice: DocumentFragment): void {
+/** Draws one output: a new entry to add, or none when it replaced a partial message in place. */
+function draw(o: TaskOutput): HTMLLIElement | undefined {
   // A partial message is shown in place until the next message replaces it (on the page already,
   // or still in this slice).
   const item = partial ?? document.createElement('li');
@@ -245,7 +267,7 @@ function draw(o: TaskOutput, slice: DocumentFragment): void {
     parts.push(Object.assign(document.createElement('span'), { className: 'facts', textContent: facts }));
   }
   item.replaceChildren(...parts);
-  if (!item.parentNode) slice.append(item);
+  return item.parentNode ? undefined : item;
 }
 
 // Sign in and out.
