@@ -166,6 +166,47 @@ test('an ack the server sends on its own ends that subscription; later replies s
   c.close();
 });
 
+test("a subscription whose task moved away while the client was disconnected: its restore is refused, and it is 'ended'", async () => {
+  const alice = await server.owner();
+  const bob = await server.owner();
+  const task = await server.task(alice.ownerId);
+  const tap = tappedWebSocket();
+  const c = createMeshClient({ url: server.baseUrl, apiKey: alice.key, ...fast, WebSocket: tap.WebSocket });
+  clients.push(c);
+  const got = collector<string>(1);
+  const onEnded: SubscriptionEnded[] = [];
+  await c.subscribeOutput(task, (o) => got.push(o.content), { onEnded: (e) => onEnded.push(e) }).ready;
+  await server.app.mesh.taskOutput.publish({
+    taskId: task,
+    ownerId: alice.ownerId,
+    messageType: 'assistant',
+    content: 'a',
+    isPartial: false,
+  });
+  await got.complete;
+  // A live subscription outlives an owner change (what is published after it is not sent); a
+  // restore asks the database again.
+  await db.sql`UPDATE tasks SET owner_id = ${bob.ownerId} WHERE id = ${task}`;
+  const errors: string[] = [];
+  c.on('error', (e) => errors.push(e.code));
+  const ended = new Promise<SubscriptionEnded>((resolve) => c.on('ended', resolve));
+  tap.drop();
+  assert.deepEqual(await ended, { subscription: 'subscribeOutput', taskId: task, reason: 'refused' });
+  assert.deepEqual(onEnded, [{ subscription: 'subscribeOutput', taskId: task, reason: 'refused' }]);
+  assert.deepEqual(errors, ['NOT_FOUND']);
+  // Not asked for again after the next reconnect.
+  const from = tap.sent.length;
+  tap.drop();
+  await statusWhere(c, (s) => s.state === 'reconnecting');
+  await statusWhere(c, (s) => s.state === 'open');
+  await c.subscribeAll().ready;
+  assert.deepEqual(
+    tap.sent.slice(from).map((f) => f.type),
+    ['subscribeAll'],
+  );
+  c.close();
+});
+
 test('a handler that throws or rejects: reported as handlerError, the other handlers still run, the client goes on', async () => {
   const { ownerId, key } = await server.owner();
   const task = await server.task(ownerId);
