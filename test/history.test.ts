@@ -97,6 +97,24 @@ describe('history then live', () => {
     assert.equal(frame.content, 'new');
   });
 
+  test('hostile content in a history (NUL, quotes, deep JSON, 1 MB) comes back exactly as it went out live', async () => {
+    const owner = await a.owner();
+    const taskId = await a.task(owner.ownerId);
+    const deep = JSON.parse(`${'{"d":'.repeat(60)}"\\u0000"${'}'.repeat(60)}`);
+    const live = await a.connect(owner.key);
+    await live.request({ type: 'subscribeOutput', taskId });
+    const sent = [
+      { ...output(taskId, 'nul \u0000 and "quotes" and \\ and \u2028'), toolName: 'Bash', toolInput: deep },
+      output(taskId, 'x'.repeat(1024 * 1024)),
+    ];
+    for (const o of sent) await a.app.mesh.taskOutput.publish(o);
+    const liveFrames = [await live.next(), await live.next()];
+    const client = await b.connect(owner.key);
+    client.send({ type: 'subscribeOutput', taskId, since: 'start' });
+    const replayed = await until(client, (f) => f.cursor === liveFrames[1]!.cursor);
+    assert.deepEqual(replayed.slice(1), liveFrames);
+  });
+
   test('"since": "start" on subscribeAll is refused with PARSE_ERROR, and the socket goes on', async () => {
     const owner = await a.owner();
     const client = await a.connect(owner.key);

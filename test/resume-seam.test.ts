@@ -568,14 +568,32 @@ describe('ResumeSeams: resyncs, failures, closing, room, forget', () => {
     assert.equal(s.live('update', 't1', 7), false, 'a later subscription does not find the old floor');
   });
 
-  test('forget() leaves a replaying seam alone: it finishes, aside frames included', async () => {
+  test('forget() stops a replaying seam: nothing of it is sent afterwards, and its page reads stop', async () => {
     const s = setup();
     const done = s.seams.resume('subscribe', { kind: 'update', taskId: 't1' }, c(5));
     s.seams.forget('u:t1');
-    assert.equal(s.live('update', 't1', 9), true, 'still replaying: taken');
-    s.history.read(1).answer.resolve(page([u('t1', 6)], 6, false));
+    assert.equal(s.live('update', 't1', 9), false, 'no longer replaying: live frames are not taken');
+    s.history.read(1).answer.resolve(page([u('t1', 6)], 6, true));
     await finished(done, s.history);
-    assert.deepEqual(s.out.log, [`replay ${text('update', 't1', 6)}`, `update ${text('update', 't1', 9)}`]);
-    assert.equal(s.live('update', 't1', 9), true, 'and its floor holds afterwards');
+    assert.deepEqual(
+      s.out.log.filter((entry) => entry.startsWith('replay')),
+      [],
+      'the page read meanwhile is not sent',
+    );
+    assert.equal(s.history.reads.length, 1, 'no further page is read');
+  });
+
+  test('a stream resumed again while it replays: the first replay stops, the second one owns the seam', async () => {
+    const s = setup();
+    const earlier = s.seams.resume('subscribe', { kind: 'update', taskId: 't1' }, c(5));
+    const later = s.seams.resume('subscribe', { kind: 'update', taskId: 't1' }, c(7));
+    await turn();
+    const [ofLater, ofEarlier] = [s.history.read(2), s.history.reads[0]!];
+    ofEarlier.answer.resolve(page([u('t1', 6), u('t1', 8)], 8, false));
+    ofLater.answer.resolve(page([u('t1', 8)], 8, false));
+    await finished(earlier, s.history);
+    await finished(later, s.history);
+    assert.deepEqual(s.out.log, [`replay ${text('update', 't1', 8)}`]);
+    assert.equal(s.live('update', 't1', 8), true, 'the second seam holds: a repeat is taken');
   });
 });

@@ -1,7 +1,9 @@
 /**
  * Replays for `since`, as frames for one principal: the bus's pages filtered by the same
  * visibility rule as live delivery. Pages are read a few at a time across all sockets
- * (`replayConcurrency`) and each within a time limit, so that resumes cannot crowd out everyone else.
+ * (`replayConcurrency`) and each within a time limit, so that resumes cannot crowd out everyone
+ * else; and at most half of those at once for one principal, so that a tenant that opens
+ * histories by the thousand waits behind its own, never in front of another's.
  */
 import pLimit, { type LimitFunction } from 'p-limit';
 import pTimeout from 'p-timeout';
@@ -9,7 +11,7 @@ import type { EventBus, LoggedEvent, ReplayPage, ReplayStream } from '../bus/bus
 import type { History, Replayed, ReplayedPage, ReplayResult, TaskStream } from './history-types.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
 import type { Principal } from './ports.js';
-import { canSee } from './principal.js';
+import { canSee, principalKey } from './principal.js';
 
 /** A replay page: few enough rows and bytes to read, encode and write without holding up the loop. */
 const PAGE_ROWS = 500;
@@ -30,6 +32,9 @@ const HIDDEN = { ok: false, hidden: true } as const;
 
 export class EventHistory implements History {
   private readonly pages: LimitFunction;
+  /** Per principal with pages to read: its own turns, `perPrincipal` at once. */
+  private readonly turns = new Map<string, LimitFunction>();
+  private readonly perPrincipal: number;
   private readonly pageBytes: number;
 
   constructor(
@@ -42,6 +47,7 @@ export class EventHistory implements History {
     private readonly settings: HistorySettings,
   ) {
     this.pages = pLimit(settings.concurrency);
+    this.perPrincipal = Math.max(1, Math.floor(settings.concurrency / 2));
     this.pageBytes = Math.max(1, Math.min(PAGE_BYTES, settings.pageBytes));
   }
 
@@ -56,7 +62,7 @@ export class EventHistory implements History {
   async replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayResult> {
     if (stream.kind === 'all' && !principal.admin && principal.ownerId === null)
       return { ok: true, page: { frames: [], last: after, more: false } };
-    const read = await this.read(stream, after, PAGE_ROWS, first ? this.settings.maxEvents : undefined);
+    const read = await this.read(principal, stream, after, PAGE_ROWS, first ? this.settings.maxEvents : undefined);
     if (!read.ok) return read;
     // Decided once the page is read: an owner change that committed before takes it from the old owner.
     if (stream.kind !== 'all') return (await this.visibleNow(principal, stream.taskId)) ? this.page(read) : HIDDEN;
@@ -83,18 +89,26 @@ export class EventHistory implements History {
   async taskPage(principal: Principal, stream: TaskStream, after: string, rows: number): Promise<ReplayResult> {
     // Asked first, the same way for a task that is not there and one that is not the caller's.
     if (!(await this.visibleNow(principal, stream.taskId))) return HIDDEN;
-    const read = await this.read(stream, after, Math.max(1, Math.min(PAGE_ROWS, rows)), undefined);
+    const read = await this.read(principal, stream, after, Math.max(1, Math.min(PAGE_ROWS, rows)), undefined);
     return read.ok ? this.page(read) : read;
   }
 
   /** One page of the bus, bounded in time so that a database gone mute cannot hold the replay slots (and the sockets) forever. */
-  private read(stream: ReplayStream, after: string, rows: number, limit: number | undefined): Promise<ReplayPage> {
-    return this.pages(() =>
-      pTimeout(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit }), {
-        milliseconds: PAGE_TIMEOUT_MS,
-        message: `a replay page took longer than ${PAGE_TIMEOUT_MS} ms`,
-      }),
-    );
+  private read(principal: Principal, stream: ReplayStream, after: string, rows: number, limit: number | undefined): Promise<ReplayPage> {
+    const key = principalKey(principal);
+    let own = this.turns.get(key);
+    if (!own) this.turns.set(key, (own = pLimit(this.perPrincipal)));
+    const slots = own;
+    return slots(() =>
+      this.pages(() =>
+        pTimeout(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit }), {
+          milliseconds: PAGE_TIMEOUT_MS,
+          message: `a replay page took longer than ${PAGE_TIMEOUT_MS} ms`,
+        }),
+      ),
+    ).finally(() => {
+      if (slots.activeCount === 0 && slots.pendingCount === 0 && this.turns.get(key) === slots) this.turns.delete(key);
+    });
   }
 
   private async visibleNow(principal: Principal, taskId: string): Promise<boolean> {

@@ -144,9 +144,12 @@ export class ResumeSeams {
     this.burst = undefined;
   }
 
-  /** A stream unsubscribed: its seam goes too, lest a later subscription find it (a replay in progress keeps its own). */
+  /**
+   * A stream unsubscribed: its seam goes too, lest a later subscription find it, and a replay in
+   * progress stops before its next page (an unsubscribed stream costs nothing more).
+   */
   forget(key: StreamKey): void {
-    if (this.seams?.get(key)?.replaying === false) this.end(key);
+    this.end(key);
   }
 
   /** Replays what `stream` missed since `since`, then leaves it live. Never rejects. */
@@ -158,6 +161,8 @@ export class ResumeSeams {
     const taskId = stream.kind === 'all' ? undefined : stream.taskId;
     const { history, out, socket } = this;
     // Without a replay the client refetches: the stream is live from here.
+    // Unsubscribed, or resumed again (a new seam took this one's place): this replay stops.
+    const abandoned = () => !socket.isOpen() || this.seams?.get(key) !== seam;
     const resync = (reason: ResyncReason) => {
       this.end(key);
       // `since` was no usable start: a later `lagged` points at where the live stream began.
@@ -175,7 +180,7 @@ export class ResumeSeams {
         seam.asideBytes = 0;
         seam.overflowed = false;
         const result = await history.replayPage(socket.principal, current(), after, first);
-        if (!socket.isOpen()) return;
+        if (abandoned()) return;
         if (!result.ok) {
           if ('resync' in result) return resync(result.resync);
           this.end(key);
@@ -199,7 +204,7 @@ export class ResumeSeams {
         if (!page.more && !seam.overflowed) break;
         // The next page is read once the client has taken most of this one: bounded memory per socket.
         await out.roomFor(this.settings.pageRoom);
-        if (!socket.isOpen()) return;
+        if (abandoned()) return;
       }
       // Caught up with the last page's snapshot; what came live while it was read is newer than
       // it (or in it): sent now, in order, and the seam moves past it.
@@ -218,7 +223,7 @@ export class ResumeSeams {
       else if (stream.kind === 'all') burst.all = floor;
     };
     return run().catch((error: unknown) => {
-      if (!socket.isOpen()) return;
+      if (abandoned()) return;
       this.onReplayFailed(error);
       resync('unavailable');
     });
