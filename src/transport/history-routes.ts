@@ -17,6 +17,7 @@ import { HistoryError, RETRY_AFTER_SECONDS, UpgradeError } from '../errors.js';
 import { ServerMessages, Uuid } from '../protocol/schemas.js';
 import { HISTORY_START, OUTPUT_HISTORY_PATH, UPDATES_HISTORY_PATH, type ResyncReason } from '../protocol/wire.js';
 import type { ResolvedOptions } from '../options.js';
+import { payloadOf } from './websocket-frame.js';
 
 /** What the routes read of the history: one page of one task's stream, for one principal. */
 export type TaskHistory = Pick<EventHistory, 'taskPage'>;
@@ -158,22 +159,12 @@ const RESYNC_ANSWER: Record<ResyncReason, Answer> = {
 const OPEN = Buffer.from('{"items":[');
 const COMMA = Buffer.from(',');
 
-/**
- * The JSON text of a replayed frame: the frame is framed for WebSocket once, as every socket gets
- * it (src/transport/websocket-frame.ts: FIN + text, unmasked, the length in 7, 7+16 or 7+64 bits),
- * so its payload is what follows that header. A view, not a copy.
- */
-function jsonOf(frame: Buffer): Buffer {
-  const length = frame[1]! & 0x7f;
-  return frame.subarray(length < 126 ? 2 : length === 126 ? 4 : 10);
-}
-
 /** The body, around the frames' JSON text as it is. */
 function pageBody(frames: readonly Replayed[], cursor: string, more: boolean, truncated: boolean): Buffer {
   const parts: Buffer[] = [OPEN];
   frames.forEach(({ frame }, i) => {
     if (i > 0) parts.push(COMMA);
-    parts.push(jsonOf(frame));
+    parts.push(payloadOf(frame));
   });
   parts.push(Buffer.from(`],"cursor":${JSON.stringify(cursor)},"more":${more},"truncated":${truncated}}`));
   return Buffer.concat(parts);
