@@ -1,11 +1,12 @@
 /**
  * Every code a client can see, in one place: the `code` of an `error` frame, the WebSocket close
- * codes, and the HTTP answers to a refused upgrade. PROTOCOL.md documents the same tables.
+ * codes, the HTTP answers to a refused upgrade and those of the REST history routes. PROTOCOL.md
+ * documents the same tables.
  */
 
 // The codes themselves are wire constants, shared with the client: src/protocol/wire.ts.
-import { CloseCode, ErrorCode, UpgradeError } from './protocol/wire.js';
-export { CloseCode, ErrorCode, UpgradeError };
+import { CloseCode, ErrorCode, HistoryError, UpgradeError } from './protocol/wire.js';
+export { CloseCode, ErrorCode, HistoryError, UpgradeError };
 
 /** One line per close code, for generated documents (the AsyncAPI file). */
 export const CLOSE_CODE_MEANING: Record<keyof typeof CloseCode, string> = {

@@ -16,6 +16,7 @@ export {
   CloseCode,
   ErrorCode,
   UpgradeError,
+  HistoryError,
   MeshOptionsError,
   MeshPublishError,
   MeshBusUnavailableError,
@@ -27,3 +28,5 @@ export { migrationSql, SCHEMA_VERSION, type MigrationOptions, type TasksShape } 
 export { redactUrl, requestSerializer, safeLoggerOptions, redactPaths, REDACT_PATHS, CREDENTIAL_HEADERS } from './logging.js';
 export type { MeshEventMap, MeshEvents } from './core/events.js';
 export { selectProtocol, MESH_PROTOCOL, TICKET_PROTOCOL_PREFIX } from './auth/tickets.js';
+// The REST history's paths (under the prefix), and the `since` that asks for a task's whole history.
+export { OUTPUT_HISTORY_PATH, UPDATES_HISTORY_PATH, HISTORY_START, TRUNCATED_REASONS, type TruncatedReason } from './protocol/wire.js';

@@ -64,6 +64,13 @@ export const PlainOptionsSchema = Type.Object({
     refusal: '"" or a path like "/api/v1" (leading slash, no trailing slash)',
     nullIsUnset: true,
   }),
+  historyRoutes: Type.Boolean({
+    default: true,
+    description:
+      "serve `GET {prefix}/mesh/tasks/{taskId}/output` and `…/updates`: a task's retained history, a page at a time, " +
+      'authenticated by `authenticate` (PROTOCOL.md, "REST history"); `false`: the routes do not exist',
+    refusal: 'a boolean',
+  }),
   bus: Type.Union([Type.Literal('memory'), Type.Literal('postgres')], {
     description:
       'where events are logged: this process only, recent events kept in memory for `since` (`memory`), or the ' +
@@ -113,11 +120,14 @@ export const PlainOptionsSchema = Type.Object({
   }),
   replay: group('resuming with `since` (how far back, how much at once)', {
     historySize: positiveInteger(10_000, 'memory bus: how many recent events are kept for `since`'),
-    maxEvents: positiveInteger(10_000, 'most events one `since` replays; beyond it the client gets `resyncRequired` `tooFarBehind`'),
+    maxEvents: positiveInteger(
+      10_000,
+      'most events one `since` replays; beyond it the client gets `resyncRequired` `tooFarBehind` (from `"start"`: the newest ones, after `historyTruncated` `maxReplay`)',
+    ),
     concurrency: positiveInteger(
       4,
       'replay pages (at most 500 events or 256 KiB each) read at once across all sockets: resumes wait their turn ' +
-        'rather than crowd out live delivery',
+        'rather than crowd out live delivery; one principal holds at most half of them',
     ),
   }),
   tasks: group("the host's tasks table, where owners are read through `sql` (unused with `resolveOwners`); checked at start", {

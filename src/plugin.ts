@@ -1,6 +1,6 @@
 /**
  * The Fastify plugin: decorates the host with `mesh` (the broadcast channels) and serves the
- * WebSocket route in an encapsulated child context.
+ * WebSocket route, the ticket route and the REST history routes in an encapsulated child context.
  */
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
@@ -19,6 +19,7 @@ import type { Recheck } from './core/ports.js';
 import type { HubSettings } from './core/settings.js';
 import { checkTasksTable, sqlOwnerResolver } from './bus/postgres/task-owners.js';
 import { adoptWebSocket, ensureWebSocketServer, frameText } from './transport/ws.js';
+import { historyRoutes } from './transport/history-routes.js';
 import { OwnerDirectory } from './core/owners.js';
 import { CloseCode, UpgradeError } from './errors.js';
 import { MeshMetrics } from './metrics.js';
@@ -98,11 +99,15 @@ const Ticket = Type.Object({
   protocols: Type.Array(Type.String(), { description: 'The subprotocols to pass to `new WebSocket(url, protocols)`.' }),
 });
 
-/** What the routes read of the options: the prefix, `limits.maxPayload` (for ws) and `authenticate` (for tickets). */
+/**
+ * What the routes read of the options: the prefix, `limits.maxPayload` (for ws), `authenticate`
+ * (for tickets and the history) and whether the history routes are served.
+ */
 interface RouteSettings {
   prefix: string;
   maxPayload: number;
   authenticate: ResolvedOptions['authenticate'];
+  historyRoutes: boolean;
 }
 
 interface RouteOptions {
@@ -198,6 +203,15 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
           .header('cache-control', 'no-store')
           .send({ ticket, expiresAt: expiresAt.toISOString(), protocols: [MESH_PROTOCOL, `${TICKET_PROTOCOL_PREFIX}${ticket}`] });
       },
+    });
+  }
+
+  if (options.historyRoutes) {
+    await historyRoutes(child, {
+      prefix: options.prefix,
+      authenticate: options.authenticate,
+      history: hub.history,
+      serializerCompiler: asIs,
     });
   }
 }
@@ -309,7 +323,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
 
   // Not spread: `prefix` is a reserved register option and would prefix the route twice.
   await app.register(routes, {
-    settings: { prefix: options.prefix, maxPayload: options.limits.maxPayload, authenticate },
+    settings: { prefix: options.prefix, maxPayload: options.limits.maxPayload, authenticate, historyRoutes: options.historyRoutes },
     hub,
     admission,
     tickets,

@@ -1,7 +1,9 @@
 /**
  * The TypeScript client (`mesh-subscriptions/client`) against the real server: typed events and
- * per-task handlers, resume without gap or duplicate across a server restart, and a revoked key
- * that stops it for good (an outage does not: test/auth-outage.test.ts).
+ * per-task handlers, resume without gap or duplicate across a server restart, a revoked key
+ * that stops it for good (an outage does not: test/auth-outage.test.ts), acks the server sends on
+ * its own (a subscription it ended) told apart from replies, and handlers that throw kept apart.
+ * The history from `start` is in test/client-history.test.ts.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -12,14 +14,18 @@ import {
   createMeshClient,
   MeshClientClosedError,
   MeshSubscriptionError,
+  type HandlerError,
   type MeshClient,
   type MeshClientOptions,
+  type SubscriptionEnded,
+  type TaskOutput,
 } from '../src/client/index.js';
 import { createApiKey, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { statusWhere } from './helpers/client-status.js';
 import { startServerProcess } from './helpers/process.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
+import { tappedWebSocket } from './helpers/tapped-socket.js';
 
 let db: TestDatabase;
 let server: TestServer;
@@ -89,6 +95,166 @@ test('typed events and per-task handlers; a refused subscription rejects its rea
   assert.deepEqual(perTask.values, [3]);
   assert.deepEqual(all.values, [one, two]);
   assert.deepEqual(output.values, ['hello']);
+  c.close();
+});
+
+test('an ack the server sends on its own ends that subscription; later replies still answer their own frames', async () => {
+  const alice = await server.owner();
+  const bob = await server.owner();
+  const followed = await server.task(alice.ownerId);
+  const [aliceOther, bobTask] = [await server.task(alice.ownerId), await server.task(bob.ownerId)];
+  const tap = tappedWebSocket();
+  const c = createMeshClient({ url: server.baseUrl, apiKey: alice.key, ...fast, WebSocket: tap.WebSocket });
+  clients.push(c);
+  const ended: SubscriptionEnded[] = [];
+  const onEnded: SubscriptionEnded[] = [];
+  c.on('ended', (e) => ended.push(e));
+  await c.subscribeOutput(followed, undefined, { onEnded: (e) => onEnded.push(e) }).ready;
+  await c.subscribe(followed).ready;
+
+  // The key now belongs to bob: re-authentication (every 100 ms here) drops what alice's task gave.
+  // The client reads nothing meanwhile, so it reads those acks with two of its own frames in flight.
+  tap.hold();
+  await db.sql`UPDATE api_keys SET owner_id = ${bob.ownerId} WHERE owner_id = ${alice.ownerId}`;
+  await tap.arrived((f) => f.type === 'outputUnsubscribed' && f.taskId === followed);
+  await tap.arrived((f) => f.type === 'unsubscribed' && f.taskId === followed);
+  const refused = c.subscribe(aliceOther).ready; // no longer this key's: NOT_FOUND
+  const output = collector<string>(1);
+  const accepted = c.subscribeOutput(bobTask, (o) => output.push(o.content)).ready;
+  await tap.arrived((f) => f.type === 'error');
+  await tap.arrived((f) => f.type === 'outputSubscribed' && f.taskId === bobTask);
+  tap.release();
+
+  // Taken by position, the server's own acks would have answered these two frames: `refused`
+  // would have resolved, and the error would have answered nothing.
+  await assert.rejects(refused, (e: MeshSubscriptionError) => e instanceof MeshSubscriptionError && e.code === 'NOT_FOUND');
+  await accepted;
+  assert.deepEqual(
+    [...ended].sort((a, b) => a.subscription.localeCompare(b.subscription)),
+    [
+      { subscription: 'subscribe', taskId: followed, reason: 'revoked' },
+      { subscription: 'subscribeOutput', taskId: followed, reason: 'revoked' },
+    ],
+  );
+  assert.deepEqual(onEnded, [{ subscription: 'subscribeOutput', taskId: followed, reason: 'revoked' }]);
+  await server.app.mesh.taskOutput.publish({
+    taskId: bobTask,
+    ownerId: bob.ownerId,
+    messageType: 'assistant',
+    content: 'bob',
+    isPartial: false,
+  });
+  await output.complete;
+  assert.deepEqual(output.values, ['bob']);
+  // Still aligned: a later refusal and a later acceptance, each answered as itself.
+  await assert.rejects(c.subscribeOutput(followed).ready, MeshSubscriptionError);
+  await c.subscribe(bobTask).ready;
+
+  // An ended subscription is not restored: after a reconnect only bob's two are asked for again.
+  const before = tap.sent.length;
+  tap.drop();
+  await statusWhere(c, (s) => s.state === 'reconnecting');
+  await statusWhere(c, (s) => s.state === 'open');
+  await c.subscribeAll().ready; // answered after the restores: all of them are in
+  assert.deepEqual(
+    tap.sent
+      .slice(before, -1)
+      .map((f) => `${f.type} ${f.taskId}`)
+      .sort(),
+    [`subscribe ${bobTask}`, `subscribeOutput ${bobTask}`],
+  );
+  c.close();
+});
+
+test("a subscription whose task moved away while the client was disconnected: its restore is refused, and it is 'ended'", async () => {
+  const alice = await server.owner();
+  const bob = await server.owner();
+  const task = await server.task(alice.ownerId);
+  const tap = tappedWebSocket();
+  const c = createMeshClient({ url: server.baseUrl, apiKey: alice.key, ...fast, WebSocket: tap.WebSocket });
+  clients.push(c);
+  const got = collector<string>(1);
+  const onEnded: SubscriptionEnded[] = [];
+  await c.subscribeOutput(task, (o) => got.push(o.content), { onEnded: (e) => onEnded.push(e) }).ready;
+  await server.app.mesh.taskOutput.publish({
+    taskId: task,
+    ownerId: alice.ownerId,
+    messageType: 'assistant',
+    content: 'a',
+    isPartial: false,
+  });
+  await got.complete;
+  // A live subscription outlives an owner change (what is published after it is not sent); a
+  // restore asks the database again.
+  await db.sql`UPDATE tasks SET owner_id = ${bob.ownerId} WHERE id = ${task}`;
+  const errors: string[] = [];
+  c.on('error', (e) => errors.push(e.code));
+  const ended = new Promise<SubscriptionEnded>((resolve) => c.on('ended', resolve));
+  tap.drop();
+  assert.deepEqual(await ended, { subscription: 'subscribeOutput', taskId: task, reason: 'refused' });
+  assert.deepEqual(onEnded, [{ subscription: 'subscribeOutput', taskId: task, reason: 'refused' }]);
+  assert.deepEqual(errors, ['NOT_FOUND']);
+  // Not asked for again after the next reconnect.
+  const from = tap.sent.length;
+  tap.drop();
+  await statusWhere(c, (s) => s.state === 'reconnecting');
+  await statusWhere(c, (s) => s.state === 'open');
+  await c.subscribeAll().ready;
+  assert.deepEqual(
+    tap.sent.slice(from).map((f) => f.type),
+    ['subscribeAll'],
+  );
+  c.close();
+});
+
+test('a handler that throws or rejects: reported as handlerError, the other handlers still run, the client goes on', async () => {
+  const { ownerId, key } = await server.owner();
+  const task = await server.task(ownerId);
+  const c = client(server.baseUrl, key);
+  const reported: HandlerError[] = [];
+  const failures = collector<HandlerError>(6);
+  c.on('handlerError', (e) => {
+    reported.push(e);
+    failures.push(e);
+  });
+  c.on('handlerError', () => {
+    throw new Error('a broken error listener is not reported again');
+  });
+  const boom = new Error('handler broke');
+  c.on('taskOutput', () => {
+    throw boom;
+  });
+  const everything = collector<string>(2);
+  c.on('taskOutput', (o) => everything.push(o.content));
+  await c.subscribeOutput(task, () => {
+    throw boom;
+  }).ready;
+  await c.subscribeOutput(task, async () => {
+    throw boom;
+  }).ready;
+  const mine = collector<TaskOutput>(2);
+  await c.subscribeOutput(task, (o) => mine.push(o)).ready;
+  for (const content of ['one', 'two']) {
+    await server.app.mesh.taskOutput.publish({ taskId: task, ownerId, messageType: 'assistant', content, isPartial: false });
+  }
+  await Promise.all([mine.complete, everything.complete, failures.complete]);
+  assert.deepEqual(
+    mine.values.map((o) => o.content),
+    ['one', 'two'],
+  );
+  assert.deepEqual(everything.values, ['one', 'two']);
+  // Per event: the throwing and the rejecting subscription handlers, and the throwing listener.
+  assert.equal(reported.length, 6);
+  assert.ok(reported.every((e) => e.error === boom));
+  assert.deepEqual(reported.map((e) => [JSON.stringify(e.handler), (e.event as TaskOutput).content]).sort(), [
+    [JSON.stringify({ on: 'taskOutput' }), 'one'],
+    [JSON.stringify({ on: 'taskOutput' }), 'two'],
+    [JSON.stringify({ subscription: 'subscribeOutput', taskId: task }), 'one'],
+    [JSON.stringify({ subscription: 'subscribeOutput', taskId: task }), 'one'],
+    [JSON.stringify({ subscription: 'subscribeOutput', taskId: task }), 'two'],
+    [JSON.stringify({ subscription: 'subscribeOutput', taskId: task }), 'two'],
+  ]);
+  assert.equal(c.status.state, 'open');
   c.close();
 });
 

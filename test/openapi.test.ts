@@ -1,6 +1,7 @@
 /**
  * The OpenAPI document: the upgrade route is in it (despite @fastify/websocket hiding ws-only
- * routes), and the committed openapi/openapi.json is what `npm run openapi` writes today.
+ * routes), so are the REST history routes, and the committed openapi/openapi.json is what
+ * `npm run openapi` writes today.
  */
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -14,8 +15,27 @@ test('GET /api/v1/mesh/tasks/subscribe is documented with a 101 response', async
   assert.match(route.responses['101'].description, /Switching Protocols/);
   assert.match(route.description, /subscribeAll/);
   assert.ok(route.responses['401']);
-  for (const path of ['/api/v1/mesh/tasks', '/api/v1/mesh/tasks/{id}', '/api/v1/mesh/tasks/{id}/output', '/healthz']) {
+  for (const path of ['/api/v1/mesh/tasks', '/api/v1/mesh/tasks/{taskId}', '/api/v1/mesh/tasks/{taskId}/output', '/healthz']) {
     assert.ok(document.paths[path], `${path} is missing`);
+  }
+});
+
+test('the REST history routes are documented with their parameters, page schema and error answers', async () => {
+  const document = JSON.parse(await openApiDocument());
+  for (const [path, frame] of [
+    ['/api/v1/mesh/tasks/{taskId}/output', 'taskOutput'],
+    ['/api/v1/mesh/tasks/{taskId}/updates', 'taskUpdated'],
+  ] as const) {
+    const route = document.paths[path]?.get;
+    assert.ok(route, `${path} is missing`);
+    assert.deepEqual(route.parameters.map((p: { in: string; name: string }) => `${p.in}:${p.name}`).sort(), [
+      'path:taskId',
+      'query:after',
+      'query:limit',
+    ]);
+    const page = route.responses['200'].content['application/json'].schema;
+    assert.deepEqual(page.properties.items.items.properties.type.enum, [frame]);
+    assert.deepEqual(Object.keys(route.responses).sort(), ['200', '400', '401', '404', '410', '503']);
   }
 });
 

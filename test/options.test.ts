@@ -30,6 +30,7 @@ test('defaults resolve from the schema to the documented values', () => {
     sql: undefined,
     directSql: undefined,
     prefix: '/api/v1',
+    historyRoutes: true,
     bus: 'memory',
     limits: {
       maxPayload: 64 * 1024,
@@ -74,6 +75,9 @@ test('null means "not given" for prefix, tasksTable and bus, and is refused for 
   );
   assert.throws(() => resolveOptions({ ...base, maxPayload: 2 ** 53 }), /"maxPayload" must be a positive integer, got 9007199254740992/);
   assert.throws(() => resolveOptions({ ...base, migrate: null }), /"migrate" must be a boolean/);
+  assert.throws(() => resolveOptions({ ...base, historyRoutes: null }), /"historyRoutes" must be a boolean/);
+  assert.throws(() => resolveOptions({ ...base, historyRoutes: 'false' }), /"historyRoutes" must be a boolean/);
+  assert.equal(resolveOptions({ ...base, historyRoutes: false }).historyRoutes, false);
   assert.throws(() => resolveOptions({ ...base, ownerCacheTtlMs: 0 }), /"ownerCacheTtlMs" must be a positive integer, got 0/);
   assert.equal(
     resolveOptions({ ...base, maxConnections: Number.POSITIVE_INFINITY, ownerCacheSize: 5 }).limits.maxConnections,

@@ -338,15 +338,19 @@ describe('ResumeSeams: replay, then live', () => {
     ]);
   });
 
-  test('an update also carried by a live `subscribeAll` is not taken by a resuming `subscribe`', async () => {
+  test('an update also carried by a live `subscribeAll` waits for the task’s own replay: the task’s updates stay in log order', async () => {
     const s = setup({ updates: ['t1'], all: true });
     const done = s.seams.resume('subscribe', { kind: 'update', taskId: 't1' }, c(5));
-    assert.equal(s.live('update', 't1', 6), false, 't1: the `all` stream is live');
+    assert.equal(s.live('update', 't1', 6), true, 't1: held for the replay of u:t1, though `all` is live');
+    assert.equal(s.live('update', 't1', 8), true);
     assert.equal(s.live('update', 't3', 7), false, 't3: only the `all` stream carries it');
     s.history.read(1).answer.resolve(page([u('t1', 6)], 6, false));
     await finished(done, s.history);
-    // 6 went out live and is not replayed: the burst remembers it (see below).
-    assert.deepEqual(s.out.log, [`update ${text('update', 't1', 6)}`, `update ${text('update', 't3', 7)}`]);
+    assert.deepEqual(s.out.log, [
+      `update ${text('update', 't3', 7)}`,
+      `replay ${text('update', 't1', 6)}`,
+      `update ${text('update', 't1', 8)}`,
+    ]);
   });
 
   test('a `subscribeAll` replay reads what the principal may see at each page', async () => {
@@ -470,7 +474,11 @@ describe('ResumeSeams: resyncs, failures, closing, room, forget', () => {
     assert.equal(s.live('output', 't1', 43), true, 'taken while the first page is read');
     s.history.read(1).answer.resolve({ ok: false, resync: 'expired' });
     await finished(done, s.history);
-    assert.deepEqual(s.out.log, [`startOutput t1 ${c(42)}`, resyncFrame('subscribeOutput', 't1', 'expired')]);
+    assert.deepEqual(s.out.log, [
+      `startOutput t1 ${c(42)}`,
+      resyncFrame('subscribeOutput', 't1', 'expired'),
+      `output ${text('output', 't1', 43)}`,
+    ]);
     assert.deepEqual(s.sent, ['resyncRequired']);
     assert.equal(s.live('output', 't1', 44), false, 'the seam is gone');
   });
@@ -505,7 +513,11 @@ describe('ResumeSeams: resyncs, failures, closing, room, forget', () => {
     s.history.read(1).answer.reject(error);
     await finished(done, s.history);
     assert.deepEqual(s.failures, [error]);
-    assert.deepEqual(s.out.log, [resyncFrame('subscribe', 't1', 'unavailable')]);
+    assert.deepEqual(
+      s.out.log,
+      [resyncFrame('subscribe', 't1', 'unavailable'), `update ${text('update', 't1', 6)}`],
+      'then what came live meanwhile',
+    );
     assert.equal(s.live('update', 't1', 7), false, 'live again');
   });
 

@@ -10,7 +10,13 @@ import { collectDefaultMetrics } from 'prom-client';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import postgres, { type Sql } from 'postgres';
-import meshSubscriptions, { SUBSCRIBE_PATH, TICKETS_PATH, type MeshSubscriptionsOptions } from 'mesh-subscriptions';
+import meshSubscriptions, {
+  OUTPUT_HISTORY_PATH,
+  SUBSCRIBE_PATH,
+  TICKETS_PATH,
+  UPDATES_HISTORY_PATH,
+  type MeshSubscriptionsOptions,
+} from 'mesh-subscriptions';
 import { API_KEY_HEADER, apiKeyAuthenticator, apiKeyReauthenticator } from './api-keys.js';
 import { ApiError, SECURITY, taskRoutes } from './tasks-routes.js';
 
@@ -156,7 +162,9 @@ export async function buildApp({ sql, logger = false, loggerInstance, mesh = {},
   // The plugin's routes take the same credentials as ours (its `authenticate` is ours): say so in
   // their OpenAPI operations, so that Swagger UI's "Try it out" sends the key. The plugin cannot
   // name the schemes itself; they are the host's.
-  const meshRoutes = new Set([`${API_PREFIX}${SUBSCRIBE_PATH}`, `${API_PREFIX}${TICKETS_PATH}`]);
+  const meshRoutes = new Set(
+    [SUBSCRIBE_PATH, TICKETS_PATH, OUTPUT_HISTORY_PATH, UPDATES_HISTORY_PATH].map((path) => `${API_PREFIX}${path}`),
+  );
   app.addHook('onRoute', (route) => {
     if (meshRoutes.has(route.url) && route.schema) route.schema = { ...route.schema, security: SECURITY };
   });

@@ -28,7 +28,7 @@ export const ApiError = Type.Object(
 
 const Name = Type.String({ minLength: 1, maxLength: 200 });
 const Status = Type.String({ minLength: 1, maxLength: 64 });
-const TaskParams = Type.Object({ id: Uuid });
+const TaskParams = Type.Object({ taskId: Uuid });
 const ListQuery = Type.Object(
   {
     limit: Type.Optional(Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1–100, default 50' })),
@@ -204,16 +204,16 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
   );
 
   app.get<{ Params: Static<typeof TaskParams> }>(
-    '/mesh/tasks/:id',
+    '/mesh/tasks/:taskId',
     { schema: { ...secured, summary: 'Read a task', params: TaskParams, response: { 200: Task, ...errors } } },
     async (request, reply) => {
-      const row = await visibleTask(sql, request.params.id, who(request));
+      const row = await visibleTask(sql, request.params.taskId, who(request));
       return row ? toTask(row) : notFound(reply);
     },
   );
 
   app.patch<{ Params: Static<typeof TaskParams>; Body: Static<typeof PatchTaskBody> }>(
-    '/mesh/tasks/:id',
+    '/mesh/tasks/:taskId',
     {
       schema: {
         ...secured,
@@ -227,7 +227,7 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
     async (request, reply) => {
       const p = who(request);
       const result = await sql.begin(async (tx) => {
-        const current = await visibleTask(tx, request.params.id, p, true);
+        const current = await visibleTask(tx, request.params.taskId, p, true);
         if (!current) return undefined;
         const changed = (['name', 'status'] as const).filter(
           (field) => request.body[field] !== undefined && request.body[field] !== current[field],
@@ -251,7 +251,7 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
   );
 
   app.post<{ Params: Static<typeof TaskParams>; Body: Static<typeof OutputBody> }>(
-    '/mesh/tasks/:id/output',
+    '/mesh/tasks/:taskId/output',
     {
       schema: {
         ...secured,
@@ -269,7 +269,7 @@ export async function taskRoutes(app: FastifyInstance, { sql, authenticate }: Ta
       },
     },
     async (request, reply) => {
-      const row = await visibleTask(sql, request.params.id, who(request));
+      const row = await visibleTask(sql, request.params.taskId, who(request));
       if (!row) return notFound(reply);
       const cursor = await app.mesh.taskOutput.publish({
         ...request.body,

@@ -1,13 +1,16 @@
 /**
  * The example server's dashboard: sign in with a key, watch your tasks change live, create and
- * change them, and follow a task's output as a transcript. Built by scripts/build-web.ts; it talks
- * to the server only through its REST routes and `mesh-subscriptions/client`.
+ * change them, and open a task to read its whole retained transcript, then follow it live. Built by
+ * scripts/build-web.ts; it talks to the server only through its REST routes and
+ * `mesh-subscriptions/client`.
  */
 import {
   createMeshClient,
   type ConnectionStatus,
+  type HistoryTruncated,
   type MeshClient,
   type Subscription,
+  type SubscriptionStart,
   type TaskOutput,
   type TaskUpdated,
 } from 'mesh-subscriptions/client';
@@ -31,6 +34,22 @@ let nextPage: string | null = null;
 const tasks = new Map<string, Task>();
 /** The transcript entry a partial message updates in place, per task. */
 let partial: HTMLLIElement | undefined;
+/**
+ * Output received but not yet on the page. A history of thousands of events arrives faster than a
+ * page can lay it out: it goes on in slices, one per animation frame, so the first screen shows
+ * at once and the page answers input while the rest comes.
+ */
+let pending: TaskOutput[] = [];
+let drawing = false;
+/** How long one frame may spend adding entries, so that input and painting still get their turn. */
+const SLICE_MS = 8;
+/**
+ * Entries per list of the transcript: the browser skips the lists off screen (CSS
+ * `content-visibility`), so a frame's work does not grow with the transcript.
+ */
+const CHUNK = 250;
+/** The list new entries go to. */
+let chunk: HTMLOListElement | undefined;
 
 async function api<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
   const res = await fetch(`${API}${path}`, {
@@ -126,25 +145,97 @@ function renderHeader(task: Task): void {
 
 function openTask(id: string): void {
   output?.unsubscribe();
+  output = undefined;
   openTaskId = id;
   partial = undefined;
+  pending = [];
+  chunk = undefined;
   for (const task of tasks.values()) renderTask(task);
   renderHeader(tasks.get(id)!);
   $('transcript').replaceChildren();
-  $('transcript').dataset.following = 'false';
   $('task').hidden = false;
-  const subscription = client!.subscribeOutput(id, appendOutput);
+  // The whole retained transcript first, then live.
+  follow(id, 'start');
+  $('task-title').focus();
+}
+
+/** Follows the open task's output from `from`, adding to the transcript as it is. */
+function follow(id: string, from: SubscriptionStart): void {
+  output?.unsubscribe();
+  const transcript = $('transcript');
+  transcript.dataset.following = 'false';
+  const subscription = client!.subscribeOutput(id, appendOutput, {
+    from,
+    onTruncated: (marker) => showTruncated(marker),
+    onEnded: () => {
+      if (output !== subscription) return;
+      transcript.dataset.following = 'false';
+      transcript.append(note('ended', 'This task is no longer visible with this key.'));
+    },
+  });
   output = subscription;
   // Marked once the server follows it (tests and assistive tech can tell "live" from "waiting").
   void subscription.ready.then(() => {
-    if (output === subscription) $('transcript').dataset.following = 'true';
+    if (output === subscription) transcript.dataset.following = 'true';
   });
-  $('task-title').focus();
+}
+
+/** A line of the transcript that is not output: the history's cut, or the end of following. */
+function note(kind: string, text: string): HTMLParagraphElement {
+  const item = Object.assign(document.createElement('p'), { className: `note ${kind}`, textContent: text });
+  item.setAttribute('role', 'note');
+  return item;
+}
+
+function showTruncated(marker: HistoryTruncated): void {
+  if (marker.taskId !== openTaskId) return;
+  // It is about the transcript's beginning, whatever has been drawn by now.
+  $('transcript').prepend(note('truncated', 'Earlier output is no longer available.'));
 }
 
 function appendOutput(o: TaskOutput): void {
   if (o.taskId !== openTaskId) return;
-  // A partial message is shown in place until the next message replaces it.
+  pending.push(o);
+  if (drawing) return;
+  drawing = true;
+  $('transcript').setAttribute('aria-busy', 'true');
+  requestAnimationFrame(drawSlice);
+}
+
+/** Adds what one frame's time allows, in one DOM insertion per list, and leaves the rest to the next frame. */
+function drawSlice(): void {
+  const started = performance.now();
+  /** New entries for the list already on the page, and new lists. */
+  const more = document.createDocumentFragment();
+  const lists: HTMLOListElement[] = [];
+  let target: HTMLOListElement | DocumentFragment = more;
+  let room = chunk ? CHUNK - chunk.childElementCount : 0;
+  let done = 0;
+  // The clock is read every 32 entries: reading it costs more than drawing one.
+  while (done < pending.length && (done % 32 !== 0 || performance.now() - started < SLICE_MS)) {
+    const item = draw(pending[done++]!);
+    if (!item) continue;
+    if (room === 0) {
+      target = document.createElement('ol');
+      lists.push(target);
+      room = CHUNK;
+    }
+    target.append(item);
+    room--;
+  }
+  pending = pending.slice(done);
+  chunk?.append(more);
+  $('transcript').append(...lists);
+  chunk = lists.at(-1) ?? chunk;
+  if (pending.length > 0) return void requestAnimationFrame(drawSlice);
+  drawing = false;
+  $('transcript').removeAttribute('aria-busy');
+}
+
+/** Draws one output: a new entry to add, or none when it replaced a partial message in place. */
+function draw(o: TaskOutput): HTMLLIElement | undefined {
+  // A partial message is shown in place until the next message replaces it (on the page already,
+  // or still in this slice).
   const item = partial ?? document.createElement('li');
   partial = o.isPartial ? item : undefined;
   item.className = o.messageType;
@@ -176,7 +267,7 @@ function appendOutput(o: TaskOutput): void {
     parts.push(Object.assign(document.createElement('span'), { className: 'facts', textContent: facts }));
   }
   item.replaceChildren(...parts);
-  if (!item.isConnected) $('transcript').append(item);
+  return item.parentNode ? undefined : item;
 }
 
 // Sign in and out.
@@ -193,8 +284,13 @@ async function signIn(candidate: string): Promise<boolean> {
   $('workspace').hidden = false;
   client = createMeshClient({ url: location.origin, apiKey: key, keyHeader: KEY_HEADER });
   client.on('status', showConnection);
-  client.on('resyncRequired', () => void reload());
-  client.on('lagged', (l) => l.taskId === openTaskId && openTask(l.taskId));
+  client.on('resyncRequired', (r) => {
+    // The open transcript's resume point is gone: read it again from the start.
+    if (r.subscription !== 'subscribeOutput') return void reload();
+    if (openTaskId !== undefined && r.taskId === openTaskId) openTask(openTaskId);
+  });
+  // Output dropped for this slow page: fill the gap from the last entry it got, keeping the rest.
+  client.on('lagged', (l) => l.taskId === openTaskId && follow(l.taskId, { after: l.cursor }));
   client.subscribeAll((e) => void onUpdate(e));
   await reload();
   return true;
@@ -229,7 +325,9 @@ $('sign-out').addEventListener('click', () => signOut());
 $('more').addEventListener('click', () => void loadPage());
 $('close-task').addEventListener('click', () => {
   output?.unsubscribe();
+  output = undefined;
   openTaskId = undefined;
+  pending = [];
   $('task').hidden = true;
 });
 $('create').addEventListener('submit', async (event) => {

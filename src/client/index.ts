@@ -8,19 +8,29 @@
  * the server refuses the credentials (401 or 403, or close code 4401) or has no such route (404);
  * an outage (503, a network error, any other status) is retried however long it lasts.
  *
+ * A task's subscription can start from the task's whole retained history (`from: 'start'`): the
+ * server replays it, then goes live with no gap and no duplicate. Replies are matched to the frames
+ * they answer by type and task, so an ack the server sends on its own (it ended a subscription the
+ * principal may no longer hold) is told apart and reported as `ended`. Every application handler
+ * is called on its own: one that throws is reported as `handlerError` and the others still run.
+ *
  * Its one runtime import is ../protocol/wire.ts, the protocol's constants, which imports nothing;
  * everything else it imports is types only.
  */
 import type { Static } from '@sinclair/typebox';
 import type { ServerMessages } from '../protocol/schemas.js';
 import {
-  ACK_TYPES,
+  ACK_OF,
   CloseCode,
   DEFAULT_PREFIX,
+  ErrorCode,
+  HISTORY_START,
   MESH_PROTOCOL,
   SUBSCRIBE_PATH,
   TICKETS_PATH,
   UNSUBSCRIBE_FRAME,
+  type AckFrameType,
+  type ClientFrameType,
   type SubscriptionKind,
 } from '../protocol/wire.js';
 
@@ -29,6 +39,36 @@ export type TaskOutput = Static<(typeof ServerMessages)['taskOutput']>;
 export type Lagged = Static<(typeof ServerMessages)['lagged']>;
 export type ResyncRequired = Static<(typeof ServerMessages)['resyncRequired']>;
 export type ServerError = Static<(typeof ServerMessages)['error']>;
+/**
+ * The history a `from: 'start'` subscription replays does not begin at the task's first event:
+ * `reason` `retention` (retention pruned its older events) or `maxReplay` (more are retained than
+ * one replay sends: only the newest follow). Comes before the first replayed event.
+ */
+export type HistoryTruncated = Static<(typeof ServerMessages)['historyTruncated']>;
+export type { SubscriptionKind };
+
+/**
+ * A subscription ended without the application asking; it is no longer followed (nor restored
+ * after a reconnect). `reason`: `revoked`, the server ended it on its own (an `unsubscribed` /
+ * `outputUnsubscribed` that answers no frame of this client) because the principal may no longer
+ * see the task (its owner changed, or the key's principal did); `refused`, restoring it after a
+ * reconnect was answered `NOT_FOUND` (the same, noticed while disconnected).
+ */
+export interface SubscriptionEnded {
+  subscription: SubscriptionKind;
+  /** Absent for `subscribeAll`. */
+  taskId?: string;
+  reason: 'revoked' | 'refused';
+}
+
+/** An application handler threw (or its promise rejected); the client and the other handlers went on. */
+export interface HandlerError {
+  error: unknown;
+  /** What the handler was called with. */
+  event: unknown;
+  /** Which handler: one given to a subscription (with its task), or a listener of `on(name)`. */
+  handler: { subscription: SubscriptionKind; taskId?: string } | { on: keyof MeshClientEvents };
+}
 
 /** Why the last attempt failed (or the socket closed), as far as the client can tell. */
 export interface Failure {
@@ -69,6 +109,15 @@ export interface MeshClientEvents {
   /** A frame was refused (`code` as in PROTOCOL.md); a refused subscription is dropped. */
   error: ServerError;
   status: ConnectionStatus;
+  /** A `from: 'start'` history begins after the task's first event (once per subscription). */
+  historyTruncated: HistoryTruncated;
+  /** A subscription ended without the application asking (see `SubscriptionEnded`). */
+  ended: SubscriptionEnded;
+  /**
+   * A handler of a subscription or of `on()` threw; the others still got the event. A listener of
+   * `handlerError` that throws is not reported again.
+   */
+  handlerError: HandlerError;
 }
 
 /** The part of the WebSocket API this client uses: the browser's, or `ws`'s in Node. */
@@ -129,6 +178,28 @@ export interface MeshClientOptions {
   maxDelayMs?: number;
 }
 
+/**
+ * Where a task's subscription starts: `now` (default) live from its ack; `start` the task's whole
+ * retained history first (oldest first), then live with no gap and no duplicate; `{ after }` the
+ * events after a cursor (e.g. the `cursor` of a REST history page), then live.
+ */
+export type SubscriptionStart = 'now' | 'start' | { after: string };
+
+/** Options of `subscribe` and `subscribeOutput`. */
+export interface TaskSubscriptionOptions {
+  /**
+   * Where to start (see `SubscriptionStart`). It applies when this call opens the subscription: a
+   * task this client already follows (the same kind) is joined as it is, live.
+   * After a reconnect the subscription resumes after the last event it delivered, wherever it
+   * started; one that started from `start` and delivered nothing yet asks for `start` again.
+   */
+  from?: SubscriptionStart;
+  /** The history that follows does not begin at the task's first event (`from: 'start'` only). */
+  onTruncated?: (marker: HistoryTruncated) => void;
+  /** The subscription ended without the application asking (also the client's `ended` event). */
+  onEnded?: (ended: SubscriptionEnded) => void;
+}
+
 /** One subscription: `ready` settles with the server's ack (or its refusal); `unsubscribe` ends it. */
 export interface Subscription {
   readonly ready: Promise<void>;
@@ -158,19 +229,48 @@ export class MeshSubscriptionError extends Error {
 }
 
 type Kind = SubscriptionKind;
+/** What one `subscribe…` call gave: each is called on its own. */
+interface Listener {
+  handler?: (event: any) => unknown;
+  onTruncated?: (marker: HistoryTruncated) => unknown;
+  onEnded?: (ended: SubscriptionEnded) => unknown;
+}
 interface Followed {
   kind: Kind;
   taskId?: string;
   /** The last cursor seen on this subscription: where a reconnect resumes. */
   cursor?: string;
-  handlers: Set<(event: any) => void>;
+  /** Asks for the whole history (`since: "start"`) while it has no cursor. */
+  fromStart: boolean;
+  /** The `historyTruncated` marker was passed on: a repeat (a reconnect before any event) is not. */
+  truncationTold?: boolean;
+  /**
+   * A replay asked for on its own (not with the others after a reconnect) waits for its ack: what
+   * another subscription delivers before it, the replay sends again, in order.
+   */
+  awaitingReplay?: boolean;
+  listeners: Set<Listener>;
+  /** The first ack is still owed: joiners share its answer. */
+  pending?: Promise<void>;
   ready?: { resolve: () => void; reject: (error: Error) => void };
 }
+/** A reply the server owes: the ack that answers the frame (or an `error`), and what it is for. */
+interface Owed {
+  ack: AckFrameType;
+  taskId?: string;
+  entry?: Followed;
+}
 
-const ACKS = new Set<string>(ACK_TYPES);
+/** Which subscription an ack that answers nothing ends. */
+const ENDED_BY: Partial<Record<string, Kind>> = {
+  unsubscribed: 'subscribe',
+  outputUnsubscribed: 'subscribeOutput',
+  unsubscribedAll: 'subscribeAll',
+};
+const ACKS = new Set<string>(Object.values(ACK_OF));
 const UNAUTHORIZED_CLOSE = CloseCode.UNAUTHORIZED;
 const OPEN = 1;
-/** Cursors remembered to drop what two overlapping replays both send. */
+/** Cursors remembered (with the subscriptions that got each) to drop what overlapping replays repeat. */
 const SEEN_LIMIT = 10_000;
 /** How `ws` reports the status of a refused upgrade in its `error` event. */
 const REFUSED_UPGRADE = /Unexpected server response: (\d{3})/;
@@ -207,10 +307,19 @@ function failure(status: number | undefined, code: number | undefined, message: 
 export class MeshClient {
   private socket: WebSocketLike | undefined;
   private readonly followed = new Map<string, Followed>();
-  /** Replies owed by the server, in the order the frames were sent (it answers in order). */
-  private awaiting: (Followed | undefined)[] = [];
-  private readonly listeners = new Map<keyof MeshClientEvents, Set<(event: any) => void>>();
-  private readonly seen = new Set<string>();
+  /**
+   * Replies owed by the server, in the order the frames were sent (it answers in order). An ack is
+   * matched by its type and task, so one the server sends on its own is not taken for a reply.
+   */
+  private awaiting: Owed[] = [];
+  private readonly listeners = new Map<keyof MeshClientEvents, Set<(event: any) => unknown>>();
+  /**
+   * Each recent cursor, with the subscriptions it was delivered to: a replay that repeats an event
+   * (one `subscribeAll` already had, say) reaches only the subscriptions that lack it, and the
+   * client's own events fire once per event. A subscription made anew is a new object, so it gets
+   * its history even where an earlier one of the same task had it.
+   */
+  private readonly seen = new Map<string, Set<Followed>>();
   private attempt = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private stopped = false;
@@ -243,27 +352,36 @@ export class MeshClient {
     return this.current;
   }
 
-  /** Listens to one kind of event; returns the function that stops listening. */
-  on<E extends keyof MeshClientEvents>(event: E, handler: (payload: MeshClientEvents[E]) => void): () => void {
+  /**
+   * Listens to one kind of event; returns the function that stops listening. A listener that
+   * throws is reported as `handlerError`; the others still run.
+   */
+  on<E extends keyof MeshClientEvents>(event: E, handler: (payload: MeshClientEvents[E]) => unknown): () => void {
     let set = this.listeners.get(event);
     if (!set) this.listeners.set(event, (set = new Set()));
     set.add(handler);
     return () => set.delete(handler);
   }
 
-  /** Updates of one task. */
-  subscribe(taskId: string, handler?: (event: TaskUpdated) => void): Subscription {
-    return this.follow('subscribe', taskId, handler);
+  /**
+   * Updates of one task: live, or with `{ from: 'start' }` its whole retained history first. A
+   * handler that throws is reported as `handlerError`; the others still run.
+   */
+  subscribe(taskId: string, handler?: (event: TaskUpdated) => unknown, options?: TaskSubscriptionOptions): Subscription {
+    return this.follow('subscribe', taskId, handler, options);
   }
 
-  /** Updates of every task this principal may see. */
-  subscribeAll(handler?: (event: TaskUpdated) => void): Subscription {
+  /** Updates of every task this principal may see (live; a reconnect resumes without a gap). */
+  subscribeAll(handler?: (event: TaskUpdated) => unknown): Subscription {
     return this.follow('subscribeAll', undefined, handler);
   }
 
-  /** Live output of one task. */
-  subscribeOutput(taskId: string, handler?: (event: TaskOutput) => void): Subscription {
-    return this.follow('subscribeOutput', taskId, handler);
+  /**
+   * Output of one task: live, or with `{ from: 'start' }` the whole retained transcript first
+   * (`onTruncated` says when its beginning is gone).
+   */
+  subscribeOutput(taskId: string, handler?: (event: TaskOutput) => unknown, options?: TaskSubscriptionOptions): Subscription {
+    return this.follow('subscribeOutput', taskId, handler, options);
   }
 
   /** Closes for good: no reconnect. */
@@ -275,46 +393,72 @@ export class MeshClient {
     this.end({ state: 'closed', reason: 'closedByClient' });
   }
 
-  private follow(kind: Kind, taskId: string | undefined, handler?: (event: any) => void): Subscription {
+  private follow(
+    kind: Kind,
+    taskId: string | undefined,
+    handler?: (event: any) => unknown,
+    options: TaskSubscriptionOptions = {},
+  ): Subscription {
+    const from = options.from ?? 'now';
+    if (from !== 'now' && from !== 'start' && !(typeof from === 'object' && typeof from?.after === 'string' && from.after)) {
+      throw new TypeError("from: give 'now', 'start' or { after: <a cursor> }");
+    }
     const key = keyOf({ kind, taskId });
     let entry = this.followed.get(key);
     const fresh = !entry;
     if (!entry) {
-      entry = { kind, taskId: taskId?.toLowerCase(), handlers: new Set() };
+      entry = { kind, taskId: taskId?.toLowerCase(), fromStart: from === 'start', listeners: new Set() };
+      if (typeof from === 'object') entry.cursor = from.after;
       this.followed.set(key, entry);
     }
-    if (handler) entry.handlers.add(handler);
+    const listener: Listener = { handler, onTruncated: options.onTruncated, onEnded: options.onEnded };
+    entry.listeners.add(listener);
     const followed = entry;
     const ready = new Promise<void>((resolve, reject) => {
       if (this.stopped && this.current.state === 'closed') return reject(new MeshClientClosedError(this.current));
-      if (!fresh) return resolve();
-      followed.ready = { resolve, reject };
+      if (!fresh) return followed.pending ? followed.pending.then(resolve, reject) : resolve();
+      followed.ready = {
+        resolve: () => {
+          followed.pending = undefined;
+          resolve();
+        },
+        reject: (error) => {
+          followed.pending = undefined;
+          reject(error);
+        },
+      };
     });
     ready.catch(() => {}); // a refusal also arrives as an `error` event; `ready` need not be awaited
-    if (fresh) this.request(followed);
+    if (fresh) {
+      followed.pending = ready;
+      this.request(followed, true);
+    }
     return {
       ready,
       unsubscribe: () => {
-        if (handler) followed.handlers.delete(handler);
-        if (followed.handlers.size > 0 || this.followed.get(key) !== followed) return;
+        followed.listeners.delete(listener);
+        if (followed.listeners.size > 0 || this.followed.get(key) !== followed) return;
         this.followed.delete(key);
         const type = UNSUBSCRIBE_FRAME[kind];
-        this.send(taskId === undefined ? { type } : { type, taskId }, undefined);
+        this.send(taskId === undefined ? { type } : { type, taskId: followed.taskId }, undefined);
       },
     };
   }
 
   /** Sends (or, while disconnected, leaves to the next connection) the subscribe frame of `entry`. */
-  private request(entry: Followed): void {
+  private request(entry: Followed, alone = false): void {
     const frame: Record<string, string> = { type: entry.kind };
     if (entry.taskId !== undefined) frame.taskId = entry.taskId;
-    if (entry.cursor !== undefined) frame.since = entry.cursor;
-    this.send(frame, entry);
+    const since = entry.cursor ?? (entry.fromStart ? HISTORY_START : undefined);
+    if (since !== undefined) frame.since = since;
+    // Sent together after a reconnect, replays do not repeat each other's events: none may wait.
+    entry.awaitingReplay = alone && since !== undefined && this.socket?.readyState === OPEN;
+    this.send(frame as { type: ClientFrameType; taskId?: string }, entry);
   }
 
-  private send(frame: object, entry: Followed | undefined): void {
+  private send(frame: { type: ClientFrameType; taskId?: string }, entry: Followed | undefined): void {
     if (this.socket?.readyState !== OPEN) return;
-    this.awaiting.push(entry);
+    this.awaiting.push({ ack: ACK_OF[frame.type], taskId: frame.taskId?.toLowerCase(), entry });
     this.socket.send(JSON.stringify(frame));
   }
 
@@ -428,41 +572,101 @@ export class MeshClient {
     } catch {
       return;
     }
-    if (ACKS.has(message.type) || message.type === 'error') {
-      const entry = this.awaiting.shift();
-      if (message.type === 'error') {
-        if (entry && this.followed.get(keyOf(entry)) === entry && entry.cursor === undefined) {
-          // Refused before it ever delivered: not followed, not restored on reconnect.
-          this.followed.delete(keyOf(entry));
-        }
-        entry?.ready?.reject(new MeshSubscriptionError(message.code, message.message));
-        this.emit('error', message as ServerError);
-      } else entry?.ready?.resolve();
-      if (entry) entry.ready = undefined;
-      return;
-    }
-    if (message.type === 'taskUpdated' || message.type === 'taskOutput') {
-      if (this.seen.has(message.cursor)) return;
-      this.remember(message.cursor);
-      const streams =
-        message.type === 'taskOutput'
-          ? [this.followed.get(`subscribeOutput:${message.taskId}`)]
-          : [this.followed.get(`subscribe:${message.taskId}`), this.followed.get('subscribeAll')];
-      for (const entry of streams) {
-        if (!entry) continue;
-        entry.cursor = message.cursor;
-        for (const handler of entry.handlers) handler(message);
-      }
-      this.emit(message.type, message as TaskUpdated & TaskOutput);
-      return;
-    }
+    if (typeof message !== 'object' || message === null) return;
+    if (message.type === 'error') return this.refused(message as ServerError);
+    if (ACKS.has(message.type)) return this.acked(message.type, typeof message.taskId === 'string' ? message.taskId : undefined);
+    if (message.type === 'taskUpdated' || message.type === 'taskOutput') return this.deliver(message as TaskUpdated | TaskOutput);
+    if (message.type === 'historyTruncated') return this.truncated(message as HistoryTruncated);
     if (message.type === 'lagged') this.emit('lagged', message as Lagged);
     else if (message.type === 'resyncRequired') this.emit('resyncRequired', message as ResyncRequired);
   }
 
-  private remember(cursor: string): void {
-    this.seen.add(cursor);
-    if (this.seen.size > SEEN_LIMIT) this.seen.delete(this.seen.values().next().value!);
+  /** An `error` answers the oldest frame still owed a reply (the server answers in order). */
+  private refused(message: ServerError): void {
+    const entry = this.awaiting.shift()?.entry;
+    if (entry && this.followed.get(keyOf(entry)) === entry) {
+      if (entry.ready) {
+        // The application's own subscribe was refused: not followed, not restored on reconnect.
+        this.followed.delete(keyOf(entry));
+        entry.ready.reject(new MeshSubscriptionError(message.code, message.message));
+        entry.ready = undefined;
+      } else if (message.code === ErrorCode.NOT_FOUND) {
+        // Restoring it after a reconnect was refused: the task is gone from this principal's sight.
+        this.ended(entry, 'refused');
+      }
+    }
+    this.emit('error', message);
+  }
+
+  /**
+   * An ack answers the oldest owed frame of its type and task. One that answers none was sent by
+   * the server on its own: it ended that subscription.
+   */
+  private acked(type: string, taskId: string | undefined): void {
+    const id = taskId?.toLowerCase();
+    const index = this.awaiting.findIndex((owed) => owed.ack === type && owed.taskId === id);
+    if (index !== -1) {
+      const [{ entry }] = this.awaiting.splice(index, 1) as [Owed];
+      if (!entry) return;
+      entry.awaitingReplay = false;
+      entry.ready?.resolve();
+      entry.ready = undefined;
+      return;
+    }
+    const kind = ENDED_BY[type];
+    if (!kind) return;
+    const entry = this.followed.get(keyOf({ kind, taskId: id }));
+    // A subscribe of it still owed its reply was read after the server ended the earlier one: it stands.
+    if (!entry || this.awaiting.some((owed) => owed.entry === entry)) return;
+    this.ended(entry, 'revoked');
+  }
+
+  /** The subscription is over without the application asking: it stops following and says why. */
+  private ended(entry: Followed, reason: SubscriptionEnded['reason']): void {
+    this.followed.delete(keyOf(entry));
+    const ended: SubscriptionEnded = { subscription: entry.kind, reason };
+    if (entry.taskId !== undefined) ended.taskId = entry.taskId;
+    for (const listener of entry.listeners) {
+      if (listener.onEnded) this.call(listener.onEnded, ended, handlerOf(entry));
+    }
+    this.emit('ended', ended);
+  }
+
+  private deliver(message: TaskUpdated | TaskOutput): void {
+    const streams =
+      message.type === 'taskOutput'
+        ? [this.followed.get(`subscribeOutput:${message.taskId}`)]
+        : [this.followed.get(`subscribe:${message.taskId}`), this.followed.get('subscribeAll')];
+    const had = this.seen.get(message.cursor);
+    const to = streams.filter((entry): entry is Followed => entry !== undefined && !entry.awaitingReplay && !had?.has(entry));
+    if (had) to.forEach((entry) => had.add(entry));
+    else this.remember(message.cursor, new Set(to));
+    for (const entry of to) {
+      entry.cursor = message.cursor;
+      const source = handlerOf(entry);
+      for (const listener of entry.listeners) {
+        if (listener.handler) this.call(listener.handler, message, source);
+      }
+    }
+    if (!had) this.emit(message.type, message as TaskUpdated & TaskOutput);
+  }
+
+  private truncated(message: HistoryTruncated): void {
+    const entry = this.followed.get(keyOf({ kind: message.subscription, taskId: message.taskId }));
+    if (entry) {
+      // A reconnect before the first event asks for `start` again, and hears the same again.
+      if (entry.truncationTold) return;
+      entry.truncationTold = true;
+      for (const listener of entry.listeners) {
+        if (listener.onTruncated) this.call(listener.onTruncated, message, handlerOf(entry));
+      }
+    }
+    this.emit('historyTruncated', message);
+  }
+
+  private remember(cursor: string, to: Set<Followed>): void {
+    this.seen.set(cursor, to);
+    if (this.seen.size > SEEN_LIMIT) this.seen.delete(this.seen.keys().next().value!);
   }
 
   private setStatus(status: ConnectionStatus): void {
@@ -471,8 +675,37 @@ export class MeshClient {
   }
 
   private emit<E extends keyof MeshClientEvents>(event: E, payload: MeshClientEvents[E]): void {
-    for (const handler of this.listeners.get(event) ?? []) handler(payload);
+    for (const handler of this.listeners.get(event) ?? []) {
+      if (event === 'handlerError') {
+        // Reporting a failure to report would go round for ever.
+        try {
+          void Promise.resolve(handler(payload)).catch(() => {});
+        } catch {
+          // deliberately dropped: see above
+        }
+      } else this.call(handler, payload, { on: event });
+    }
   }
+
+  /**
+   * Calls one application handler: a throw, or a rejection of the promise it returns, is reported
+   * as `handlerError` rather than stopping the other handlers or the client's receive loop.
+   */
+  private call<T>(handler: (value: T) => unknown, value: T, source: HandlerError['handler']): void {
+    const report = (error: unknown) => this.emit('handlerError', { error, event: value, handler: source });
+    try {
+      const result = handler(value);
+      if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
+        (result as PromiseLike<unknown>).then(undefined, report);
+      }
+    } catch (error) {
+      report(error);
+    }
+  }
+}
+
+function handlerOf(entry: Followed): HandlerError['handler'] {
+  return entry.taskId === undefined ? { subscription: entry.kind } : { subscription: entry.kind, taskId: entry.taskId };
 }
 
 function keyOf(entry: Pick<Followed, 'kind' | 'taskId'>): string {

@@ -90,7 +90,9 @@ export class EventHistory implements History {
     // Asked first, the same way for a task that is not there and one that is not the caller's.
     if (!(await this.visibleNow(principal, stream.taskId))) return HIDDEN;
     const read = await this.read(principal, stream, after, Math.max(1, Math.min(PAGE_ROWS, rows)), undefined);
-    return read.ok ? this.page(read) : read;
+    if (!read.ok) return read;
+    // And again once read, as for a replay: an owner change that committed meanwhile takes the page away.
+    return (await this.visibleNow(principal, stream.taskId)) ? this.page(read) : HIDDEN;
   }
 
   /** One page of the bus, bounded in time so that a database gone mute cannot hold the replay slots (and the sockets) forever. */

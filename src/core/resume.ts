@@ -110,6 +110,9 @@ export class ResumeSeams {
             ? [`u:${taskId}`, 'all']
             : [`u:${taskId}`]
           : ['all'];
+    // A task's own replay holds its updates, whatever else carries them (`subscribeAll`): they
+    // follow its history, and the task's frames arrive in log order.
+    if (keys.length === 2 && seams.get(keys[0]!)?.replaying) return this.setAside(keys, kind, taskId, cursor, frame);
     for (const key of keys) {
       const seam = seams.get(key);
       if (seam === undefined) return false;
@@ -120,9 +123,14 @@ export class ResumeSeams {
         return false;
       }
     }
+    return this.setAside(keys, kind, taskId, cursor, frame);
+  }
+
+  /** Keeps a live frame in the replaying seams of `keys` (within their budget); true: taken. */
+  private setAside(keys: string[], kind: 'update' | 'output', taskId: string, cursor: string, frame: Buffer): true {
     for (const key of keys) {
-      const seam = seams.get(key)!;
-      if (!seam.replaying || seam.overflowed) continue;
+      const seam = this.seams!.get(key);
+      if (seam === undefined || !seam.replaying || seam.overflowed) continue;
       seam.aside.push({ kind, taskId, cursor, frame });
       seam.asideBytes += frame.length;
       if (seam.asideBytes > this.settings.asideBytes) {
@@ -169,6 +177,23 @@ export class ResumeSeams {
       if (subscription === 'subscribeOutput') out.startOutput(taskId!, history.head());
       out.control(this.frames.resyncRequired(subscription, taskId, reason));
       this.metrics.sent('resyncRequired');
+      // Live from here: what came live meanwhile follows.
+      if (!seam.overflowed) sendAside(undefined);
+    };
+    /** Sends the live frames set aside that come after `floor` (all of them: undefined), in order; answers the new floor. */
+    const sendAside = (floor: string | undefined): string | undefined => {
+      let last = floor;
+      for (const aside of seam.aside) {
+        if (last !== undefined && history.compare(aside.cursor, last) <= 0) continue;
+        last = aside.cursor;
+        if (aside.kind === 'output') out.output(aside.taskId, aside.frame, aside.cursor);
+        else if (!this.hasAlready(burst, aside.taskId, aside.cursor)) {
+          burst.live.add(aside.cursor);
+          out.update(aside.taskId, aside.frame);
+        }
+      }
+      seam.aside = [];
+      return last;
     };
     // `subscribeAll` reads what the principal may see *now*: a re-authentication may change it.
     const current = (): ReplayStream =>
@@ -208,16 +233,7 @@ export class ResumeSeams {
       }
       // Caught up with the last page's snapshot; what came live while it was read is newer than
       // it (or in it): sent now, in order, and the seam moves past it.
-      let floor = since === HISTORY_START || history.compare(after, since) > 0 ? after : since;
-      for (const aside of seam.aside) {
-        if (history.compare(aside.cursor, floor) <= 0) continue;
-        floor = aside.cursor;
-        if (aside.kind === 'output') out.output(aside.taskId, aside.frame, aside.cursor);
-        else if (!this.hasAlready(burst, aside.taskId, aside.cursor)) {
-          burst.live.add(aside.cursor);
-          out.update(aside.taskId, aside.frame);
-        }
-      }
+      const floor = sendAside(since === HISTORY_START || history.compare(after, since) > 0 ? after : since)!;
       this.seams!.set(key, { replaying: false, floor });
       if (stream.kind === 'update') burst.tasks.set(stream.taskId, floor);
       else if (stream.kind === 'all') burst.all = floor;

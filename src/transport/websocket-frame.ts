@@ -29,3 +29,9 @@ export function frameText(text: string): Buffer {
   frame.write(text, writeHeader(frame, length));
   return frame;
 }
+
+/** The payload of a frame `frameText` made (its JSON text, for the REST history): a view, not a copy. */
+export function payloadOf(frame: Buffer): Buffer {
+  const length = frame[1]! & 0x7f;
+  return frame.subarray(length < 126 ? 2 : length === 126 ? 4 : 10);
+}
