@@ -20,6 +20,7 @@ import { statusWhere } from './helpers/client-status.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { tappedWebSocket, type Tap } from './helpers/tapped-socket.js';
+import { collector } from './helpers/collector.js';
 
 let db: TestDatabase;
 let server: TestServer;
@@ -45,21 +46,6 @@ function client(on: TestServer, apiKey: string, tap?: Tap): MeshClient {
   return c;
 }
 after(() => clients.forEach((c) => c.close()));
-
-/** Collects values until `count` have arrived (more are kept too, to catch a duplicate). */
-function collector<T>(count: number) {
-  const values: T[] = [];
-  let done!: () => void;
-  const complete = new Promise<void>((resolve) => (done = resolve));
-  return {
-    values,
-    complete,
-    push(value: T) {
-      values.push(value);
-      if (values.length === count) done();
-    },
-  };
-}
 
 /** `count` outputs `<prefix><n>` (padded with `bytes` dots), logged in one statement through the SQL function. */
 async function logOutputs(taskId: string, prefix: string, count: number, bytes = 0): Promise<void> {

@@ -26,6 +26,7 @@ import { statusWhere } from './helpers/client-status.js';
 import { startServerProcess } from './helpers/process.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
 import { tappedWebSocket } from './helpers/tapped-socket.js';
+import { collector } from './helpers/collector.js';
 
 let db: TestDatabase;
 let server: TestServer;
@@ -46,21 +47,6 @@ function client(url: string, apiKey: string): MeshClient {
   return c;
 }
 after(() => clients.forEach((c) => c.close()));
-
-/** Collects values until `count` have arrived. */
-function collector<T>(count: number) {
-  const values: T[] = [];
-  let done!: () => void;
-  const complete = new Promise<void>((resolve) => (done = resolve));
-  return {
-    values,
-    complete,
-    push(value: T) {
-      values.push(value);
-      if (values.length === count) done();
-    },
-  };
-}
 
 test('typed events and per-task handlers; a refused subscription rejects its ready with the code', async () => {
   const { ownerId, key } = await server.owner();

@@ -19,7 +19,6 @@ import { hashKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { deliveries } from './helpers/delivered.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
-import type { Frame, TestClient } from './helpers/ws-client.js';
 
 let db: TestDatabase;
 let a: TestServer;
@@ -57,16 +56,6 @@ const output = (taskId: string, content: string, extra: Record<string, unknown> 
   isPartial: false,
   ...extra,
 });
-
-/** Frames up to and including the first that `last` matches. */
-async function until(client: TestClient, last: (f: Frame) => boolean): Promise<Frame[]> {
-  const frames: Frame[] = [];
-  for (;;) {
-    const frame = await client.next();
-    frames.push(frame);
-    if (last(frame)) return frames;
-  }
-}
 
 async function metric(server: TestServer, name: string, labels: Record<string, string> = {}): Promise<number> {
   const found = (await server.app.mesh.metrics.getSingleMetric(name)?.get())?.values.find((v) =>
@@ -116,13 +105,13 @@ describe('an owner change', () => {
     await a.app.mesh.taskOutput.publish(output(taskId, 'secret too'));
     // Then an event the old owner may see: everything before it in the log has been handled.
     await a.app.mesh.taskUpdates.publish(update(marker, old.ownerId, 1));
-    const seen = await until(oldClient, (f) => f.taskId === marker);
+    const seen = await oldClient.until((f) => f.taskId === marker);
     assert.deepEqual(
       seen.map((f) => [f.type, f.taskId === taskId ? 'moved task' : 'marker']),
       [['taskUpdated', 'marker']],
       'the old owner got nothing of the moved task',
     );
-    const got = await until(newClient, (f) => f.version === 3);
+    const got = await newClient.until((f) => f.version === 3);
     assert.deepEqual(
       got.map((f) => [f.taskId, f.version]),
       [
@@ -138,7 +127,7 @@ describe('an owner change', () => {
       assert.equal((await client.request({ type: 'subscribeOutput', taskId, since: before })).code, 'NOT_FOUND');
       assert.equal((await client.request({ type: 'subscribeAll', since: before })).type, 'subscribedAll');
       await a.app.mesh.taskUpdates.publish(update(marker, old.ownerId, 2));
-      const replayed = await until(client, (f) => f.taskId === marker && f.version === 2);
+      const replayed = await client.until((f) => f.taskId === marker && f.version === 2);
       assert.deepEqual(
         replayed.map((f) => [f.taskId === taskId ? 'moved task' : 'marker', f.version]),
         [
@@ -274,7 +263,7 @@ describe('hostile content', () => {
       await tx`SELECT mesh_publish_task_update(${taskId}::uuid, NULL, 2, 'second', '{}', 'x')`;
     });
     for (const client of [clientA, clientB]) {
-      const frames = await until(client, (f) => f.version === 2);
+      const frames = await client.until((f) => f.version === 2);
       assert.deepEqual(
         frames.map((f) => f.status ?? f.content),
         ['first', 'after', 'second'],
@@ -329,7 +318,7 @@ describe('resumes', () => {
     await release();
     await delivered(since);
     await a.app.mesh.taskUpdates.publish(update(resumed, ownerId, 2));
-    const frames = await until(client, (f) => f.taskId === resumed && f.version === 2);
+    const frames = await client.until((f) => f.taskId === resumed && f.version === 2);
     assert.deepEqual(
       frames.map((f) => [f.taskId === other ? 'other' : 'resumed', f.version, f.cursor]),
       [
@@ -428,7 +417,7 @@ test('a resume racing the pruning is gapless from its since, or answered expired
           outcomes.gapless++;
         }
         client.send({ type: 'unsubscribe', taskId });
-        await until(client, (f) => f.type === 'unsubscribed');
+        await client.until((f) => f.type === 'unsubscribed');
       }
       await client.close();
     };
@@ -472,7 +461,7 @@ describe('at the limits, found in review', () => {
     const cursor = await a.app.mesh.taskOutput.publish(output(taskId, content));
     assert.match(cursor, /\./, 'publish() accepted it and gave a cursor');
     await a.app.mesh.taskOutput.publish(output(taskId, 'after'));
-    const frames = await until(client, (f) => f.content === 'after');
+    const frames = await client.until((f) => f.content === 'after');
     const dropped = (await metric(a, 'mesh_events_dropped_total', { reason: 'invalid' })) - droppedBefore;
     assert.deepEqual(
       frames.map((f) => (f.content === content ? 'the accepted event' : f.content)),
@@ -519,7 +508,7 @@ describe('the seam of a resume', () => {
       client.send({ type: 'subscribeOutput', taskId, since });
       client.send({ type: 'subscribe', taskId: other });
       const sentAt = published;
-      await until(client, (f) => f.type === 'subscribed' && f.taskId === other);
+      await client.until((f) => f.type === 'subscribed' && f.taskId === other);
       // Counted in the task's own events, not in time: a replay that goes live answers within a
       // few pages; one that reads on while events come answers only when they stop.
       assert.ok(
@@ -572,7 +561,7 @@ describe('the seam of a resume', () => {
       assert.equal((await client.next()).type, 'subscribedAll');
       for (let i = 1; i <= 16; i++) assert.equal((await client.next()).version, i);
       const marker = await c.app.mesh.taskUpdates.publish(update(theirTask, theirs.ownerId, 2));
-      const frames = await until(client, (f) => f.cursor === marker);
+      const frames = await client.until((f) => f.cursor === marker);
       assert.deepEqual(
         frames.map((f) => [f.taskId === theirTask ? 'their task' : 'my task', f.version]),
         [
@@ -627,7 +616,7 @@ describe('the seam of a resume', () => {
       assert.equal((await client.next()).version, 1);
       release();
       const marker = await d.app.mesh.taskUpdates.publish(update(quick, ownerId, 2));
-      const frames = await until(client, (f) => f.cursor === marker);
+      const frames = await client.until((f) => f.cursor === marker);
       assert.deepEqual(
         frames.map((f) => [
           f.taskId === slow ? 'slow task' : 'quick task',

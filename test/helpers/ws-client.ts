@@ -53,6 +53,16 @@ export class TestClient {
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
+  /** Frames up to and including the first that `last` matches. */
+  async until(last: (f: Frame) => boolean): Promise<Frame[]> {
+    const frames: Frame[] = [];
+    for (;;) {
+      const frame = await this.next();
+      frames.push(frame);
+      if (last(frame)) return frames;
+    }
+  }
+
   /** Sends a frame and returns the next one received (the reply, when nothing else is in flight). */
   async request(frame: unknown): Promise<Frame> {
     this.send(frame);
