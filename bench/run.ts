@@ -359,7 +359,8 @@ for (const [i, l] of lines.entries()) {
   if (i === 0) print(`| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`);
 }
 const incomplete = [...results.entries()].filter(([, r]) => r.complete === false).map(([k]) => k);
-if (incomplete.length > 0) print(`\nincomplete within the 120 s limit (shown as n/a): ${incomplete.join(', ')}`);
+if (incomplete.length > 0)
+  print(`\nincomplete: a check failed or a limit ran out (shown as n/a; details in the JSON line above): ${incomplete.join(', ')}`);
 
 await embedded?.stop();
 await rm(scratch, { recursive: true, force: true });
