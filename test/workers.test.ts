@@ -6,13 +6,19 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { API_KEY_HEADER, createApiKey } from '../example/src/api-keys.js';
 import { respawnDelayMs } from '../example/src/cluster.js';
 import { MAX_WORKERS, readConfig } from '../example/src/config.js';
+import { scratchDirectory } from '../example/src/embedded-postgres.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { TestClient, type Frame } from './helpers/ws-client.js';
+
+const checkout = fileURLToPath(new URL('..', import.meta.url));
 
 type LogLine = { level: number; msg: string; pid: number; worker?: number; [field: string]: unknown };
 
@@ -28,10 +34,20 @@ interface Cluster {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** `node example/src/main.ts` with WORKERS and a database, until the primary names the address. */
-function start(env: Record<string, string>): Cluster & { ready: Promise<void> } {
+/**
+ * `node example/src/main.ts` with WORKERS and a database; or, `ownGroup`, in a process group of
+ * its own with its embedded PostgreSQL, as a terminal's foreground group (which Ctrl-C signals).
+ */
+function start(env: Record<string, string>, ownGroup?: { dataDir: string }): Cluster & { ready: Promise<void> } {
+  const childEnv: NodeJS.ProcessEnv = { ...process.env, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', SHUTDOWN_DRAIN_MS: '0', ...env };
+  if (ownGroup) {
+    delete childEnv.DATABASE_URL;
+    childEnv.DATA_DIR = ownGroup.dataDir;
+  }
   const child = spawn(process.execPath, ['--import', 'tsx', 'example/src/main.ts'], {
-    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', SHUTDOWN_DRAIN_MS: '0', ...env },
+    cwd: checkout,
+    detached: Boolean(ownGroup),
+    env: childEnv,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: LogLine[] = [];
@@ -294,6 +310,40 @@ test('SIGTERM to the primary: every socket gets 1001, every process exits, exit 
     [],
   );
   assert.deepEqual(run.other, []);
+});
+
+test('Ctrl-C (SIGINT to the process group): the workers stop, then the embedded PostgreSQL the primary started once, exit code 0', async (t) => {
+  const scratch = await scratchDirectory('workers');
+  t.after(() => rm(scratch, { recursive: true, force: true }));
+  const dev = start({ WORKERS: '2', SHUTDOWN_DRAIN_MS: '30000' }, { dataDir: scratch });
+  await dev.ready;
+  const postmaster = Number((await readFile(path.join(scratch, 'pg', 'postmaster.pid'), 'utf8')).split('\n')[0]);
+  assert.equal(dev.lines.filter((l) => l.msg === 'embedded PostgreSQL started').length, 1, 'started once');
+  assert.equal((await fetch(`${dev.url}/readyz`)).status, 200);
+  const workers = [...new Set(dev.lines.filter(isListening).map((l) => l.pid))];
+  assert.equal(workers.length, 2);
+
+  const sent = performance.now();
+  process.kill(-dev.pid, 'SIGINT');
+  assert.deepEqual(await dev.exited, { code: 0, signal: null }, dev.other.join('\n'));
+  t.diagnostic(`SIGINT to exit, 2 workers and the embedded PostgreSQL: ${Math.round(performance.now() - sent)} ms`);
+  // No socket was open: no drain, though SHUTDOWN_DRAIN_MS is 30 s; the echoes were one request.
+  for (const pid of workers) {
+    assert.deepEqual(
+      dev.lines.filter((l) => l.pid === pid && /^shutting down/.test(l.msg)).map((l) => l.drainMs),
+      [0],
+    );
+  }
+  const stoppedAt = (pid: number) => dev.lines.findIndex((l) => l.pid === pid && l.msg === 'stopped');
+  const postgresStopped = dev.lines.findIndex((l) => l.msg === 'embedded PostgreSQL stopped');
+  for (const pid of workers) assert.ok(stoppedAt(pid) >= 0 && stoppedAt(pid) < postgresStopped, `worker ${pid} stopped first`);
+  assert.ok(postgresStopped < stoppedAt(dev.pid), dev.lines.map((l) => `${l.pid} ${l.msg}`).join('\n'));
+  assert.deepEqual([postmaster, ...workers].filter(alive), []);
+  assert.deepEqual(
+    dev.lines.filter((l) => l.level >= 50 || /ECONNREFUSED/.test(JSON.stringify(l))),
+    [],
+  );
+  assert.deepEqual(dev.other, []);
 });
 
 test('WORKERS: 1 to 64, default 1; a bad value refuses to start with a message and no stack', async () => {

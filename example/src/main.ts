@@ -21,8 +21,11 @@ try {
   process.exit(1);
 }
 // Its API keys travel in a header of its own: censored too. Each worker's lines say which it is
-// (every line names its pid already).
-const root = pino(safeLoggerOptions(config.logLevel, [API_KEY_HEADER]));
+// (every line names its pid already). A cluster's processes share one stdout and exit right after
+// their last lines: written synchronously, those are neither lost nor reordered at exit (pino's
+// default stream still has the previous line in flight when process.exit() flushes the next).
+const options = safeLoggerOptions(config.logLevel, [API_KEY_HEADER]);
+const root = config.workers > 1 ? pino(options, pino.destination({ dest: 1, sync: true })) : pino(options);
 const log = cluster.isWorker ? root.child({ worker: cluster.worker!.id }) : root;
 if (envFile && cluster.isPrimary) log.info({ envFile }, `settings from ${envFile} (the environment wins)`);
 
