@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -32,6 +33,8 @@ interface Cluster {
   /** The `count`-th line (1-based) that matches, once it has arrived. */
   nth(count: number, match: (line: LogLine) => boolean): Promise<LogLine>;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves once no process holds its stdout and stderr: the primary and every worker have exited. */
+  allExited: Promise<void>;
 }
 
 /**
@@ -65,7 +68,9 @@ function start(env: Record<string, string>, ownGroup?: { dataDir: string }): Clu
       }
     }
   };
+  const ended: Promise<void>[] = [];
   for (const stream of [child.stdout, child.stderr]) {
+    ended.push(new Promise((resolve) => stream.once('close', () => resolve())));
     createInterface({ input: stream }).on('line', (text) => {
       try {
         lines.push(JSON.parse(text) as LogLine);
@@ -86,7 +91,8 @@ function start(env: Record<string, string>, ownGroup?: { dataDir: string }): Clu
         ),
       );
     });
-  const run = { pid: child.pid!, url: '', wsUrl: '', lines, other, nth, exited } as Cluster & { ready: Promise<void> };
+  const allExited = Promise.all(ended).then(() => {});
+  const run = { pid: child.pid!, url: '', wsUrl: '', lines, other, nth, exited, allExited } as Cluster & { ready: Promise<void> };
   run.ready = nth(1, (l) => /API docs at/.test(l.msg)).then((line) => {
     run.url = new URL(String(line.docs)).origin;
     run.wsUrl = `${run.url.replace('http', 'ws')}/api/v1/mesh/tasks/subscribe`;
@@ -96,10 +102,18 @@ function start(env: Record<string, string>, ownGroup?: { dataDir: string }): Clu
   return run;
 }
 
+/**
+ * Running, not exited: a worker whose primary exited first is a zombie until init reaps it, and
+ * a signal 0 still reaches that.
+ */
 const alive = (pid: number) => {
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\d+ \(.*\) [ZX]/s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
   }
@@ -344,6 +358,28 @@ test('Ctrl-C (SIGINT to the process group): the workers stop, then the embedded 
     [],
   );
   assert.deepEqual(dev.other, []);
+});
+
+test('a second signal to the primary while the workers drain: every process exits at once, exit code 1', async (t) => {
+  const draining = start({ WORKERS: '2', DATABASE_URL: db.url, SHUTDOWN_DRAIN_MS: '60000' });
+  await draining.ready;
+  const workers = [...new Set(draining.lines.filter(isListening).map((l) => l.pid))];
+  process.kill(draining.pid, 'SIGTERM');
+  for (const pid of workers) await draining.nth(1, (l) => l.pid === pid && /^shutting down/.test(l.msg));
+  // A different signal is a second request at once, whatever the echo window.
+  const sent = performance.now();
+  process.kill(draining.pid, 'SIGINT');
+  assert.deepEqual(await draining.exited, { code: 1, signal: null });
+  await draining.allExited;
+  t.diagnostic(`second signal to every process gone (60 s drain cut short): ${Math.round(performance.now() - sent)} ms`);
+  assert.deepEqual(workers.filter(alive), []);
+  const warned = draining.lines.filter((l) => l.msg === 'a second signal while shutting down: exiting without waiting').map((l) => l.pid);
+  assert.ok(warned.includes(draining.pid), 'the primary says so');
+  assert.deepEqual(
+    draining.lines.filter((l) => l.msg === 'stopped'),
+    [],
+    'nobody waited for the drain',
+  );
 });
 
 test('WORKERS: 1 to 64, default 1; a bad value refuses to start with a message and no stack', async () => {
