@@ -382,6 +382,20 @@ test('a second signal to the primary while the workers drain: every process exit
   );
 });
 
+test('workers that cannot start (here: HOST is no address of this machine) stop the whole, exit code 1, rather than being forked forever', async () => {
+  const refused = start({ WORKERS: '2', DATABASE_URL: db.url, HOST: '192.0.2.1' });
+  assert.deepEqual(await refused.exited, { code: 1, signal: null });
+  await refused.allExited;
+  const failed = refused.lines.filter((l) => l.msg === 'a worker failed to start: stopping');
+  assert.ok(failed.length >= 1);
+  assert.ok(failed.every((l) => l.pid === refused.pid && l.code === 1));
+  assert.deepEqual(
+    refused.lines.filter((l) => l.msg === 'worker died: forking another'),
+    [],
+  );
+  assert.equal(refused.lines.filter((l) => /API docs at/.test(l.msg)).length, 0);
+});
+
 test('WORKERS: 1 to 64, default 1; a bad value refuses to start with a message and no stack', async () => {
   assert.equal(readConfig({}).workers, 1);
   assert.equal(readConfig({ WORKERS: '' }).workers, 1);
