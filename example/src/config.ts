@@ -19,6 +19,20 @@ export interface ServerConfig {
   databaseConnectTimeoutMs: number;
   /** PostgreSQL's statement_timeout for our sessions (0: no limit). */
   databaseStatementTimeoutMs: number;
+  /** Processes serving HOST:PORT (node:cluster); 1: this process alone, no cluster. */
+  workers: number;
+}
+
+/** Far more than any host's cores: a typo (6400) refuses to start rather than fork thousands. */
+export const MAX_WORKERS = 64;
+
+function workerCount(value: string | undefined): number {
+  if (value === undefined || value === '') return 1;
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1 || n > MAX_WORKERS) {
+    throw new Error(`WORKERS must be a whole number of processes from 1 to ${MAX_WORKERS}, got ${value}`);
+  }
+  return n;
 }
 
 function nonNegative(name: string, value: string | undefined, fallback: number): number {
@@ -44,5 +58,6 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     shutdownDrainMs: nonNegative('SHUTDOWN_DRAIN_MS', env.SHUTDOWN_DRAIN_MS, 5_000),
     databaseConnectTimeoutMs: nonNegative('DATABASE_CONNECT_TIMEOUT_MS', env.DATABASE_CONNECT_TIMEOUT_MS, 5_000),
     databaseStatementTimeoutMs: nonNegative('DATABASE_STATEMENT_TIMEOUT_MS', env.DATABASE_STATEMENT_TIMEOUT_MS, 10_000),
+    workers: workerCount(env.WORKERS),
   };
 }
