@@ -10,7 +10,7 @@ import type { LimitsOptions, Principal, ResolvedOptions } from '../options.js';
 import type { MeshMetrics } from '../metrics.js';
 import { offeredTicket, type TicketStore } from './tickets.js';
 
-export type Refusal = (typeof UpgradeError)[keyof typeof UpgradeError];
+export type Refusal = { readonly status: number; readonly code: string; readonly message: string };
 
 /**
  * The place an upgrade holds under the limits, from the total check (before any await) until its

@@ -59,7 +59,7 @@ export class MeshHub {
     const frames = new Frames(parts.frameText);
     this.channels = new Channels(bus, owners, settings, log);
     this.delivery = new DeliveryPipeline(this.index, owners, frames, this.channels, metrics, log);
-    const history = (this.history = new EventHistory(
+    this.history = new EventHistory(
       bus,
       owners,
       (logged) => this.delivery.frameOf(logged),
@@ -69,11 +69,11 @@ export class MeshHub {
         concurrency: settings.replay.concurrency,
         pageBytes: Math.floor(settings.backpressure.soft / 2),
       },
-    ));
+    );
     this.reauth = new ReauthSweep(parts.recheck, metrics);
     this.context = {
       index: this.index,
-      history,
+      history: this.history,
       owners,
       scheduler: new FlushScheduler(),
       frames,

@@ -168,9 +168,9 @@ export class ResumeSeams {
     const burst = (this.burst ??= { live: new Set(), tasks: new Map(), all: undefined });
     const taskId = stream.kind === 'all' ? undefined : stream.taskId;
     const { history, out, socket } = this;
-    // Without a replay the client refetches: the stream is live from here.
     // Unsubscribed, or resumed again (a new seam took this one's place): this replay stops.
     const abandoned = () => !socket.isOpen() || this.seams?.get(key) !== seam;
+    // Without a replay the client refetches: the stream is live from here.
     const resync = (reason: ResyncReason) => {
       this.end(key);
       // `since` was no usable start: a later `lagged` points at where the live stream began.

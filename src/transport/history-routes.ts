@@ -13,7 +13,7 @@ import { refuse } from '../auth/admission.js';
 import { authenticateRequest } from '../auth/authenticate.js';
 import type { EventHistory } from '../core/history.js';
 import type { Replayed } from '../core/history-types.js';
-import { HistoryError, RETRY_AFTER_SECONDS, UpgradeError } from '../errors.js';
+import { HistoryError, UpgradeError } from '../errors.js';
 import { ServerMessages, Uuid } from '../protocol/schemas.js';
 import { HISTORY_START, OUTPUT_HISTORY_PATH, UPDATES_HISTORY_PATH, type ResyncReason } from '../protocol/wire.js';
 import type { ResolvedOptions } from '../options.js';
@@ -141,10 +141,9 @@ const typeBoxValidator: FastifySchemaCompiler<FastifySchema> = (route) => {
 
 type Answer = (typeof HistoryError)[keyof typeof HistoryError];
 
-/** `{code, message}`; a 503 says when to retry. */
-function answer(reply: FastifyReply, error: Answer, detail?: string): FastifyReply {
-  if (error.status === 503) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
-  return reply.code(error.status).send({ code: error.code, message: detail === undefined ? error.message : `${error.message}: ${detail}` });
+/** `{code, message}` as the upgrade's refusals are (a 503 says when to retry), `detail` after the message. */
+function answer(reply: FastifyReply, error: Answer, detail?: string): Promise<void> {
+  return refuse(reply, detail === undefined ? error : { ...error, message: `${error.message}: ${detail}` });
 }
 
 const RESYNC_ANSWER: Record<ResyncReason, Answer> = {
