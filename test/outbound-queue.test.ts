@@ -383,6 +383,22 @@ describe('Outbound: closing a slow consumer', () => {
     assert.deepEqual(socket.frames(), ['ack']);
   });
 
+  test("a turn's frames count the socket's bytes as read at its first frame; the flush reads them again", async () => {
+    const { socket, observer, outbound } = setup();
+    socket.buffered = LIMITS.hard - 10;
+    outbound.control(frame('abc')); // 4 bytes: 6 to spare
+    socket.buffered = 0; // the peer took bytes since: still counted until the flush (the cautious side)
+    outbound.control(frame('abcdefg')); // 8 more: over hard as the turn began
+    assert.deepEqual(observer.log, ['slow buffer']);
+
+    const second = setup();
+    second.outbound.control(frame('ack'));
+    second.socket.buffered = LIMITS.hard + 1; // grown within the turn by what ws writes itself (a pong)
+    await turn();
+    assert.deepEqual(second.socket.frames(), ['ack']);
+    assert.deepEqual(second.observer.log, ['slow buffer'], 'the flush reads the socket afresh');
+  });
+
   test('backed up for longer than timeoutMs: checkStalled reports slow(timeout), once', async () => {
     const { socket, observer, outbound } = setup();
     outbound.checkStalled(performance.now() + 1e9);

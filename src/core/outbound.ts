@@ -40,6 +40,15 @@ export class Outbound {
   private readonly queued: Buffer[] = [];
   private queuedBytes = 0;
   private scheduled = false;
+  /**
+   * The socket's own pending bytes, read when this turn's first frame was queued; stands for them
+   * while `scheduled`. Reading them (ws walks to the TCP socket's stream state) cost more than all
+   * the rest of a delivery when done per frame. Until this turn's flush nothing of ours is written
+   * to the socket, so they can only have shrunk meanwhile (the kernel took some): counting them as
+   * they were is the cautious side. Only ws's own control frames (a pong, a ping: at most 127
+   * bytes each) can add to them in between, and the flush checks the hard limit on a fresh read.
+   */
+  private socketBytes = 0;
   private stopped = false;
   // Both made on first use: most sockets are never backed up, and there are many sockets.
   /** Latest update per task while backed up; sent once the socket catches up. */
@@ -67,7 +76,7 @@ export class Outbound {
 
   /** Bytes written but not yet taken by the peer, plus bytes waiting for this turn's flush. */
   pendingBytes(): number {
-    return this.socket.bufferedAmount() + this.queuedBytes;
+    return (this.scheduled ? this.socketBytes : this.socket.bufferedAmount()) + this.queuedBytes;
   }
 
   /** Acks and errors: always sent, in order. */
@@ -198,6 +207,8 @@ export class Outbound {
       return;
     }
     if (!this.scheduled) {
+      // What was pending before this turn's first frame: the socket's own bytes.
+      this.socketBytes = pending - (this.queuedBytes - frame.length);
       this.scheduled = true;
       this.scheduler.mark(this);
     }
