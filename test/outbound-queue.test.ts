@@ -140,6 +140,31 @@ describe('Outbound: writes', () => {
     assert.deepEqual(observer.writes, [[big[0]!.length + big[1]!.length, 2]]);
   });
 
+  test("sockets taking a turn's frames in the same order share one joined buffer; one that diverges keeps its order", async () => {
+    const scheduler = new FlushScheduler();
+    const frames = new Frames((text) => Buffer.from(`${text}\n`));
+    const queues = [0, 1, 2].map(() => {
+      const socket = new FakeSocket();
+      const observer = new RecordingObserver();
+      return { socket, observer, outbound: new Outbound(socket, LIMITS, scheduler, frames, observer) };
+    });
+    const [one, two, three] = queues;
+    const events = [1, 2, 3].map((v) => update('t1', v));
+    for (const [v, event] of events.entries()) {
+      one!.outbound.update('t1', event);
+      two!.outbound.update('t1', event);
+      if (v === 1) three!.outbound.control(frame('ack')); // between two events: its own order from here on
+      three!.outbound.update('t1', event);
+    }
+    await turn();
+    const chunk = (q: (typeof queues)[number]) => (q.socket.calls[0] as { write: Buffer }).write;
+    assert.equal(chunk(one!), chunk(two!), 'one join for both');
+    assert.deepEqual(one!.socket.frames(), ['u:t1:v1', 'u:t1:v2', 'u:t1:v3']);
+    assert.deepEqual(three!.socket.frames(), ['u:t1:v1', 'ack', 'u:t1:v2', 'u:t1:v3']);
+    assert.deepEqual(three!.observer.writes, [[events.reduce((n, f) => n + f.length, 0) + 4, 4]]);
+    for (const q of queues) assert.equal(q.socket.calls.length, 1);
+  });
+
   test('nothing is written when the socket is no longer open', async () => {
     const { socket, observer, outbound } = setup();
     outbound.control(frame('ack'));

@@ -5,7 +5,7 @@
  * and reported as `lagged` once the socket catches up, and past the hard limit or the time limit
  * the socket is closed.
  */
-import type { FlushScheduler } from './flush-scheduler.js';
+import type { FlushScheduler, Run } from './flush-scheduler.js';
 import type { Frames } from './frames.js';
 import type { ClientSocket } from './ports.js';
 
@@ -37,6 +37,9 @@ export interface BackpressureObserver {
 const JOIN_LIMIT = 256 * 1024;
 
 export class Outbound {
+  /** This turn's frames, while they are a stretch of the scheduler's (see FlushScheduler.start). */
+  private run: Run | undefined;
+  /** Otherwise, this turn's frames as a list. */
   private readonly queued: Buffer[] = [];
   private queuedBytes = 0;
   private scheduled = false;
@@ -153,23 +156,32 @@ export class Outbound {
 
   flush(): void {
     this.scheduled = false;
-    const queued = this.queued;
-    if (this.stopped || queued.length === 0) return;
+    const { run, queued } = this;
+    this.run = undefined;
+    if (this.stopped || (run === undefined && queued.length === 0)) return;
     const bytes = this.queuedBytes;
     this.queuedBytes = 0;
+    const count = run === undefined ? queued.length : run.end - run.start;
     // Once a close frame went either way, nothing may follow it.
     if (this.socket.isOpen()) {
-      if (queued.length === 1) this.socket.write(queued[0]!);
-      else if (bytes <= JOIN_LIMIT) this.socket.write(this.scheduler.join(queued, bytes));
-      else this.socket.writeAll(queued);
+      if (run === undefined) this.write(queued, bytes);
+      else if (count === 1) this.socket.write(run.frames[run.start]!);
+      else if (bytes <= JOIN_LIMIT) this.socket.write(this.scheduler.joinRun(run, bytes));
+      else this.socket.writeAll(run.frames.slice(run.start, run.end));
     }
-    this.observer.wrote(bytes, queued.length);
+    this.observer.wrote(bytes, count);
     // The socket holds the buffers now; the list is reused, not reallocated, every turn.
     queued.length = 0;
     if (!this.socket.isOpen()) return;
     if (this.socket.bufferedAmount() > this.limits.hard) this.slow('buffer');
     // A write the kernel took whole makes the socket report nothing: a replay waiting for room learns it here.
     else this.socketWritable();
+  }
+
+  private write(queued: Buffer[], bytes: number): void {
+    if (queued.length === 1) this.socket.write(queued[0]!);
+    else if (bytes <= JOIN_LIMIT) this.socket.write(this.scheduler.join(queued, bytes));
+    else this.socket.writeAll(queued);
   }
 
   /** Called by the sweep: a socket can stay backed up without any new event to notice it by. */
@@ -180,6 +192,7 @@ export class Outbound {
   /** Drops everything still waiting; nothing is sent after this. */
   stop(): void {
     this.stopped = true;
+    this.run = undefined;
     this.queued.length = 0;
     this.queuedBytes = 0;
     this.conflated = undefined;
@@ -200,7 +213,16 @@ export class Outbound {
   /** `pending` is the pending bytes before this frame, when the caller has just read them. */
   private push(frame: Buffer, pending = this.pendingBytes()): void {
     if (this.stopped) return;
-    this.queued.push(frame);
+    const { run, queued } = this;
+    if (run !== undefined) {
+      if (!this.scheduler.extend(run, frame)) {
+        // Not the turn's next frame: from here on, a list of its own.
+        for (let i = run.start; i < run.end; i++) queued.push(run.frames[i]!);
+        queued.push(frame);
+        this.run = undefined;
+      }
+    } else if (queued.length === 0) this.run = this.scheduler.start(frame);
+    else queued.push(frame);
     this.queuedBytes += frame.length;
     if (pending + frame.length > this.limits.hard) {
       this.slow('buffer');
