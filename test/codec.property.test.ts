@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { encodeTaskOutput, type TaskOutputEvent } from '../src/protocol/codec.js';
 
 const cursor = '0a1b2c3d.4242.17';
-const reference = (e: TaskOutputEvent) =>
+const reference = (e: TaskOutputEvent, at = cursor) =>
   JSON.stringify({
     type: 'taskOutput',
     taskId: e.taskId,
@@ -20,7 +20,7 @@ const reference = (e: TaskOutputEvent) =>
     costUsd: e.costUsd,
     durationMs: e.durationMs,
     isPartial: e.isPartial,
-    cursor,
+    cursor: at,
   });
 
 // Lone surrogates, controls, quotes and backslashes are what the fast path must not get wrong.
@@ -47,6 +47,34 @@ test('encodeTaskOutput equals JSON.stringify of the message in the Rust serverâ€
         isPartial: fc.boolean(),
       }),
       (event) => assert.deepEqual(encodeTaskOutput(event, cursor), reference(event)),
+    ),
+    { numRuns: 2000 },
+  );
+});
+
+test('encodeTaskOutput writes each member as JSON.stringify does, also for values outside its type and any cursor', () => {
+  // What a host's publish or a log row could still carry: null, non-finite and negative zero
+  // numbers, a function or symbol in toolInput (left out), values with toJSON.
+  const odd = fc.constantFrom<unknown>(null, Number.NaN, Infinity, -Infinity, -0, 1e21, () => 1, Symbol('s'), new Date(0), {
+    toJSON: () => 'j',
+  });
+  const loose = <T>(a: fc.Arbitrary<T>) => fc.oneof(optional(a), odd);
+  fc.assert(
+    fc.property(
+      fc.record({
+        taskId: fc.uuid().map((u) => u.toLowerCase()),
+        ownerId: fc.constant(null),
+        messageType: text,
+        content: text,
+        toolName: loose(text),
+        toolInput: loose(fc.jsonValue()),
+        isError: loose(fc.boolean()),
+        costUsd: loose(fc.double()),
+        durationMs: loose(fc.integer()),
+        isPartial: fc.boolean(),
+      }),
+      text,
+      (event, at) => assert.deepEqual(encodeTaskOutput(event as TaskOutputEvent, at), reference(event as TaskOutputEvent, at)),
     ),
     { numRuns: 2000 },
   );

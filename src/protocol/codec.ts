@@ -117,31 +117,61 @@ export function encodeTaskUpdated(e: TaskUpdateEvent, cursor: string): string {
   });
 }
 
-/** What JSON.stringify would escape in a string: quote, backslash, controls, surrogates (lone ones). */
+/**
+ * A string JSON.stringify would write as it is, between quotes: no quote, backslash, control
+ * character or surrogate (a lone one is escaped). Anchored and negated, Irregexp scans it in about
+ * half the time of a search for the first such character.
+ */
 // eslint-disable-next-line no-control-regex -- control characters are exactly what must be found
-const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+const PLAIN = /^[^"\\\u0000-\u001f\ud800-\udfff]*$/;
 
 /**
  * A string as JSON. Node 20's JSON.stringify walks a string char by char (about 4 µs per KiB);
  * output content is mostly plain text with nothing to escape, which a regular expression finds
- * out in a third of that time. Anything else goes through JSON.stringify.
+ * out in a fraction of that time. Anything else goes through JSON.stringify.
  */
-export const jsonString = (s: string): string => (NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`);
+export const jsonString = (s: string): string => (PLAIN.test(s) ? `"${s}"` : JSON.stringify(s));
+
+/**
+ * `,"name":value` as JSON.stringify writes an object member, or nothing for `undefined` (the Rust
+ * server's skip_serializing_if). Strings, numbers and booleans are written here; JSON.stringify of
+ * a small object cost more than a 1 KiB content's escaping check.
+ */
+function member(name: string, value: unknown): string {
+  switch (typeof value) {
+    case 'undefined':
+      return '';
+    case 'string':
+      return `,"${name}":${jsonString(value)}`;
+    case 'boolean':
+      return `,"${name}":${value}`;
+    case 'number':
+      return `,"${name}":${Number.isFinite(value) ? value : 'null'}`;
+    default: {
+      // null and objects (toolInput); a function or symbol is left out as JSON.stringify leaves it
+      // out, and what it refuses (a BigInt) throws: the event is unencodable.
+      const json = JSON.stringify(value) as string | undefined;
+      return json === undefined ? '' : `,"${name}":${json}`;
+    }
+  }
+}
 
 export function encodeTaskOutput(e: TaskOutputEvent, cursor: string): string {
-  // JSON.stringify leaves out `undefined` members, which is the Rust server's skip_serializing_if. The
-  // content, the one large field, is spliced in between; the field order stays the Rust server's.
-  const head = JSON.stringify({ type: 'taskOutput', taskId: e.taskId, messageType: e.messageType });
-  const tail = JSON.stringify({
-    toolName: e.toolName,
-    toolInput: e.toolInput,
-    isError: e.isError,
-    costUsd: e.costUsd,
-    durationMs: e.durationMs,
-    isPartial: e.isPartial,
-    cursor,
-  });
-  return `${head.slice(0, -1)},"content":${jsonString(e.content)},${tail.slice(1)}`;
+  // The field order is the Rust server's.
+  return (
+    '{"type":"taskOutput"' +
+    member('taskId', e.taskId) +
+    member('messageType', e.messageType) +
+    member('content', e.content) +
+    member('toolName', e.toolName) +
+    member('toolInput', e.toolInput) +
+    member('isError', e.isError) +
+    member('costUsd', e.costUsd) +
+    member('durationMs', e.durationMs) +
+    member('isPartial', e.isPartial) +
+    member('cursor', cursor) +
+    '}'
+  );
 }
 
 // Host-side input of `publish`.
