@@ -31,7 +31,7 @@ export class MemoryBus implements EventBus {
    * first event left the ring go, and from then on a stream seen for the first time may be one of
    * those, so its history counts as truncated (0): a false marker, never a silent gap.
    */
-  private readonly firsts = new Map<string, number>();
+  private readonly firsts = { update: new Map<string, number>(), output: new Map<string, number>() };
   private forgot = false;
 
   constructor(private readonly size: number) {}
@@ -49,10 +49,12 @@ export class MemoryBus implements EventBus {
     // Built field by field: a spread followed by more fields is V8's slow object copy (≈2 µs an event).
     const logged = { kind: entry.kind, event: entry.event, cursor: `${this.epoch}.${sequence}`, publishedAt: Date.now() } as LoggedEvent;
     this.ring[(sequence - 1) % this.size] = logged;
-    const stream = `${entry.kind}:${entry.event.taskId}`;
-    if (!this.firsts.has(stream)) {
-      if (this.firsts.size >= 4 * this.size) this.forgetGone();
-      this.firsts.set(stream, this.forgot ? 0 : sequence);
+    // One map per kind, keyed by the task id itself: no key string to build and hash per event.
+    const firsts = this.firsts[entry.kind];
+    const { taskId } = entry.event;
+    if (!firsts.has(taskId)) {
+      if (this.firsts.update.size + this.firsts.output.size >= 4 * this.size) this.forgetGone();
+      firsts.set(taskId, this.forgot ? 0 : sequence);
     }
     await this.sink?.([logged]);
     return logged.cursor;
@@ -64,7 +66,7 @@ export class MemoryBus implements EventBus {
     let truncated: TruncatedReason | undefined;
     if (after === HISTORY_START && stream.kind !== 'all') {
       from = oldest;
-      const first = this.firsts.get(`${stream.kind}:${stream.taskId}`);
+      const first = this.firsts[stream.kind].get(stream.taskId);
       if (first === undefined ? this.forgot : first < oldest) truncated = 'retention';
     } else {
       const match = CURSOR.exec(after);
@@ -105,7 +107,8 @@ export class MemoryBus implements EventBus {
 
   private forgetGone(): void {
     const oldest = this.oldest();
-    for (const [stream, first] of this.firsts) if (first < oldest) this.firsts.delete(stream);
+    for (const firsts of [this.firsts.update, this.firsts.output])
+      for (const [taskId, first] of firsts) if (first < oldest) firsts.delete(taskId);
     this.forgot = true;
   }
 
