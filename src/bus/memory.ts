@@ -33,6 +33,12 @@ export class MemoryBus implements EventBus {
    */
   private readonly firsts = new Map<string, number>();
   private forgot = false;
+  /**
+   * Per task stream, the sequences of its events still in the ring, oldest first: a task's replay
+   * reads its own events, not the whole ring (a reconnect storm of N resumes would otherwise read
+   * the ring N times). All streams' lists hold together as many as the ring.
+   */
+  private readonly streams = new Map<string, number[]>();
 
   constructor(private readonly size: number) {}
 
@@ -47,8 +53,20 @@ export class MemoryBus implements EventBus {
   async publish(entry: BusEntry): Promise<string> {
     const sequence = ++this.sequence;
     const logged = { ...entry, cursor: `${this.epoch}.${sequence}`, publishedAt: Date.now() } as LoggedEvent;
-    this.ring[(sequence - 1) % this.size] = logged;
+    const slot = (sequence - 1) % this.size;
+    const evicted = this.ring[slot];
+    if (evicted !== undefined) {
+      // The oldest event of its stream: the ring keeps events in sequence order.
+      const key = `${evicted.kind}:${evicted.event.taskId}`;
+      const kept = this.streams.get(key)!;
+      kept.shift();
+      if (kept.length === 0) this.streams.delete(key);
+    }
+    this.ring[slot] = logged;
     const stream = `${entry.kind}:${entry.event.taskId}`;
+    const kept = this.streams.get(stream);
+    if (kept === undefined) this.streams.set(stream, [sequence]);
+    else kept.push(sequence);
     if (!this.firsts.has(stream)) {
       if (this.firsts.size >= 4 * this.size) this.forgetGone();
       this.firsts.set(stream, this.forgot ? 0 : sequence);
@@ -71,6 +89,7 @@ export class MemoryBus implements EventBus {
       from = Number(match[2]) + 1;
       if (from < oldest) return { ok: false, resync: 'expired' };
     }
+    if (stream.kind !== 'all') return this.replayTask(stream, after, from, truncated, page);
     if (page.limit !== undefined) {
       let count = 0;
       for (let s = this.sequence; s >= from; s--) {
@@ -94,6 +113,43 @@ export class MemoryBus implements EventBus {
     // The last page ends at the head: nothing of the stream comes before it any more.
     const more = s <= this.sequence;
     const result: ReplayPage = { ok: true, events, last: `${this.epoch}.${more ? s - 1 : this.sequence}`, more };
+    if (truncated) result.truncated = truncated;
+    return result;
+  }
+
+  /** A task stream's page, from its own events (`from`: the first sequence it may start at). */
+  private replayTask(
+    stream: ReplayStream & { taskId: string },
+    after: string,
+    from: number,
+    truncated: TruncatedReason | undefined,
+    page: PageSize,
+  ): ReplayPage {
+    const kept = this.streams.get(`${stream.kind}:${stream.taskId}`) ?? [];
+    // The first of the stream's events at or after `from`.
+    let low = 0;
+    for (let high = kept.length; low < high;) {
+      const middle = (low + high) >>> 1;
+      if (kept[middle]! < from) low = middle + 1;
+      else high = middle;
+    }
+    if (page.limit !== undefined && kept.length - low > page.limit) {
+      if (after !== HISTORY_START) return { ok: false, resync: 'tooFarBehind' };
+      // From the start, the newest `limit` events: a transcript shows its end.
+      low = kept.length - page.limit;
+      truncated = 'maxReplay';
+    }
+    const events: LoggedEvent[] = [];
+    let bytes = 0;
+    let i = low;
+    for (; i < kept.length && events.length < page.rows && (events.length === 0 || bytes < page.bytes); i++) {
+      const e = this.at(kept[i]!);
+      events.push(e);
+      bytes += e.kind === 'output' ? e.event.content.length : 64;
+    }
+    // The last page ends at the head: nothing of the stream comes before it any more.
+    const more = i < kept.length;
+    const result: ReplayPage = { ok: true, events, last: `${this.epoch}.${more ? kept[i - 1]! : this.sequence}`, more };
     if (truncated) result.truncated = truncated;
     return result;
   }
