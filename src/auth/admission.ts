@@ -121,7 +121,8 @@ export class Admission {
     const place: Place = { admission: this, key: undefined, taken: true };
     this.total++;
     socket[PLACE] = place;
-    socket.once('close', givePlaceBack);
+    // `on`, not `once`: giving back is idempotent, and `once` wraps the listener in two objects per socket.
+    socket.on('close', givePlaceBack);
     return place;
   }
 
