@@ -20,6 +20,12 @@ export type Refusal = { readonly status: number; readonly code: string; readonly
 interface Place {
   admission: Admission;
   key: string | undefined;
+  /**
+   * Who authenticated, once the upgrade is admitted: what the socket handler opens the connection
+   * as. Kept here, on the upgrade's own socket, rather than in a WeakMap by request: an insertion
+   * into a WeakMap per upgrade, and its ephemerons at every GC, were a reconnect storm's cost.
+   */
+  principal: Principal | undefined;
   /** Whether it still counts (until the socket ends, or the upgrade is refused). */
   taken: boolean;
 }
@@ -46,8 +52,6 @@ export class Admission {
   /** Places taken: admitted sockets and upgrades still being authenticated. */
   private total = 0;
   private readonly perPrincipal = new Map<string, number>();
-  /** The principal of each admitted upgrade request, from the hook to the socket handler. */
-  private readonly admitted = new WeakMap<FastifyRequest, Principal>();
 
   constructor(
     private readonly options: AdmissionOptions,
@@ -56,8 +60,9 @@ export class Admission {
     private readonly tickets?: TicketStore,
   ) {}
 
+  /** The principal an upgrade request was admitted as (undefined: it was not). */
   principalOf(request: FastifyRequest): Principal | undefined {
-    return this.admitted.get(request);
+    return (request.raw.socket as Placed | undefined)?.[PLACE]?.principal;
   }
 
   /** The route's preValidation hook. */
@@ -110,15 +115,16 @@ export class Admission {
       if (place) this.giveBack(socket, place);
       return refuse(reply, UpgradeError.TOO_MANY_CONNECTIONS);
     }
-    this.admitted.set(request, outcome.principal);
+    // A plain GET (answered 426) opens nothing: it needs no principal kept.
     if (!place) return;
     this.perPrincipal.set(key, (this.perPrincipal.get(key) ?? 0) + 1);
     place.key = key;
+    place.principal = outcome.principal;
   };
 
   /** Takes a place under `limits.maxConnections` for an upgrade; its TCP socket's end gives it back. */
   private reserve(socket: Placed): Place {
-    const place: Place = { admission: this, key: undefined, taken: true };
+    const place: Place = { admission: this, key: undefined, principal: undefined, taken: true };
     this.total++;
     socket[PLACE] = place;
     // `on`, not `once`: giving back is idempotent, and `once` wraps the listener in two objects per socket.
