@@ -30,6 +30,11 @@ export interface ConnectionContext {
   backpressure: BackpressureLimits;
   events: MeshEvents;
   metrics: MetricsSink;
+  /**
+   * Connections backed up over the soft limit, from `backedUp` until they catch up or close: the
+   * slow-consumer sweep checks these, not every socket every second.
+   */
+  backedUp: Set<ClientConnection>;
   /** The connection is closed and holds nothing any more. */
   onClosed(connection: ClientConnection): void;
 }
@@ -92,10 +97,12 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
   }
 
   backedUp(): void {
+    if (!this.closed) this.context.backedUp.add(this);
     this.context.events.emit('backedUp');
   }
 
   caughtUp(superseded: number, lagged: ReadonlyMap<string, number>): void {
+    this.context.backedUp.delete(this);
     if (lagged.size > 0) this.context.metrics.sent('lagged', lagged.size);
     const caughtUp = { superseded, lagged };
     this.context.events.emit('caughtUp', caughtUp);
@@ -251,6 +258,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
       'websocket closed',
     );
     this.outbound.stop();
+    this.context.backedUp.delete(this);
     this.context.index.remove(this);
     this.context.onClosed(this);
   }

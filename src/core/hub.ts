@@ -81,6 +81,7 @@ export class MeshHub {
       backpressure: settings.backpressure,
       events,
       metrics,
+      backedUp: new Set(),
       onClosed: (c) => this.connections.delete(c),
     };
   }
@@ -101,7 +102,7 @@ export class MeshHub {
       setInterval(
         () => {
           const now = performance.now();
-          for (const connection of this.connections) connection.checkStalled(now);
+          for (const connection of this.context.backedUp) connection.checkStalled(now);
         },
         Math.min(SWEEP_MS, settings.backpressure.timeoutMs / 2),
       ).unref(),
