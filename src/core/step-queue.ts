@@ -51,8 +51,10 @@ export class StepQueue {
    * batch), in its place among the steps: `then` or `otherwise` runs once every step ahead is done.
    */
   await<T>(answer: Promise<T>, then: (value: T) => void | Promise<void>, otherwise: (error: unknown) => void | Promise<void>): void {
-    const onValue = (value: T) => this.finish(then, value);
-    const onError = (error: unknown) => this.finish(otherwise, error);
+    // Bound, not arrow functions: one object each, where a closure is two (and, run through tsx,
+    // a property definition for its name).
+    const onValue = (this.finish<T>).bind(this, then);
+    const onError = (this.finish<unknown>).bind(this, otherwise);
     // Nothing waiting ahead of it (a subscribe storm: one frame per socket): no chain to join, and
     // the rejection handler is attached now.
     if (this.waiting++ === 0) {
