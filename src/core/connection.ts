@@ -39,6 +39,11 @@ export interface ConnectionContext {
   onClosed(connection: ClientConnection): void;
 }
 
+/** A socket's place under the connection limits (src/auth/admission.ts): given back once it is closed. */
+export interface Place {
+  release(): void;
+}
+
 /** How long a socket closed for being slow gets to take its close frame before it is cut. */
 const SLOW_CLOSE_GRACE_MS = 1_000;
 
@@ -71,6 +76,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
     /** The upgrade request, kept for re-authentication only when the host gives no `reauthenticate`. */
     readonly request: unknown,
     private readonly context: ConnectionContext,
+    private readonly place?: Place,
   ) {
     const { limits } = context;
     this.limiter = new FrameRateLimiter(limits.maxFramesPerSecond, limits.frameBurst, limits.floodCloseAfterMs);
@@ -137,6 +143,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
 
   socketClosed(code: number | undefined): void {
     this.dispose(code);
+    // Not on dispose: a socket this server closes holds its file until the peer has answered.
+    this.place?.release();
   }
 
   frame(data: Buffer, text: boolean): void {
