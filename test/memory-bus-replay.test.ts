@@ -8,35 +8,21 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { LoggedEvent, PageSize, ReplayStream } from '../src/bus/bus.js';
 import { MemoryBus } from '../src/bus/memory.js';
+import { toTaskOutputEvent, toTaskUpdateEvent } from '../src/protocol/codec.js';
 import { HISTORY_START } from '../src/protocol/wire.js';
 
 const SIZE = 7;
 const TASKS = ['a', 'b', 'c'].map((c) => `00000000-0000-4000-8000-00000000000${c}`);
 
-function update(taskId: string, version: number) {
-  return {
-    kind: 'update' as const,
-    event: { taskId, ownerId: null, version, status: 'running', updatedFields: ['status'], updatedBy: 'test' },
-  };
-}
+const update = (taskId: string, version: number) => ({
+  kind: 'update' as const,
+  event: toTaskUpdateEvent({ taskId, ownerId: null, version, status: 'running', updatedFields: ['status'], updatedBy: 'test' }),
+});
 
-function output(taskId: string, content: string) {
-  return {
-    kind: 'output' as const,
-    event: {
-      taskId,
-      ownerId: null,
-      messageType: 'assistant',
-      content,
-      toolName: undefined,
-      toolInput: undefined,
-      isError: undefined,
-      costUsd: undefined,
-      durationMs: undefined,
-      isPartial: false,
-    },
-  };
-}
+const output = (taskId: string, content: string) => ({
+  kind: 'output' as const,
+  event: toTaskOutputEvent({ taskId, ownerId: null, messageType: 'assistant', content, isPartial: false }),
+});
 
 /** Every page of a replay, read as a replay reads them; the first answer when it is not ok. */
 async function readAll(bus: MemoryBus, stream: ReplayStream, after: string, page: PageSize) {
