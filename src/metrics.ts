@@ -18,10 +18,14 @@ export interface MetricsSource {
 }
 
 export class MeshMetrics implements MetricsSink {
-  private readonly framesIn: Counter<'type'>;
-  private readonly framesOut: Counter<'type'>;
   /** Send-path counts not yet handed to their counters (see `collect` below). */
   private readonly pending = { updates: 0, outputs: 0, bytes: 0 };
+  /**
+   * Frames in and control frames out, by type, not yet handed to their counters: a labelled
+   * `inc` hashes its labels on every call, two per subscribe, and a reconnect storm is all subscribes.
+   */
+  private readonly pendingIn = new Map<string, number>();
+  private readonly pendingOut = new Map<string, number>();
   private readonly errors: Counter<'code'>;
   private readonly closes: Counter<'code'>;
   private readonly slow: Counter<'kind'>;
@@ -55,14 +59,18 @@ export class MeshMetrics implements MetricsSink {
         for (const [kind, n] of Object.entries(source.subscriptions())) this.set({ kind }, n);
       },
     });
-    this.framesIn = new Counter({
+    const { pendingIn, pendingOut } = this;
+    new Counter({
       name: 'mesh_frames_received_total',
       help: 'Client frames received, by type (invalid: not a valid frame)',
       labelNames: ['type'],
       registers,
+      collect() {
+        handOver(this, pendingIn);
+      },
     });
     const pending = this.pending;
-    this.framesOut = new Counter({
+    new Counter({
       name: 'mesh_frames_sent_total',
       help: 'Frames handed to sockets, by type',
       labelNames: ['type'],
@@ -71,6 +79,7 @@ export class MeshMetrics implements MetricsSink {
         this.inc({ type: 'taskUpdated' }, pending.updates);
         this.inc({ type: 'taskOutput' }, pending.outputs);
         pending.updates = pending.outputs = 0;
+        handOver(this, pendingOut);
       },
     });
     new Counter({
@@ -151,7 +160,7 @@ export class MeshMetrics implements MetricsSink {
   }
 
   frameIn(type: string): void {
-    this.framesIn.inc({ type });
+    this.pendingIn.set(type, (this.pendingIn.get(type) ?? 0) + 1);
   }
 
   /** `recipients` sockets were handed an event's frame; it was published at `publishedAt` (ms since the epoch). */
@@ -163,7 +172,7 @@ export class MeshMetrics implements MetricsSink {
 
   /** A control frame (ack, error, lagged, resyncRequired), or a replayed event. */
   sent(type: FrameOutType, count = 1): void {
-    this.framesOut.inc({ type }, count);
+    this.pendingOut.set(type, (this.pendingOut.get(type) ?? 0) + count);
   }
 
   written(bytes: number): void {
@@ -172,7 +181,7 @@ export class MeshMetrics implements MetricsSink {
 
   error(code: string): void {
     this.errors.inc({ code });
-    this.framesOut.inc({ type: 'error' });
+    this.sent('error');
   }
 
   closed(code: number): void {
@@ -198,6 +207,12 @@ export class MeshMetrics implements MetricsSink {
     this.busLag.set(lagSeconds);
     if (caughtUp) this.catchUps.inc();
   }
+}
+
+/** Adds counts kept by label `type` to their counter, and starts them again from zero. */
+function handOver(counter: Counter<'type'>, counts: Map<string, number>): void {
+  for (const [type, n] of counts) counter.inc({ type }, n);
+  counts.clear();
 }
 
 export { Registry };

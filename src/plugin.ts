@@ -148,14 +148,14 @@ async function routes(child: FastifyInstance, { settings: options, hub, admissio
       return reply.code(status).header('upgrade', 'websocket').send({ code, message });
     },
     wsHandler: (socket, request) => {
-      const principal = admission.principalOf(request);
-      if (!principal) {
+      const admitted = admission.handOver(request);
+      if (!admitted) {
         // Unreachable while the hook guards the route; closing keeps it fail-closed if that changes.
         socket.close(CloseCode.INTERNAL_ERROR, 'internal error');
         return;
       }
       const adopted = adoptWebSocket(socket, request.raw.socket, child.websocketServer);
-      adopted.listen(hub.attach(adopted.socket, principal, request.log, request));
+      adopted.listen(hub.attach(adopted.socket, admitted.principal, request.log, request, admitted.place));
     },
   });
 

@@ -99,6 +99,23 @@ describe('connections', () => {
       assert.ok(admitted, 'a place freed by a closed socket was never given back');
     }));
 
+  test('a socket the server closes gives its place back once it is closed, in total and per principal', () =>
+    withServer({ maxConnections: 1, maxConnectionsPerPrincipal: 1, maxPayload: 1024 }, async (server) => {
+      const { key } = await server.owner();
+      const a = await server.connect(key);
+      assert.equal((await refusal(server.connect(key))).status, 503, 'the one place is held');
+      // Too large a frame: the server closes the socket (1009), and the client answers the close.
+      a.socket.send(JSON.stringify({ type: 'subscribeAll', pad: 'x'.repeat(2048) }));
+      assert.equal((await a.closed).code, CloseCode.MESSAGE_TOO_BIG);
+      let admitted: TestClient | undefined;
+      for (let attempt = 0; !admitted && attempt < 1000; attempt++) {
+        admitted = await server.connect(key).catch(() => undefined);
+      }
+      assert.ok(admitted, 'the place of a socket the server closed was never given back');
+      assert.deepEqual(await admitted.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
+      assert.equal((await refusal(server.connect(key))).status, 503, 'and it is held again, once');
+    }));
+
   test('plain GETs (426) on a kept-alive connection take no place', () =>
     withServer({ maxConnectionsPerPrincipal: 1 }, async (server) => {
       const { key } = await server.owner();

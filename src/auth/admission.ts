@@ -14,14 +14,26 @@ export type Refusal = { readonly status: number; readonly code: string; readonly
 
 /**
  * The place an upgrade holds under the limits, from the total check (before any await) until its
- * TCP socket closes or it is refused, whichever comes first: given back once. `key` is the
+ * socket (once upgraded, its WebSocket) closes or it is refused, whichever comes first: given back once. `key` is the
  * principal's, once authentication named it and the per-principal limit counted it.
  */
-interface Place {
-  admission: Admission;
-  key: string | undefined;
+class Place {
+  key: string | undefined = undefined;
+  /**
+   * Who authenticated, once the upgrade is admitted: what the socket handler opens the connection
+   * as. Kept here, on the upgrade's own socket, rather than in a WeakMap by request: an insertion
+   * into a WeakMap per upgrade, and its ephemerons at every GC, were a reconnect storm's cost.
+   */
+  principal: Principal | undefined = undefined;
   /** Whether it still counts (until the socket ends, or the upgrade is refused). */
-  taken: boolean;
+  taken = true;
+
+  constructor(readonly admission: Admission) {}
+
+  /** Gives the place back: its socket is gone. Idempotent. */
+  release(): void {
+    this.admission.vacate(this);
+  }
 }
 
 // The place is found on the socket by one shared listener (no closure per socket).
@@ -29,8 +41,7 @@ const PLACE = Symbol('mesh admission place');
 type Placed = Socket & { [PLACE]?: Place };
 
 function givePlaceBack(this: Placed): void {
-  const place = this[PLACE];
-  if (place) place.admission.vacate(place);
+  this[PLACE]?.release();
 }
 
 /**
@@ -46,8 +57,6 @@ export class Admission {
   /** Places taken: admitted sockets and upgrades still being authenticated. */
   private total = 0;
   private readonly perPrincipal = new Map<string, number>();
-  /** The principal of each admitted upgrade request, from the hook to the socket handler. */
-  private readonly admitted = new WeakMap<FastifyRequest, Principal>();
 
   constructor(
     private readonly options: AdmissionOptions,
@@ -56,8 +65,18 @@ export class Admission {
     private readonly tickets?: TicketStore,
   ) {}
 
-  principalOf(request: FastifyRequest): Principal | undefined {
-    return this.admitted.get(request);
+  /**
+   * An admitted upgrade, now a WebSocket: its principal, and its place, which the caller gives
+   * back when that WebSocket is closed (undefined: the request was not admitted). From here the
+   * place no longer listens to its socket's 'close': a listener array per socket, for as long
+   * as it is open, where the WebSocket's own 'close' serves.
+   */
+  handOver(request: FastifyRequest): { principal: Principal; place: { release(): void } } | undefined {
+    const socket = request.raw.socket as Placed | undefined;
+    const place = socket?.[PLACE];
+    if (place?.principal === undefined) return undefined;
+    socket!.removeListener('close', givePlaceBack);
+    return { principal: place.principal, place };
   }
 
   /** The route's preValidation hook. */
@@ -110,18 +129,20 @@ export class Admission {
       if (place) this.giveBack(socket, place);
       return refuse(reply, UpgradeError.TOO_MANY_CONNECTIONS);
     }
-    this.admitted.set(request, outcome.principal);
+    // A plain GET (answered 426) opens nothing: it needs no principal kept.
     if (!place) return;
     this.perPrincipal.set(key, (this.perPrincipal.get(key) ?? 0) + 1);
     place.key = key;
+    place.principal = outcome.principal;
   };
 
   /** Takes a place under `limits.maxConnections` for an upgrade; its TCP socket's end gives it back. */
   private reserve(socket: Placed): Place {
-    const place: Place = { admission: this, key: undefined, taken: true };
+    const place = new Place(this);
     this.total++;
     socket[PLACE] = place;
-    socket.once('close', givePlaceBack);
+    // `on`, not `once`: giving back is idempotent, and `once` wraps the listener in two objects per socket.
+    socket.on('close', givePlaceBack);
     return place;
   }
 

@@ -33,6 +33,12 @@ export class MemoryBus implements EventBus {
    */
   private readonly firsts = { update: new Map<string, number>(), output: new Map<string, number>() };
   private forgot = false;
+  /**
+   * Per task stream, the sequences of its events still in the ring, oldest first: a task's replay
+   * reads its own events, not the whole ring (a reconnect storm of N resumes would otherwise read
+   * the ring N times). All streams' lists hold together as many as the ring.
+   */
+  private readonly streams = { update: new Map<string, number[]>(), output: new Map<string, number[]>() };
 
   constructor(private readonly size: number) {}
 
@@ -48,10 +54,23 @@ export class MemoryBus implements EventBus {
     const sequence = ++this.sequence;
     // Built field by field: a spread followed by more fields is V8's slow object copy (≈2 µs an event).
     const logged = { kind: entry.kind, event: entry.event, cursor: `${this.epoch}.${sequence}`, publishedAt: Date.now() } as LoggedEvent;
-    this.ring[(sequence - 1) % this.size] = logged;
-    // One map per kind, keyed by the task id itself: no key string to build and hash per event.
-    const firsts = this.firsts[entry.kind];
+    const slot = (sequence - 1) % this.size;
+    const evicted = this.ring[slot];
+    if (evicted !== undefined) {
+      // The oldest event of its stream: the ring keeps events in sequence order.
+      const streams = this.streams[evicted.kind];
+      const kept = streams.get(evicted.event.taskId)!;
+      kept.shift();
+      if (kept.length === 0) streams.delete(evicted.event.taskId);
+    }
+    this.ring[slot] = logged;
+    // Maps per kind, keyed by the task id itself: no key string to build and hash per event.
     const { taskId } = entry.event;
+    const streams = this.streams[entry.kind];
+    const kept = streams.get(taskId);
+    if (kept === undefined) streams.set(taskId, [sequence]);
+    else kept.push(sequence);
+    const firsts = this.firsts[entry.kind];
     if (!firsts.has(taskId)) {
       if (this.firsts.update.size + this.firsts.output.size >= 4 * this.size) this.forgetGone();
       firsts.set(taskId, this.forgot ? 0 : sequence);
@@ -74,6 +93,7 @@ export class MemoryBus implements EventBus {
       from = Number(match[2]) + 1;
       if (from < oldest) return { ok: false, resync: 'expired' };
     }
+    if (stream.kind !== 'all') return this.replayTask(stream, after, from, truncated, page);
     if (page.limit !== undefined) {
       let count = 0;
       for (let s = this.sequence; s >= from; s--) {
@@ -97,6 +117,43 @@ export class MemoryBus implements EventBus {
     // The last page ends at the head: nothing of the stream comes before it any more.
     const more = s <= this.sequence;
     const result: ReplayPage = { ok: true, events, last: `${this.epoch}.${more ? s - 1 : this.sequence}`, more };
+    if (truncated) result.truncated = truncated;
+    return result;
+  }
+
+  /** A task stream's page, from its own events (`from`: the first sequence it may start at). */
+  private replayTask(
+    stream: Extract<ReplayStream, { kind: 'update' | 'output' }>,
+    after: string,
+    from: number,
+    truncated: TruncatedReason | undefined,
+    page: PageSize,
+  ): ReplayPage {
+    const kept = this.streams[stream.kind].get(stream.taskId) ?? [];
+    // The first of the stream's events at or after `from`.
+    let low = 0;
+    for (let high = kept.length; low < high;) {
+      const middle = (low + high) >>> 1;
+      if (kept[middle]! < from) low = middle + 1;
+      else high = middle;
+    }
+    if (page.limit !== undefined && kept.length - low > page.limit) {
+      if (after !== HISTORY_START) return { ok: false, resync: 'tooFarBehind' };
+      // From the start, the newest `limit` events: a transcript shows its end.
+      low = kept.length - page.limit;
+      truncated = 'maxReplay';
+    }
+    const events: LoggedEvent[] = [];
+    let bytes = 0;
+    let i = low;
+    for (; i < kept.length && events.length < page.rows && (events.length === 0 || bytes < page.bytes); i++) {
+      const e = this.at(kept[i]!);
+      events.push(e);
+      bytes += e.kind === 'output' ? e.event.content.length : 64;
+    }
+    // The last page ends at the head: nothing of the stream comes before it any more.
+    const more = i < kept.length;
+    const result: ReplayPage = { ok: true, events, last: `${this.epoch}.${more ? kept[i - 1]! : this.sequence}`, more };
     if (truncated) result.truncated = truncated;
     return result;
   }

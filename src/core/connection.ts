@@ -30,8 +30,18 @@ export interface ConnectionContext {
   backpressure: BackpressureLimits;
   events: MeshEvents;
   metrics: MetricsSink;
+  /**
+   * Connections backed up over the soft limit, from `backedUp` until they catch up or close: the
+   * slow-consumer sweep checks these, not every socket every second.
+   */
+  backedUp: Set<ClientConnection>;
   /** The connection is closed and holds nothing any more. */
   onClosed(connection: ClientConnection): void;
+}
+
+/** A socket's place under the connection limits (src/auth/admission.ts): given back once it is closed. */
+export interface Place {
+  release(): void;
 }
 
 /** How long a socket closed for being slow gets to take its close frame before it is cut. */
@@ -66,6 +76,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
     /** The upgrade request, kept for re-authentication only when the host gives no `reauthenticate`. */
     readonly request: unknown,
     private readonly context: ConnectionContext,
+    private readonly place?: Place,
   ) {
     const { limits } = context;
     this.limiter = new FrameRateLimiter(limits.maxFramesPerSecond, limits.frameBurst, limits.floodCloseAfterMs);
@@ -92,10 +103,12 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
   }
 
   backedUp(): void {
+    if (!this.closed) this.context.backedUp.add(this);
     this.context.events.emit('backedUp');
   }
 
   caughtUp(superseded: number, lagged: ReadonlyMap<string, number>): void {
+    this.context.backedUp.delete(this);
     if (lagged.size > 0) this.context.metrics.sent('lagged', lagged.size);
     const caughtUp = { superseded, lagged };
     this.context.events.emit('caughtUp', caughtUp);
@@ -130,6 +143,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
 
   socketClosed(code: number | undefined): void {
     this.dispose(code);
+    // Not on dispose: a socket this server closes holds its file until the peer has answered.
+    this.place?.release();
   }
 
   frame(data: Buffer, text: boolean): void {
@@ -251,6 +266,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
       'websocket closed',
     );
     this.outbound.stop();
+    this.context.backedUp.delete(this);
     this.context.index.remove(this);
     this.context.onClosed(this);
   }

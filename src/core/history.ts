@@ -6,7 +6,6 @@
  * histories by the thousand waits behind its own, never in front of another's.
  */
 import pLimit, { type LimitFunction } from 'p-limit';
-import pTimeout from 'p-timeout';
 import type { EventBus, LoggedEvent, ReplayPage, ReplayStream } from '../bus/bus.js';
 import type { History, Replayed, ReplayedPage, ReplayResult, TaskStream } from './history-types.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
@@ -29,6 +28,19 @@ export interface HistorySettings {
 }
 
 const HIDDEN = { ok: false, hidden: true } as const;
+
+/**
+ * The page, or a rejection once it took PAGE_TIMEOUT_MS. Not p-timeout: it builds an Error, with
+ * its stack, for every call, in case it times out — a resume storm reads a page per socket, and
+ * those errors were a twentieth of its CPU. A timeout builds its error when it happens.
+ */
+function withinPageTime<T>(page: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`a replay page took longer than ${PAGE_TIMEOUT_MS} ms`)), PAGE_TIMEOUT_MS);
+  });
+  return Promise.race([page, late]).finally(() => clearTimeout(timer));
+}
 
 export class EventHistory implements History {
   private readonly pages: LimitFunction;
@@ -101,16 +113,11 @@ export class EventHistory implements History {
     let own = this.turns.get(key);
     if (!own) this.turns.set(key, (own = pLimit(this.perPrincipal)));
     const slots = own;
-    return slots(() =>
-      this.pages(() =>
-        pTimeout(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit }), {
-          milliseconds: PAGE_TIMEOUT_MS,
-          message: `a replay page took longer than ${PAGE_TIMEOUT_MS} ms`,
-        }),
-      ),
-    ).finally(() => {
-      if (slots.activeCount === 0 && slots.pendingCount === 0 && this.turns.get(key) === slots) this.turns.delete(key);
-    });
+    return slots(() => this.pages(() => withinPageTime(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit })))).finally(
+      () => {
+        if (slots.activeCount === 0 && slots.pendingCount === 0 && this.turns.get(key) === slots) this.turns.delete(key);
+      },
+    );
   }
 
   private async visibleNow(principal: Principal, taskId: string): Promise<boolean> {

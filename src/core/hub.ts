@@ -6,7 +6,7 @@
 import type { EventBus } from '../bus/bus.js';
 import { CloseCode } from '../errors.js';
 import { Channels } from './channels.js';
-import { ClientConnection, type ConnectionContext } from './connection.js';
+import { ClientConnection, type ConnectionContext, type Place } from './connection.js';
 import { DeliveryPipeline } from './delivery.js';
 import type { MeshEvents } from './events.js';
 import { FlushScheduler } from './flush-scheduler.js';
@@ -81,6 +81,7 @@ export class MeshHub {
       backpressure: settings.backpressure,
       events,
       metrics,
+      backedUp: new Set(),
       onClosed: (c) => this.connections.delete(c),
     };
   }
@@ -101,7 +102,7 @@ export class MeshHub {
       setInterval(
         () => {
           const now = performance.now();
-          for (const connection of this.connections) connection.checkStalled(now);
+          for (const connection of this.context.backedUp) connection.checkStalled(now);
         },
         Math.min(SWEEP_MS, settings.backpressure.timeoutMs / 2),
       ).unref(),
@@ -111,11 +112,12 @@ export class MeshHub {
 
   /**
    * A new socket, authenticated as `principal`; `request` (the upgrade request) is kept only when
-   * open sockets are re-checked by their request.
+   * open sockets are re-checked by their request; `place`, under the connection limits, is given
+   * back once the socket is closed.
    */
-  attach(socket: ClientSocket, principal: Principal, log: Logger, request: unknown): ClientConnection {
+  attach(socket: ClientSocket, principal: Principal, log: Logger, request: unknown, place?: Place): ClientConnection {
     const kept = this.recheck.by === 'request' ? request : undefined;
-    const connection = new ClientConnection(socket, principal, log, kept, this.context);
+    const connection = new ClientConnection(socket, principal, log, kept, this.context, place);
     this.connections.add(connection);
     return connection;
   }

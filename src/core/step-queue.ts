@@ -35,7 +35,7 @@ export class StepQueue {
   /** Runs `step` now, or after the steps still waiting. */
   run(step: Step): void {
     if (this.waiting === 0) {
-      const pending = this.attempt(step);
+      const pending = this.attempt(step, undefined);
       if (!pending) return;
       // A replay: later steps wait for it.
       this.waiting++;
@@ -43,7 +43,7 @@ export class StepQueue {
       return;
     }
     this.waiting++;
-    this.tail = this.tail.then(() => this.finish(step));
+    this.tail = this.tail.then(() => this.finish(step, undefined));
   }
 
   /**
@@ -51,18 +51,25 @@ export class StepQueue {
    * batch), in its place among the steps: `then` or `otherwise` runs once every step ahead is done.
    */
   await<T>(answer: Promise<T>, then: (value: T) => void | Promise<void>, otherwise: (error: unknown) => void | Promise<void>): void {
+    // Bound, not arrow functions: one object each, where a closure is two (and, run through tsx,
+    // a property definition for its name).
+    const onValue = (this.finish<T>).bind(this, then);
+    const onError = (this.finish<unknown>).bind(this, otherwise);
+    // Nothing waiting ahead of it (a subscribe storm: one frame per socket): no chain to join, and
+    // the rejection handler is attached now.
+    if (this.waiting++ === 0) {
+      this.tail = answer.then(onValue, onError);
+      return;
+    }
     // Handled now: it may reject while steps ahead still wait, before the chain reaches it, and an
     // unhandled rejection ends the process. The chain below still gets the rejection.
     answer.catch(noop);
-    const onValue = (value: T) => this.finish(() => then(value));
-    const onError = (error: unknown) => this.finish(() => otherwise(error));
-    // Nothing waiting ahead of it (a subscribe storm: one frame per socket): no chain to join.
-    this.tail = (this.waiting++ === 0 ? answer : this.tail.then(() => answer)).then(onValue, onError);
+    this.tail = this.tail.then(() => answer).then(onValue, onError);
   }
 
-  /** Runs a step that waited; never throws or rejects, so the chain behind it needs no catch. */
-  private finish(step: Step): void | Promise<void> {
-    const pending = this.attempt(step);
+  /** Runs a step that waited, with what it waited for; never throws or rejects, so the chain behind it needs no catch. */
+  private finish<T>(step: (value: T) => void | Promise<void>, value: T): void | Promise<void> {
+    const pending = this.attempt(step, value);
     if (!pending) {
       this.done();
       return;
@@ -71,10 +78,10 @@ export class StepQueue {
   }
 
   /** Runs `step` unless stopped; a throw or a rejection is reported, never passed on. */
-  private attempt(step: Step): Promise<void> | undefined {
+  private attempt<T>(step: (value: T) => void | Promise<void>, value: T): Promise<void> | undefined {
     if (!this.hooks.running()) return undefined;
     try {
-      const pending = step();
+      const pending = step(value);
       return pending ? pending.catch((error: unknown) => this.hooks.failed(error)) : undefined;
     } catch (error) {
       this.hooks.failed(error);
@@ -83,6 +90,10 @@ export class StepQueue {
   }
 
   private done(): void {
-    if (--this.waiting === 0) this.hooks.idle();
+    if (--this.waiting > 0) return;
+    // Nothing chains onto the tail while nothing waits: let the last step's promise go, rather
+    // than keep it for as long as the (mostly idle) socket lives.
+    this.tail = SETTLED;
+    this.hooks.idle();
   }
 }

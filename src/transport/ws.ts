@@ -19,7 +19,8 @@
  *    itself; otherwise one of their own, without permessage-deflate (see 2).
  * 6. Listeners are shared functions that find their connection on the socket (a symbol), not
  *    closures: sockets are many, and a closure per socket per event costs memory.
- * 7. The plugin's sockets leave the ws server's `clients` as they are adopted. @fastify/websocket's
+ * 7. The plugin's sockets leave the ws server's `clients` as they are adopted (its own ws server
+ *    keeps no such set: ws would hang a closure on every socket's 'close' to keep it, for nothing). @fastify/websocket's
  *    own preClose closes every socket in `clients` without a code (the client sees 1005, no
  *    reason); a host's registration of it runs that hook before the plugin's, which then finds its
  *    sockets closing already. Out of `clients`, they are the plugin's alone to close: 1001 "server
@@ -155,7 +156,7 @@ export async function ensureWebSocketServer(
     if ((request.raw as { upgrade?: boolean }).upgrade && !request.ws) request.raw.socket.destroy(); // (8)
   });
   await context.register(fastifyWebsocket, {
-    options: { maxPayload: options.maxPayload, perMessageDeflate: false, handleProtocols: options.handleProtocols },
+    options: { maxPayload: options.maxPayload, perMessageDeflate: false, handleProtocols: options.handleProtocols, clientTracking: false },
     // The plugin's own preClose, on the host, closes its sockets with 1001 and waits for them (7);
     // this one only closes the server.
     preClose(done) {
