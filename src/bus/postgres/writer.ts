@@ -9,6 +9,7 @@ import { MeshBusUnavailableError, MeshPublishError } from '../../errors.js';
 import type { PostgresOptions, TasksOptions } from '../../options.js';
 import type { BusEntry } from '../bus.js';
 import { isRefusedData } from './errors.js';
+import { NOTICE_BODY_BYTES, type NoticeKey } from './notice.js';
 import { CHANNEL, qualified, quoteIdentifier, quoteTable } from './schema.js';
 
 export interface WriterOptions extends Pick<PostgresOptions, 'publishTimeoutMs' | 'schema'> {
@@ -27,6 +28,8 @@ export class Writer {
   constructor(
     private readonly sql: Sql<any>,
     private readonly options: WriterOptions,
+    /** Signs the notices; without it (a standalone writer, as bench/run.ts seeds with), bare wake-ups. */
+    private readonly key?: NoticeKey,
   ) {}
 
   publish(entry: BusEntry, tx?: TransactionSql<any>): Promise<string> {
@@ -57,7 +60,16 @@ export class Writer {
         ? sql`SELECT i.n, i.kind, i.task_id, i.owner_id, i.owner_given, i.payload FROM input i`
         : sql`SELECT i.n, i.kind, i.task_id, CASE WHEN i.owner_given THEN i.owner_id ELSE t.${name(quoteIdentifier(tasks.ownerColumn))}::uuid END, true, i.payload
               FROM input i LEFT JOIN ${name(quoteTable(tasks.table))} t ON NOT i.owner_given AND t.${name(quoteIdentifier(tasks.idColumn))} = i.task_id`;
-    return sql<{ cursor: string }[]>`
+    const log = name(qualified(schema, 'mesh_event_log'));
+    // One NOTIFY per statement: a signed notice with the rows (see notice.ts for when a reader may
+    // use it instead of a read), or a bare wake-up when it must not be used or cannot carry them.
+    const pads = this.key?.signing();
+    const notice = pads
+      ? sql`CASE WHEN pg_snapshot_xmin(pg_current_snapshot()) >= b.txid AND octet_length(b.body) <= ${NOTICE_BODY_BYTES}
+          THEN encode(sha256(${pads.outer}::bytea || sha256(${pads.inner}::bytea || convert_to(b.body, 'UTF8'))), 'hex') || b.body
+          ELSE '' END`
+      : sql`''`;
+    return sql<{ cursors: string[] }[]>`
       WITH input AS (
         SELECT r.n, r.kind, r.task_id::uuid AS task_id, r.owner_id::uuid AS owner_id, r.owner_given::boolean AS owner_given, r.payload::json AS payload
         FROM unnest(
@@ -65,17 +77,31 @@ export class Writer {
           ${column((e) => String(e.event.ownerId !== undefined))}::text[], ${column((e) => JSON.stringify(payloadOf(e)))}::text[]
         ) WITH ORDINALITY AS r(kind, task_id, owner_id, owner_given, payload, n)),
       logged AS (
-        INSERT INTO ${name(qualified(schema, 'mesh_event_log'))} (kind, task_id, owner_id, owner_given, payload)
+        INSERT INTO ${log} (kind, task_id, owner_id, owner_given, payload)
         SELECT s.kind, s.task_id, s.owner_id, s.owner_given, s.payload FROM (${settled}) AS s(n, kind, task_id, owner_id, owner_given, payload)
         ORDER BY s.n
-        RETURNING txid, id)
-      SELECT ${name(qualified(schema, 'mesh_log_cursor'))}(txid, id) AS cursor, pg_notify(${CHANNEL}, '') FROM logged ORDER BY id`;
+        RETURNING txid, id, kind, task_id, owner_id, owner_given, payload, created_at),
+      batch AS (
+        SELECT min(l.txid) AS txid, min(l.id) AS first,
+               -- json, not text[]: a host's client may not know array types (fetch_types: false).
+               json_agg(${name(qualified(schema, 'mesh_log_cursor'))}(l.txid, l.id) ORDER BY l.id) AS cursors,
+               json_agg(json_build_array(l.id::text, l.kind, l.task_id, l.owner_id, l.owner_given, l.payload,
+                                         (extract(epoch FROM l.created_at) * 1000)::float8) ORDER BY l.id) AS rows
+        FROM logged l)
+      SELECT b.cursors, pg_notify(${CHANNEL}, ${notice})
+      FROM (
+        SELECT a.txid, a.cursors, json_build_object('txid', a.txid::text, 'prev', (
+            -- The newest row before this statement's (the log's own order, off its primary key).
+            SELECT json_build_array(p.txid::text, p.id::text) FROM ${log} p
+            WHERE (p.txid, p.id) < (a.txid, a.first) ORDER BY p.txid DESC, p.id DESC LIMIT 1),
+          'rows', a.rows)::text AS body
+        FROM batch a) b`;
   }
 
   private async writeIn(tx: TransactionSql<any>, entry: BusEntry): Promise<string> {
     try {
       const [row] = await this.insert(tx as unknown as Sql<any>, [entry]);
-      return row!.cursor;
+      return row!.cursors[0]!;
     } catch (cause) {
       throw isRefusedData(cause) ? refused(cause) : new MeshBusUnavailableError(cause);
     }
@@ -97,11 +123,11 @@ export class Writer {
         ),
       );
       if (outcome.ok) {
-        batch.forEach((item, i) => item.resolve(outcome.rows[i]!.cursor));
+        batch.forEach((item, i) => item.resolve(outcome.rows[0]!.cursors[i]!));
       } else if (batch.length > 1 && isRefusedData(outcome.error)) {
         for (const item of batch) {
           const one = await this.bounded(this.insert(this.sql, [item.entry]));
-          if (one.ok) item.resolve(one.rows[0]!.cursor);
+          if (one.ok) item.resolve(one.rows[0]!.cursors[0]!);
           else item.reject(isRefusedData(one.error) ? refused(one.error) : new MeshBusUnavailableError(one.error));
         }
       } else {
