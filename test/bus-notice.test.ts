@@ -70,6 +70,20 @@ const update = (taskId: string, version: number): BusEntry => ({
 
 const versionsOf = (events: LoggedEvent[]) => events.map((e) => (e.kind === 'update' ? e.event.version : NaN));
 
+/** What B delivered since `start`: versions 1, 2, … with the cursors their publishes resolved with, in order. */
+function inOrder(start: number, cursors: string[]): LoggedEvent[] {
+  const got = delivered.slice(start);
+  assert.deepEqual(
+    versionsOf(got),
+    cursors.map((_, i) => i + 1),
+  );
+  assert.deepEqual(
+    got.map((e) => e.cursor),
+    cursors,
+  );
+  return got;
+}
+
 describe('notices', () => {
   test('an event reaches B from its notice, with no read of the log, with its cursor', async () => {
     const taskId = randomUUID();
@@ -85,15 +99,7 @@ describe('notices', () => {
       unread = bQueries === 0;
     }
     assert.ok(unread, 'no event reached B without a read');
-    const got = delivered.slice(start);
-    assert.deepEqual(
-      versionsOf(got),
-      cursors.map((_, i) => i + 1),
-    );
-    assert.deepEqual(
-      got.map((e) => e.cursor),
-      cursors,
-    );
+    const got = inOrder(start, cursors);
     assert.ok(got.every((e) => e.kind === 'update' && e.event.taskId === taskId && e.publishedAt !== undefined));
   });
 
@@ -104,15 +110,7 @@ describe('notices', () => {
       bQueries = 0;
       const cursors = await Promise.all(Array.from({ length: size }, (_, i) => a.publish(update(taskId, i + 1))));
       await deliveredCount(start + size);
-      const got = delivered.slice(start);
-      assert.deepEqual(
-        versionsOf(got),
-        cursors.map((_, i) => i + 1),
-      );
-      assert.deepEqual(
-        got.map((e) => e.cursor),
-        cursors,
-      );
+      inOrder(start, cursors);
       // 300 events cannot ride in one NOTIFY (under 8000 bytes): B had to read them.
       if (size === 300) assert.ok(bQueries > 0);
     }
@@ -149,11 +147,7 @@ describe('notices', () => {
     });
     cursors.push(await a.publish(update(taskId, 3)));
     await deliveredCount(start + 3);
-    assert.deepEqual(versionsOf(delivered.slice(start)), [1, 2, 3]);
-    assert.deepEqual(
-      delivered.slice(start).map((e) => e.cursor),
-      cursors,
-    );
+    inOrder(start, cursors);
   });
 
   test('a NOTIFY forged by anyone who may connect delivers nothing: unsigned, or signed with another key', async () => {
