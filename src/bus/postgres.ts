@@ -1,12 +1,14 @@
 /**
- * The PostgreSQL bus. Every event is a row of `mesh_event_log`; a NOTIFY only wakes the readers.
+ * The PostgreSQL bus. Every event is a row of `mesh_event_log`; a NOTIFY wakes the readers, and
+ * carries the rows when they fit, for a reader that stands right before them.
  * Each instance reads the log in (txid, id) order on its own, below the oldest transaction still
  * running (`pg_snapshot_xmin`), so a publisher that commits after a later one is never skipped,
  * and after a lost LISTEN connection, a missed wake-up or a restart it reads on from where it was.
  *
  * This class composes the parts, one file each under `postgres/`, each with the state it owns:
  * `cursor.ts` (the cursor format and the log's id), `writer.ts` (the batched writer), `listener.ts`
- * (the LISTEN connection and its heartbeat), `reader.ts` (the read loop), `replay.ts` (pages for
+ * (the LISTEN connection and its heartbeat), `reader.ts` (the read loop), `notice.ts` (NOTIFYs
+ * that carry their rows, signed, so that a reader may skip the read), `replay.ts` (pages for
  * `since`), `retention.ts` (pruning), beside `schema.ts` (tables, SQL functions), `migration.ts` (running them) and `errors.ts`.
  *
  * Two clients: what needs a server session of its own (the LISTEN connection, the pruning's
@@ -19,6 +21,7 @@ import type { PostgresOptions, TasksOptions } from '../options.js';
 import type { BusEntry, BusSink, EventBus, PageSize, ReplayPage, ReplayStream } from './bus.js';
 import { Cursors } from './postgres/cursor.js';
 import { Listener } from './postgres/listener.js';
+import { NoticeKey } from './postgres/notice.js';
 import { checkSessions } from './postgres/pooler.js';
 import { Reader } from './postgres/reader.js';
 import { Replay } from './postgres/replay.js';
@@ -57,6 +60,7 @@ export interface PostgresBusOptions extends PostgresOptions {
 
 export class PostgresBus implements EventBus {
   private readonly cursors = new Cursors();
+  private readonly key = new NoticeKey();
   private readonly writer: Writer;
   private readonly reader: Reader;
   private readonly listener: Listener;
@@ -73,8 +77,8 @@ export class PostgresBus implements EventBus {
     private readonly log: FastifyBaseLogger,
   ) {
     const directSql = (this.directSql = options.directSql ?? sql);
-    this.writer = new Writer(sql, options);
-    this.reader = new Reader(sql, this.cursors, options, log);
+    this.writer = new Writer(sql, options, this.key);
+    this.reader = new Reader(sql, this.cursors, options, log, this.key);
     this.listener = new Listener(sql, directSql, options, log, this.reader);
     this.replayer = new Replay(sql, this.cursors, options);
     this.retention = new Retention(directSql, options, log);
@@ -92,6 +96,7 @@ export class PostgresBus implements EventBus {
       onNewer: (version) => this.log.warn({ version, schema }, "the plugin's objects are of a newer schema version; left as they are"),
     });
     await this.cursors.load(this.sql, schema);
+    await this.key.load(this.sql, schema);
     await this.reader.start(sink);
     try {
       await this.listener.listen();

@@ -14,6 +14,9 @@ export interface Position {
 
 const CURSOR = /^([0-9a-f]{8})\.([0-9]{1,20})\.([0-9]{1,19})$/;
 
+/** The cursor of a position in the log `logId`: where a cursor is formatted, whoever holds the id. */
+export const cursorOf = (logId: string, txid: bigint | string, id: bigint | string): string => `${logId}.${txid}.${id}`;
+
 export const after = (a: Position, b: Position) => a.txid > b.txid || (a.txid === b.txid && a.id > b.id);
 
 export class Cursors {
@@ -28,7 +31,7 @@ export class Cursors {
 
   /** The cursor of a position, or of a row's (txid, id) as the database gave them. */
   format(txid: bigint | string, id: bigint | string): string {
-    return `${this.logId}.${txid}.${id}`;
+    return cursorOf(this.logId, txid, id);
   }
 
   parse(cursor: string): Position | undefined {

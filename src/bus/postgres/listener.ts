@@ -1,7 +1,8 @@
 /**
  * The LISTEN connection: hears the NOTIFY that wakes the reader, and its own heartbeat, so that a
- * connection gone silent is noticed and replaced. A wake-up only: the log is read by polling too,
- * so a lost NOTIFY or a dead connection costs latency, never events. Its state is the connection
+ * connection gone silent is noticed and replaced. A wake-up, or a notice the reader may take rows
+ * from instead of a read: the log is read by polling too, so a lost NOTIFY or a dead connection
+ * costs latency, never events. Its state is the connection
  * and when it last heard anything.
  *
  * The LISTEN connection needs a session of its own, so it is opened with `directSql`'s options:
@@ -22,8 +23,8 @@ export interface ListenerOptions extends Pick<PostgresOptions, 'listenTimeoutMs'
 
 /** What the listener wakes: the reader. */
 export interface Wakeable {
-  /** A NOTIFY came: what the next read finds was announced. */
-  announce(): void;
+  /** A NOTIFY came, with its payload: a notice with rows (`notice.ts`), or else what the next read finds was announced. */
+  announce(payload?: string): void;
   wake(): void;
 }
 
@@ -83,9 +84,9 @@ export class Listener {
       onnotice: () => {},
     } as unknown as Options<any>);
     let listening = false;
-    const onNotify = () => {
+    const onNotify = (payload: string) => {
       if (this.listener === listener) this.lastHeard = performance.now();
-      this.reader.announce();
+      this.reader.announce(payload);
     };
     // onlisten runs after each (re)connection; the read it starts catches up whatever was missed.
     const onListen = () => {

@@ -9,8 +9,9 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { Sql } from 'postgres';
 import type { PostgresOptions } from '../../options.js';
 import type { BusSink, LoggedEvent } from '../bus.js';
-import type { Cursors, Position } from './cursor.js';
+import { after, type Cursors, type Position } from './cursor.js';
 import type { Wakeable } from './listener.js';
+import type { Notice, NoticeKey } from './notice.js';
 import { toLogged, type Row, type RowOptions } from './rows.js';
 import { logTables } from './schema.js';
 
@@ -37,6 +38,8 @@ export class Reader implements Wakeable {
   private announced = false;
   /** Since when committed events have been waiting behind a running transaction (0: none). */
   private heldBackSince = 0;
+  /** Notices heard while a read was under way, in the order heard: taken, or found read, after it. */
+  private notices: Notice[] = [];
 
   private readonly tables: ReturnType<typeof logTables>;
 
@@ -45,6 +48,7 @@ export class Reader implements Wakeable {
     private readonly cursors: Cursors,
     private readonly options: ReaderOptions,
     private readonly log: FastifyBaseLogger,
+    private readonly key: NoticeKey,
   ) {
     this.tables = logTables(this.options.schema);
   }
@@ -80,7 +84,13 @@ export class Reader implements Wakeable {
     return this.heldBackSince === 0 ? 0 : (performance.now() - this.heldBackSince) / 1000;
   }
 
-  announce(): void {
+  announce(payload = ''): void {
+    const notice = payload === '' ? undefined : this.key.open(payload);
+    if (notice && !this.stopped && this.sink) {
+      this.notices.push(notice);
+      if (!this.reading) this.takeNotices();
+      return;
+    }
     this.announced = true;
     this.wake();
   }
@@ -93,11 +103,45 @@ export class Reader implements Wakeable {
     }
     this.reading = this.read().finally(() => {
       this.reading = undefined;
-      if (this.readAgain) {
+      this.takeNotices();
+      if (this.readAgain && !this.reading) {
         this.readAgain = false;
         this.wake();
       }
     });
+  }
+
+  /**
+   * Hands on the rows of the notices heard, in order, each only when it starts right at this
+   * reader's position (notice.ts says why nothing can come between), skipping those a read has
+   * already passed. The first that does not fit starts a read, which finds its rows in the log;
+   * the notices after it wait for that read. Never while a read is under way: the read would hand
+   * the same rows on again.
+   */
+  private takeNotices(): void {
+    while (this.notices.length > 0 && !this.reading && !this.stopped) {
+      const notice = this.notices.shift()!;
+      if (!after(notice.last, this.position)) continue;
+      if (after(notice.prev, this.position) || after(this.position, notice.prev)) {
+        this.announced = true;
+        this.wake();
+        return;
+      }
+      const events: LoggedEvent[] = [];
+      for (const row of notice.rows) {
+        const logged = toLogged(row, this.cursors, this.options);
+        if (logged) events.push(logged);
+      }
+      this.position = notice.last;
+      if (events.length > 0) this.handOn(events);
+      const newest = notice.rows.at(-1)!.published_ms;
+      this.options.onRead?.(newest === undefined ? 0 : Math.max(0, Date.now() - newest) / 1000, false);
+    }
+  }
+
+  private handOn(events: LoggedEvent[]): void {
+    // The hub never rejects; were it to, one batch must not take the process down.
+    this.sink!(events).catch((error: unknown) => this.log.error({ err: error }, 'handing events to the sockets failed'));
   }
 
   /** Reads and hands on everything new, batch by batch, up to what every reader can see. */
@@ -135,8 +179,7 @@ export class Reader implements Wakeable {
         if (events.length > 0) {
           found += events.length;
           newest = events.at(-1)!.publishedAt;
-          // The hub never rejects; were it to, one batch must not take the process down.
-          this.sink!(events).catch((error: unknown) => this.log.error({ err: error }, 'handing events to the sockets failed'));
+          this.handOn(events);
         }
         if (heldBack) {
           // Since the first read that found them: about when they committed, as a commit wakes the readers.

@@ -10,15 +10,16 @@
  */
 import { MAX_EVENT_BYTES, MAX_JSON_DEPTH } from '../../protocol/codec.js';
 
-/** NOTIFY channel: a wake-up only, the payload is never read. */
+/** NOTIFY channel: a wake-up; a payload, when there is one, is a signed notice (`notice.ts`). */
 export const CHANNEL = 'mesh_event_log';
 
 /**
  * The version the migration brings the objects to, stamped in `mesh_event_log_meta`.
  * 1: the layout before versions (no stamp). 2: the stamp and the owner settlement it was made
  * with; every name qualified by its schema; the tickets table only when tickets are on.
+ * 3: `notify_key` in the meta table, which signs the notices that carry rows (`notice.ts`).
  */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** Plain SQL identifiers: what the options accept for a schema, a column or a role. */
 export const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -204,6 +205,10 @@ CREATE TABLE IF NOT EXISTS ${s}.mesh_event_log_meta (
 -- The version of these objects, and the owner settlement the functions were made with.
 ALTER TABLE ${s}.mesh_event_log_meta ADD COLUMN IF NOT EXISTS schema_version integer NOT NULL DEFAULT 1;
 ALTER TABLE ${s}.mesh_event_log_meta ADD COLUMN IF NOT EXISTS owners_from text NOT NULL DEFAULT '';
+-- Signs the NOTIFY payloads that carry rows (anyone connected may NOTIFY): 256 bits from the
+-- strong random source of gen_random_uuid (122 bits each), drawn once per log.
+ALTER TABLE ${s}.mesh_event_log_meta ADD COLUMN IF NOT EXISTS notify_key text NOT NULL
+  DEFAULT encode(sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')), 'hex');
 INSERT INTO ${s}.mesh_event_log_meta (log_id)
   VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 8))
   ON CONFLICT DO NOTHING;
