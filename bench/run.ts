@@ -26,6 +26,7 @@ import { migrate as migrateEventLog } from '../src/bus/postgres/migration.js';
 import { Writer } from '../src/bus/postgres/writer.js';
 import { migrate } from '../example/src/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
+import { runW7 } from './w7/driver.js';
 
 const { values } = parseArgs({
   options: {
@@ -272,6 +273,12 @@ async function runOne(peer: PeerName, workload: string): Promise<Record<string, 
 
 const results = new Map<string, Record<string, number | string | boolean>>();
 for (const workload of workloads) {
+  // W7 (not in the default list): many sockets, several generator processes (bench/w7/driver.ts).
+  if (workload === 'W7') {
+    const w7 = await runW7({ url, scale: Number(values.scale), peers, scratch, startServer });
+    for (const [key, r] of w7) results.set(key, r as Record<string, number | string | boolean>);
+    continue;
+  }
   for (const peer of peers) {
     if (workload === 'W6' && !BUS_PEERS.includes(peer)) continue;
     if ((workload === 'R1' || workload === 'W8') && !REPLAY_PEERS.includes(peer)) continue;
