@@ -265,6 +265,7 @@ async function measure(
       failures: sum('failures'),
       retries: sum('retries'),
       refusals: sum('refusals'),
+      resubscribes: sum('resubscribes'),
       firstError: opened.find((o) => o!.firstError)?.firstError,
       connectMs: round(Math.max(...opened.map((o) => Number(o!.openAt))) - started, 0),
       connectSubscribeMs: round(Math.max(...opened.map((o) => Number(o!.subscribedAt))) - started, 0),
