@@ -397,7 +397,9 @@ async function cluster(context: W7Context, workers: number, sourceNet: number): 
   const population = populate(Math.round(CLUSTER_SOCKETS * context.scale), true);
   await seed(context.url, population);
   const port = await freePort();
-  const primary = spawn(process.execPath, ['--import', 'tsx', 'example/src/main.ts'], {
+  // BENCH_W7_EXAMPLE_FLAGS: node flags for the primary, which its workers inherit (e.g. `--cpu-prof --cpu-prof-dir=…`).
+  const flags = process.env.BENCH_W7_EXAMPLE_FLAGS?.split(' ').filter(Boolean) ?? [];
+  const primary = spawn(process.execPath, [...flags, '--import', 'tsx', 'example/src/main.ts'], {
     env: {
       ...process.env,
       DATABASE_URL: context.url,
