@@ -246,6 +246,8 @@ async function measure(
   population: Population,
   sourceNet: number,
   memory: () => Promise<{ rss: number; detail?: unknown }>,
+  /** The server's name in the log lines. */
+  label: string,
   deliveries = true,
 ): Promise<Record<string, unknown>> {
   const result: Record<string, unknown> = { sockets: population.sockets.length, busySockets: population.busySockets };
@@ -270,7 +272,7 @@ async function measure(
       connectMs: round(Math.max(...opened.map((o) => Number(o!.openAt))) - started, 0),
       connectSubscribeMs: round(Math.max(...opened.map((o) => Number(o!.subscribedAt))) - started, 0),
     });
-    log(`${peer}: ${open} of ${population.sockets.length} open, ${JSON.stringify(result)}`);
+    log(`${label}: ${open} of ${population.sockets.length} open, ${JSON.stringify(result)}`);
     const after = await memory();
     Object.assign(result, {
       rssBefore: before.rss,
@@ -315,7 +317,7 @@ async function measure(
       broadcastP99: round(quantile(broadcast, 0.99)),
       broadcastMax: round(broadcast.at(-1) ?? NaN),
     });
-    log(`${peer}: broadcast p50 ${result.broadcastP50} ms, p99 ${result.broadcastP99} ms over ${broadcast.length}`);
+    log(`${label}: broadcast p50 ${result.broadcastP50} ms, p99 ${result.broadcastP99} ms over ${broadcast.length}`);
 
     // Targeted updates at TARGETED_RATE a second, stamped with the time each was due.
     for (const g of generators) g.send({ cmd: 'targeted' });
@@ -345,7 +347,7 @@ async function measure(
       targetedP99: round(quantile(latencies, 0.99)),
       targetedMax: round(latencies.at(-1) ?? NaN),
     });
-    log(`${peer}: targeted p50 ${result.targetedP50} ms, p99 ${result.targetedP99} ms, ${frames} of ${expected} frames`);
+    log(`${label}: targeted p50 ${result.targetedP50} ms, p99 ${result.targetedP99} ms, ${frames} of ${expected} frames`);
     for (const g of generators) g.send({ cmd: 'report' });
     const last = await Promise.all(generators.map((g) => g.next('report', 30_000)));
     result.openAtEnd = last.reduce((s, r) => s + Number(r?.open ?? 0), 0);
@@ -381,6 +383,7 @@ async function single(context: W7Context, peer: PeerName, sourceNet: number): Pr
       population,
       sourceNet,
       memory,
+      peer,
       peer !== 'ceiling',
     );
   } finally {
@@ -438,7 +441,15 @@ async function cluster(context: W7Context, workers: number, sourceNet: number): 
         detail: { workerRss: each, workerOpenFiles: pids.map(openFiles), primaryRss: vmRss(primary.pid!) },
       };
     };
-    const result = await measure(context.scratch, 'example', { clients: port, publish: publisher.port }, population, sourceNet, memory);
+    const result = await measure(
+      context.scratch,
+      'example',
+      { clients: port, publish: publisher.port },
+      population,
+      sourceNet,
+      memory,
+      'example',
+    );
     return { workers, ...result, serverWarnings: problems };
   } finally {
     await publisher.stop();
