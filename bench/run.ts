@@ -11,6 +11,8 @@
  * 10,000 outputs of 500 B for each of 20 tasks, then opens them from a server on the PostgreSQL
  * bus with `"since":"start"`: one at a time, then 200 clients at once; beside each, the same history
  * read over the REST history route in pages of 500.
+ * W7 (many sockets; not in the default list: `--workloads W7 --peers mesh,socketio,ceiling`):
+ * 19,000 sockets on one server process, 100,000 on the example server's workers (bench/w7/driver.ts).
  * `--scale` shrinks the client and event counts; the recorded runs use 1.
  */
 import { execFileSync, spawn } from 'node:child_process';
