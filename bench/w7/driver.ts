@@ -257,7 +257,8 @@ async function measure(
     const before = await memory();
     const started = wallClock();
     for (const g of generators) g.send({ cmd: 'open', inFlight: IN_FLIGHT });
-    const opened = await Promise.all(generators.map((g) => g.next('opened', 600_000)));
+    // 100,000 upgrades took 585 s on a machine at load 20 (the example server, 7 workers): room for slower.
+    const opened = await Promise.all(generators.map((g) => g.next('opened', 1_800_000)));
     if (opened.some((o) => o === undefined)) throw new Error('a generator did not finish opening');
     const sum = (key: string) => opened.reduce((s, o) => s + Number(o![key]), 0);
     const open = sum('open');
