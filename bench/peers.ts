@@ -196,7 +196,9 @@ export async function socketIoPeer(sql: Sql<any>, control: Control, bus: BenchBu
       socket.emit('outputSubscribed', { taskId });
     });
     socket.on('subscribeAll', async () => {
-      await socket.join('all');
+      // Owner-scoped as mesh's: a principal named on the upgrade (W7) joins its owner's room; none (W1, W5) sees all.
+      const owner = socket.handshake.headers[BENCH_PRINCIPAL];
+      await socket.join(typeof owner === 'string' && owner !== 'admin' ? `all:${owner}` : 'all');
       socket.emit('subscribedAll');
     });
   });
@@ -206,6 +208,7 @@ export async function socketIoPeer(sql: Sql<any>, control: Control, bus: BenchBu
       void io
         .to(task.taskId)
         .to('all')
+        .to(`all:${task.ownerId}`)
         .emit('taskUpdated', update(task, version, stamp)),
     publishOutput: (task, content) => void io.to(`output:${task.taskId}`).emit('taskOutput', output(task, content)),
     close: async () => {

@@ -11,6 +11,8 @@
  * 10,000 outputs of 500 B for each of 20 tasks, then opens them from a server on the PostgreSQL
  * bus with `"since":"start"`: one at a time, then 200 clients at once; beside each, the same history
  * read over the REST history route in pages of 500.
+ * W7 (many sockets; not in the default list: `--workloads W7 --peers mesh,socketio,ceiling`):
+ * 19,000 sockets on one server process, 100,000 on the example server's workers (bench/w7/driver.ts).
  * `--scale` shrinks the client and event counts; the recorded runs use 1.
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -26,6 +28,7 @@ import { migrate as migrateEventLog } from '../src/bus/postgres/migration.js';
 import { Writer } from '../src/bus/postgres/writer.js';
 import { migrate } from '../example/src/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
+import { runW7 } from './w7/driver.js';
 
 const { values } = parseArgs({
   options: {
@@ -272,6 +275,12 @@ async function runOne(peer: PeerName, workload: string): Promise<Record<string, 
 
 const results = new Map<string, Record<string, number | string | boolean>>();
 for (const workload of workloads) {
+  // W7 (not in the default list): many sockets, several generator processes (bench/w7/driver.ts).
+  if (workload === 'W7') {
+    const w7 = await runW7({ url, scale: Number(values.scale), peers, scratch, startServer });
+    for (const [key, r] of w7) results.set(key, r as Record<string, number | string | boolean>);
+    continue;
+  }
   for (const peer of peers) {
     if (workload === 'W6' && !BUS_PEERS.includes(peer)) continue;
     if ((workload === 'R1' || workload === 'W8') && !REPLAY_PEERS.includes(peer)) continue;

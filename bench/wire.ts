@@ -22,9 +22,11 @@ export function connect(
   path: string,
   headers: Record<string, string> = {},
   onText?: (payload: Buffer, self: WireClient) => void,
+  /** `localAddress`: a source address of 127.0.0.0/8, each with its own ~28,000 ephemeral ports (W7). */
+  options: { localAddress?: string } = {},
 ): Promise<WireClient> {
   return new Promise((resolve, reject) => {
-    const socket = tcpConnect({ host: '127.0.0.1', port, noDelay: true });
+    const socket = tcpConnect({ host: '127.0.0.1', port, noDelay: true, localAddress: options.localAddress });
     const key = randomBytes(16).toString('base64');
     const client: WireClient = {
       socket,
