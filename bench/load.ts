@@ -140,6 +140,20 @@ async function reconnect(count: number, frame: (i: number) => string, expected: 
   return { ms: performance.now() - started, clients, complete };
 }
 
+/**
+ * With BENCH_PROFILE set, the server's CPU profile of `phase` (bench/server.ts writes it to
+ * <BENCH_PROFILE>.<phase>); otherwise just `phase`.
+ */
+async function profiled<T>(name: string, phase: () => Promise<T>): Promise<T> {
+  if (!process.env.BENCH_PROFILE) return phase();
+  await fetch(`http://127.0.0.1:${port}/bench/profile/start`, { method: 'POST' });
+  try {
+    return await phase();
+  } finally {
+    await fetch(`http://127.0.0.1:${port}/bench/profile/stop`, { method: 'POST', body: name });
+  }
+}
+
 /** A cluster's spread of connections: each worker's pid and open WebSocket connections. */
 async function spread(): Promise<{ pid: number; connections: number | null }[]> {
   return (await fetch(`http://127.0.0.1:${port}/bench/workers`)).json() as Promise<{ pid: number; connections: number | null }[]>;
@@ -431,9 +445,9 @@ if (workload === 'W1') {
   const before = await memory();
   const count = Math.min(n(10_000), tasks.length);
   const connectStarted = performance.now();
-  const clients = await openAll(count, (i) => tasks[i]!.ownerId);
+  const clients = await profiled('connect', () => openAll(count, (i) => tasks[i]!.ownerId));
   const connectMs = performance.now() - connectStarted;
-  const storm = await subscribeAll(clients, (i) => subscribeFrame('subscribe', tasks[i]!.taskId));
+  const storm = await profiled('subscribe', () => subscribeAll(clients, (i) => subscribeFrame('subscribe', tasks[i]!.taskId)));
   const after = await memory();
   Object.assign(result, {
     clients: count,
@@ -449,7 +463,7 @@ if (workload === 'W1') {
 
   // The reconnect storm: every client gone at once, then back, each resubscribing at once.
   let dropped = await dropAll(clients, idleFiles);
-  const plain = await reconnect(count, (i) => subscribeFrame('subscribe', tasks[i]!.taskId), 1);
+  const plain = await profiled('reconnect', () => reconnect(count, (i) => subscribeFrame('subscribe', tasks[i]!.taskId), 1));
   Object.assign(result, { reconnectMs: plain.complete ? plain.ms : NaN, reconnectComplete: plain.complete });
   dropped = (await dropAll(plain.clients, idleFiles)) && dropped;
 
@@ -474,26 +488,28 @@ if (workload === 'W1') {
     const published = await until(() => observer.frames >= seen + (replayed + 1) * count, 120_000);
     observer.socket.resetAndDestroy();
     const odd: string[] = [];
-    const resume = await reconnect(
-      count,
-      (i) => JSON.stringify({ type: 'subscribe', taskId: tasks[i]!.taskId, since: cursors[i] }),
-      replayed + 1,
-      (c, i) => {
-        const own = Buffer.from(`"taskId":"${tasks[i]!.taskId}"`);
-        let received = 0;
-        c.onText = (payload) => {
-          // Frame 0 is the ack; frame k the k-th missed event of task i, version i + 1 + k·count.
-          const ok =
-            received === 0
-              ? payload.includes('"subscribed"')
-              : received <= replayed &&
-                payload.includes('"taskUpdated"') &&
-                payload.includes(own) &&
-                versionOf(payload) === i + 1 + received * count;
-          if (!ok && odd.length < 10) odd.push(payload.toString().slice(0, 200));
-          received++;
-        };
-      },
+    const resume = await profiled('resume', () =>
+      reconnect(
+        count,
+        (i) => JSON.stringify({ type: 'subscribe', taskId: tasks[i]!.taskId, since: cursors[i] }),
+        replayed + 1,
+        (c, i) => {
+          const own = Buffer.from(`"taskId":"${tasks[i]!.taskId}"`);
+          let received = 0;
+          c.onText = (payload) => {
+            // Frame 0 is the ack; frame k the k-th missed event of task i, version i + 1 + k·count.
+            const ok =
+              received === 0
+                ? payload.includes('"subscribed"')
+                : received <= replayed &&
+                  payload.includes('"taskUpdated"') &&
+                  payload.includes(own) &&
+                  versionOf(payload) === i + 1 + received * count;
+            if (!ok && odd.length < 10) odd.push(payload.toString().slice(0, 200));
+            received++;
+          };
+        },
+      ),
     );
     const complete = published && resume.complete && odd.length === 0 && cursors.filter(Boolean).length === count;
     Object.assign(result, {

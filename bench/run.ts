@@ -405,6 +405,11 @@ for (const [i, l] of lines.entries()) {
   print(`| ${l.map((c, j) => c.padEnd(widths[j]!)).join(' | ')} |`);
   if (i === 0) print(`| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`);
 }
+// How a cluster's connections spread over its workers (bench/load.ts asks them after subscribing).
+for (const [key, r] of results) {
+  const spread = r.perWorker as unknown as { pid: number; connections: number | null }[] | undefined;
+  if (spread) print(`\n${key}: connections per worker ${spread.map((w) => `${w.pid}: ${w.connections ?? 'n/a'}`).join(', ')}`);
+}
 const incomplete = [...results.entries()].flatMap(([k, r]) => [
   ...(r.complete === false ? [k] : []),
   // W2's reconnect phases fail on their own (their measure is then n/a, the rest stands).

@@ -5,6 +5,9 @@
  * - POST /bench/publish  a plan (below): answered at once, then published;
  * - GET  /bench/memory   process.memoryUsage() after a full GC (a cluster: summed over its workers);
  * - GET  /bench/workers  each process's pid and open WebSocket connections (null: the peer does not count them);
+ * - POST /bench/profile/start, then /bench/profile/stop with a phase name as body: with
+ *        BENCH_PROFILE=<file>, a CPU profile of what happened between them in <file>.<phase>
+ *        (W2 takes one of each of its storms);
  * - GET  /healthz        (mesh) a liveness answer, which R1 times while the server replays.
  * BENCH_WORKERS=N (N ≥ 1; with BENCH_BUS=postgres, as the example server's WORKERS): this process is
  * the primary of a node:cluster of N workers, each one such server on the one port. The primary hands
@@ -83,8 +86,8 @@ function run(peer: Peer, plan: PublishPlan): void {
   burst();
 }
 
-/** BENCH_PROFILE=<file>: a CPU profile of the first measured publishing round (BENCH_PROFILE_MS, default 400 ms). */
-async function profile(file: string): Promise<void> {
+/** Starts the CPU profiler; the function returned stops it and writes the profile to `file`. */
+async function startProfile(): Promise<(file: string) => Promise<void>> {
   const { Session } = await import('node:inspector/promises');
   const { writeFileSync } = await import('node:fs');
   const session = new Session();
@@ -92,9 +95,18 @@ async function profile(file: string): Promise<void> {
   await session.post('Profiler.enable');
   await session.post('Profiler.setSamplingInterval', { interval: 100 });
   await session.post('Profiler.start');
+  return async (file) => {
+    const { profile } = await session.post('Profiler.stop');
+    session.disconnect();
+    writeFileSync(file, JSON.stringify(profile));
+  };
+}
+
+/** BENCH_PROFILE=<file>: a CPU profile of the first measured publishing round (BENCH_PROFILE_MS, default 400 ms). */
+async function profile(file: string): Promise<void> {
+  const stop = await startProfile();
   await new Promise((r) => setTimeout(r, Number(process.env.BENCH_PROFILE_MS ?? 400)));
-  const { profile } = await session.post('Profiler.stop');
-  writeFileSync(file, JSON.stringify(profile));
+  await stop(file);
 }
 
 /** The primary of BENCH_WORKERS workers: forks them, relays the gathering of their reports, stops them. */
@@ -143,6 +155,7 @@ async function serve(): Promise<void> {
   // eslint-disable-next-line prefer-const -- assigned below, once the control it is given exists
   let peer: Peer;
   let profiling: Promise<void> | undefined;
+  let stopProfile: ((file: string) => Promise<void>) | undefined;
   const report = (): ProcessReport => {
     global.gc?.();
     global.gc?.();
@@ -175,6 +188,15 @@ async function serve(): Promise<void> {
     if (url === '/bench/workers') {
       const all = await reports();
       return { status: 200, body: JSON.stringify(all.map(({ pid, connections }) => ({ pid, connections }))) };
+    }
+    if (url === '/bench/profile/start' && method === 'POST' && process.env.BENCH_PROFILE) {
+      stopProfile = await startProfile();
+      return { status: 204, body: '' };
+    }
+    if (url === '/bench/profile/stop' && method === 'POST' && stopProfile) {
+      await stopProfile(`${process.env.BENCH_PROFILE}.${body.replace(/[^a-z0-9-]/gi, '')}`);
+      stopProfile = undefined;
+      return { status: 204, body: '' };
     }
     if (url === '/bench/publish' && method === 'POST') {
       // Published after the answer has gone: the generator's clock starts when it sends the request.
