@@ -11,6 +11,20 @@
  * 10,000 outputs of 500 B for each of 20 tasks, then opens them from a server on the PostgreSQL
  * bus with `"since":"start"`: one at a time, then 200 clients at once; beside each, the same history
  * read over the REST history route in pages of 500.
+ * W2 (targeted, 10,000 clients on a task each): the connect storm (`connectMs`: every handshake,
+ * at most 500 in flight, below the servers' listen backlog of 511, so that no SYN is retried),
+ * then the subscribe storm on those open sockets (`stormMs`), memory (W4), targeted updates, then
+ * every client dropped at once and back: `reconnectMs` (connect + subscribe, each client
+ * resubscribing as soon as it is open); for mesh also `resumeMs`, the same with each subscribe
+ * carrying `since` with 3 missed events of its task to replay from the memory ring (its
+ * `historySize` raised to hold them; the others cannot resume: their row shows their plain
+ * reconnect, the issue's yardstick). BENCH_PROFILE=<file> also writes the server's CPU profile of
+ * each W2 storm to <file>.connect, .subscribe, .reconnect, .resume (bench/profile-summary.ts reads them).
+ * Peers as cluster workers: `--peers mesh,mesh-w1,mesh-w2,ceiling` adds columns where the peer
+ * runs as N node:cluster workers on one port, sharing events through the PostgreSQL bus (as the
+ * example server's WORKERS=N), for W1 and W5 only (the other workloads skip these columns); the
+ * single-process `mesh` column stays on the memory bus. Below the table, how the connections
+ * spread over the workers (each worker's pid and open sockets, asked after subscribing).
  * `--scale` shrinks the client and event counts; the recorded runs use 1.
  */
 import { execFileSync, spawn } from 'node:child_process';
