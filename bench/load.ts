@@ -5,8 +5,9 @@
  * `publish port` (by default the same one) to publish, and prints one JSON line of results.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import pLimit from 'p-limit';
 import type { BenchTask, PeerName } from './peers.js';
 import type { PublishPlan } from './server.js';
 import { connect, type WireClient } from './wire.js';
@@ -56,13 +57,29 @@ function subscribeFrame(type: string, taskId?: string): string {
   return JSON.stringify(taskId ? { type, taskId } : { type });
 }
 
-async function openAll(count: number, principal: (i: number) => string): Promise<WireClient[]> {
-  const clients: WireClient[] = [];
-  const BATCH = 200;
-  for (let i = 0; i < count; i += BATCH) {
-    clients.push(...(await Promise.all(Array.from({ length: Math.min(BATCH, count - i) }, (_, j) => client(principal(i + j))))));
-  }
-  return clients;
+/**
+ * Handshakes in flight at most: below the listen backlog of every server measured (511, Node's
+ * default; somaxconn is higher here), so that a storm of connects is timed as such, not as the
+ * SYN retries (1 s, 3 s…) of a full accept queue.
+ */
+const IN_FLIGHT = 500;
+
+/** Opens `count` clients, IN_FLIGHT handshakes at a time; `opened` runs for each as soon as it can subscribe. */
+async function openAll(
+  count: number,
+  principal: (i: number) => string,
+  opened?: (c: WireClient, i: number) => void,
+): Promise<WireClient[]> {
+  const limit = pLimit(IN_FLIGHT);
+  return Promise.all(
+    Array.from({ length: count }, (_, i) =>
+      limit(async () => {
+        const c = await client(principal(i));
+        opened?.(c, i);
+        return c;
+      }),
+    ),
+  );
 }
 
 /** Sends each client its subscribe frame and resolves once every client has its ack. */
@@ -74,13 +91,74 @@ async function subscribeAll(clients: WireClient[], frame: (i: number) => string)
   return performance.now() - started;
 }
 
-async function until(done: () => boolean, timeoutMs: number): Promise<boolean> {
+async function until(done: () => boolean, timeoutMs: number, everyMs = 2): Promise<boolean> {
   const deadline = performance.now() + timeoutMs;
   while (!done()) {
     if (performance.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 2));
+    await new Promise((r) => setTimeout(r, everyMs));
   }
   return true;
+}
+
+/** The server process's open files, its sockets among them (NaN where /proc does not tell). */
+function openFiles(): number {
+  try {
+    return readdirSync(`/proc/${process.env.BENCH_SERVER_PID}/fd`).length;
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * Resets every client's connection (RST: no TIME_WAIT left on this side to hold ports) and waits
+ * until the server has closed its side, its open files back near `idle`: the next storm then
+ * meets a server done with the last one's sockets, and neither process nears its 20,000 files.
+ */
+async function dropAll(clients: WireClient[], idle: number): Promise<boolean> {
+  for (const c of clients) c.socket.resetAndDestroy();
+  return until(() => !(openFiles() > idle + 20), 60_000, 50);
+}
+
+/**
+ * A reconnect storm: `count` new clients (client i as task i's owner) connect, IN_FLIGHT at a
+ * time, and each sends `frame(i)` as soon as it can, as a reconnecting client resubscribes at
+ * once; timed from the first connect until every client has `expected` frames more.
+ */
+async function reconnect(count: number, frame: (i: number) => string, expected: number, watch?: (c: WireClient, i: number) => void) {
+  const bases: number[] = [];
+  const started = performance.now();
+  const clients = await openAll(
+    count,
+    (i) => tasks[i]!.ownerId,
+    (c, i) => {
+      bases[i] = c.frames;
+      watch?.(c, i);
+      c.send(frame(i));
+    },
+  );
+  // Generous: this is a bound for a server that fails, not a target (a resume storm can take
+  // minutes where each replay scans a ring of every task's events).
+  const complete = await until(() => clients.every((c, i) => c.frames >= bases[i]! + expected), 600_000, 10);
+  return { ms: performance.now() - started, clients, complete };
+}
+
+/**
+ * With BENCH_PROFILE set, the server's CPU profile of `phase` (bench/server.ts writes it to
+ * <BENCH_PROFILE>.<phase>); otherwise just `phase`.
+ */
+async function profiled<T>(name: string, phase: () => Promise<T>): Promise<T> {
+  if (!process.env.BENCH_PROFILE) return phase();
+  await fetch(`http://127.0.0.1:${port}/bench/profile/start`, { method: 'POST' });
+  try {
+    return await phase();
+  } finally {
+    await fetch(`http://127.0.0.1:${port}/bench/profile/stop`, { method: 'POST', body: name });
+  }
+}
+
+/** A cluster's spread of connections: each worker's pid and open WebSocket connections. */
+async function spread(): Promise<{ pid: number; connections: number | null }[]> {
+  return (await fetch(`http://127.0.0.1:${port}/bench/workers`)).json() as Promise<{ pid: number; connections: number | null }[]>;
 }
 
 async function publish(plan: PublishPlan): Promise<void> {
@@ -342,22 +420,40 @@ function resetPeak(): boolean {
 
 const result: Record<string, unknown> = { peer, workload };
 
+const VERSION = Buffer.from('"version":');
+/** An update frame's version (NaN: none). */
+function versionOf(payload: Buffer): number {
+  const at = payload.indexOf(VERSION);
+  return at === -1 ? NaN : Number.parseInt(payload.subarray(at + VERSION.length, at + VERSION.length + 16).toString(), 10);
+}
+/** An event frame's cursor ('' : none). */
+function cursorOf(payload: Buffer): string {
+  const at = payload.indexOf(CURSOR);
+  return at === -1 ? '' : payload.subarray(at + CURSOR.length, payload.indexOf(0x22, at + CURSOR.length)).toString();
+}
+
 if (workload === 'W1') {
   const clients = await openAll(n(2000), () => 'admin');
   await subscribeAll(clients, () => subscribeFrame('subscribeAll'));
+  if (process.env.BENCH_WORKERS) result.perWorker = await spread();
   const events = n(500);
   const plan: PublishPlan = { kind: 'update', tasks: tasks.slice(0, events), count: events, perTick: events };
   const r = await measure(clients, plan, clients.length);
   Object.assign(result, { clients: clients.length, events, ...r, perSecond: (r.frames / r.elapsed) * 1000 });
 } else if (workload === 'W2') {
-  // W2 and W4: 10,000 clients each on its own task; the subscribe storm, memory, then targeted updates.
+  // W2 and W4: 10,000 clients each on its own task; the connect storm, the subscribe storm,
+  // memory, targeted updates; then reconnect storms (below).
+  const idleFiles = openFiles();
   const before = await memory();
   const count = Math.min(n(10_000), tasks.length);
-  const clients = await openAll(count, (i) => tasks[i]!.ownerId);
-  const storm = await subscribeAll(clients, (i) => subscribeFrame('subscribe', tasks[i]!.taskId));
+  const connectStarted = performance.now();
+  const clients = await profiled('connect', () => openAll(count, (i) => tasks[i]!.ownerId));
+  const connectMs = performance.now() - connectStarted;
+  const storm = await profiled('subscribe', () => subscribeAll(clients, (i) => subscribeFrame('subscribe', tasks[i]!.taskId)));
   const after = await memory();
   Object.assign(result, {
     clients: count,
+    connectMs,
     stormMs: storm,
     rssPerConnection: (after.rss - before.rss) / count,
     heapPerConnection: (after.heapUsed - before.heapUsed) / count,
@@ -366,6 +462,70 @@ if (workload === 'W1') {
   const plan: PublishPlan = { kind: 'update', tasks: tasks.slice(0, count), count: events, perTick: 1000 };
   const r = await measure(clients, plan, 1);
   Object.assign(result, { events, ...r, perSecond: (r.frames / r.elapsed) * 1000 });
+
+  // The reconnect storm: every client gone at once, then back, each resubscribing at once.
+  let dropped = await dropAll(clients, idleFiles);
+  const plain = await profiled('reconnect', () => reconnect(count, (i) => subscribeFrame('subscribe', tasks[i]!.taskId), 1));
+  Object.assign(result, { reconnectMs: plain.complete ? plain.ms : NaN, reconnectComplete: plain.complete });
+  dropped = (await dropAll(plain.clients, idleFiles)) && dropped;
+
+  // The same storm where each subscribe resumes (bench/run.ts sets BENCH_RESUMED_EVENTS for the
+  // peers that can): before it, each task had one event its client saw (the client's `since` is
+  // that event's cursor, as after a dropped connection), then `replayed` more that it missed, all
+  // on the memory bus, interleaved as busy tasks publish (event i to task i % count, version i + 1).
+  // An admin socket on subscribeAll reads the cursors. Each client checks what it gets: the ack,
+  // then exactly its task's missed events, in order; timed until every client has them all.
+  if (process.env.BENCH_RESUMED_EVENTS) {
+    const replayed = Number(process.env.BENCH_RESUMED_EVENTS);
+    const observer = await client('admin');
+    observer.send(subscribeFrame('subscribeAll'));
+    await until(() => observer.frames >= 1, 30_000);
+    const cursors: string[] = [];
+    observer.onText = (payload) => {
+      const version = versionOf(payload);
+      if (version <= count) cursors[version - 1] = cursorOf(payload);
+    };
+    const seen = observer.frames;
+    await publish({ kind: 'update', tasks: tasks.slice(0, count), count: (replayed + 1) * count, perTick: 1000 });
+    const published = await until(() => observer.frames >= seen + (replayed + 1) * count, 120_000);
+    observer.socket.resetAndDestroy();
+    const odd: string[] = [];
+    const resume = await profiled('resume', () =>
+      reconnect(
+        count,
+        (i) => JSON.stringify({ type: 'subscribe', taskId: tasks[i]!.taskId, since: cursors[i] }),
+        replayed + 1,
+        (c, i) => {
+          const own = Buffer.from(`"taskId":"${tasks[i]!.taskId}"`);
+          let received = 0;
+          c.onText = (payload) => {
+            // Frame 0 is the ack; frame k the k-th missed event of task i, version i + 1 + k·count.
+            const ok =
+              received === 0
+                ? payload.includes('"subscribed"')
+                : received <= replayed &&
+                  payload.includes('"taskUpdated"') &&
+                  payload.includes(own) &&
+                  versionOf(payload) === i + 1 + received * count;
+            if (!ok && odd.length < 10) odd.push(payload.toString().slice(0, 200));
+            received++;
+          };
+        },
+      ),
+    );
+    const complete = published && resume.complete && odd.length === 0 && cursors.filter(Boolean).length === count;
+    Object.assign(result, {
+      resumedEvents: replayed,
+      resumeMs: complete ? resume.ms : NaN,
+      resumeComplete: complete,
+      // Where it failed: clients that got all they should, cursors read, frames that were not the next.
+      resumeClientsDone: resume.clients.filter((c) => c.frames >= replayed + 1).length,
+      resumeCursors: cursors.filter(Boolean).length,
+      resumeOdd: odd.slice(0, 3),
+    });
+    dropped = (await dropAll(resume.clients, idleFiles)) && dropped;
+  }
+  result.dropped = dropped;
 } else if (workload === 'W3') {
   const followed = tasks.slice(0, 20);
   const clients = await openAll(n(200), () => 'admin');
@@ -379,6 +539,7 @@ if (workload === 'W1') {
 } else if (workload === 'W5') {
   const clients = await openAll(n(1000), () => 'admin');
   await subscribeAll(clients, () => subscribeFrame('subscribeAll'));
+  if (process.env.BENCH_WORKERS) result.perWorker = await spread();
   const events = 500;
   const r = await latency(clients, { kind: 'update', tasks: tasks.slice(0, 10), count: events, perTick: 1, rate: 100 });
   Object.assign(result, { clients: clients.length, events, ...r });

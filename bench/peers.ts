@@ -32,11 +32,17 @@ export interface Peer {
   listen(port: number): Promise<void>;
   publishUpdate(task: BenchTask, version: number, stamp: string): void;
   publishOutput(task: BenchTask, content: string): void;
+  /** Open WebSocket connections, where the peer counts them (mesh): how a cluster's workers share the clients. */
+  connections?(): number;
   close(): Promise<void>;
 }
 
-/** The generator's control calls: method and URL in, status and body out. */
-export type Control = (method: string, url: string, body: string) => { status: number; body: string };
+/** The generator's control calls: method and URL in, status and body out (later, when a cluster's workers are asked). */
+export type Control = (method: string, url: string, body: string) => ControlAnswer | Promise<ControlAnswer>;
+export interface ControlAnswer {
+  status: number;
+  body: string;
+}
 
 /** How events travel between server processes: not at all, or through PostgreSQL. */
 export type BenchBus = 'memory' | 'postgres';
@@ -46,8 +52,8 @@ function controlListener(control: Control) {
   return (request: IncomingMessage, response: ServerResponse) => {
     let body = '';
     request.on('data', (chunk: Buffer) => (body += chunk.toString()));
-    request.on('end', () => {
-      const answer = control(request.method ?? 'GET', request.url ?? '/', body);
+    request.on('end', async () => {
+      const answer = await control(request.method ?? 'GET', request.url ?? '/', body);
       response.statusCode = answer.status;
       response.end(answer.body);
     });
@@ -78,21 +84,24 @@ export async function meshPeer(sql: Sql<any>, control: Control, bus: BenchBus): 
     // As the example host does: re-checks need no kept upgrade request.
     reauthenticate: async (principal) => principal,
     maxConnectionsPerPrincipal: Number.POSITIVE_INFINITY,
-    // The fan-out workloads measure one process; W6 measures the PostgreSQL bus between two.
+    // The fan-out workloads measure one process; W6 measures the PostgreSQL bus between two, and
+    // the mesh-wN variants N cluster workers on it.
     bus,
-    // R1 (replay) keeps more than the default 10,000 events per task for the length of its run.
+    // R1 (replay) keeps more than the default 10,000 events per task for the length of its run,
+    // W2 a memory ring that holds every event its resumed subscribes replay (bench/run.ts).
     ...(JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') as object),
   });
   // A liveness answer as cheap as a host's: R1 times it while the server replays.
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.all('/bench/*', async (request, reply) => {
-    const answer = control(request.method, request.url, typeof request.body === 'string' ? request.body : '');
+    const answer = await control(request.method, request.url, typeof request.body === 'string' ? request.body : '');
     return reply.code(answer.status).send(answer.body);
   });
   return {
     listen: async (port) => void (await app.listen({ host: '127.0.0.1', port })),
     publishUpdate: (task, version, stamp) => void app.mesh.taskUpdates.publish({ ...update(task, version, stamp), ownerId: task.ownerId }),
     publishOutput: (task, content) => void app.mesh.taskOutput.publish({ ...output(task, content), ownerId: task.ownerId }),
+    connections: () => app.mesh.stats().connections,
     close: () => app.close(),
   };
 }

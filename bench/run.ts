@@ -13,6 +13,20 @@
  * read over the REST history route in pages of 500.
  * W7 (many sockets; not in the default list: `--workloads W7 --peers mesh,socketio,ceiling`):
  * 19,000 sockets on one server process, 100,000 on the example server's workers (bench/w7/driver.ts).
+ * W2 (targeted, 10,000 clients on a task each): the connect storm (`connectMs`: every handshake,
+ * at most 500 in flight, below the servers' listen backlog of 511, so that no SYN is retried),
+ * then the subscribe storm on those open sockets (`stormMs`), memory (W4), targeted updates, then
+ * every client dropped at once and back: `reconnectMs` (connect + subscribe, each client
+ * resubscribing as soon as it is open); for mesh also `resumeMs`, the same with each subscribe
+ * carrying `since` with 3 missed events of its task to replay from the memory ring (its
+ * `historySize` raised to hold them; the others cannot resume: their row shows their plain
+ * reconnect, the issue's yardstick). BENCH_PROFILE=<file> also writes the server's CPU profile of
+ * each W2 storm to <file>.connect, .subscribe, .reconnect, .resume (bench/profile-summary.ts reads them).
+ * Peers as cluster workers: `--peers mesh,mesh-w1,mesh-w2,ceiling` adds columns where the peer
+ * runs as N node:cluster workers on one port, sharing events through the PostgreSQL bus (as the
+ * example server's WORKERS=N), for W1 and W5 only (the other workloads skip these columns); the
+ * single-process `mesh` column stays on the memory bus. Below the table, how the connections
+ * spread over the workers (each worker's pid and open sockets, asked after subscribing).
  * `--scale` shrinks the client and event counts; the recorded runs use 1.
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -37,7 +51,18 @@ const { values } = parseArgs({
     workloads: { type: 'string', default: 'W1,W2,W3,W5,W6' },
   },
 });
-const peers = values.peers.split(',') as PeerName[];
+/** A column of the table: a peer, alone (`mesh`) or as N cluster workers on the PostgreSQL bus (`mesh-w2`). */
+const peers = values.peers.split(',');
+const variant = (column: string): { peer: PeerName; workers: number } => {
+  const match = /^(.*)-w([1-9][0-9]*)$/.exec(column);
+  return match ? { peer: match[1] as PeerName, workers: Number(match[2]) } : { peer: column as PeerName, workers: 0 };
+};
+/** What the cluster variants run: the broadcast and its latency (issue 16, point 6). */
+const WORKER_WORKLOADS = ['W1', 'W5'];
+for (const column of peers) {
+  const { peer, workers } = variant(column);
+  if (workers > 0 && !BUS_PEERS.includes(peer)) throw new Error(`${column}: only ${BUS_PEERS.join(', ')} can run as workers on one bus`);
+}
 const workloads = values.workloads.split(',');
 const print = (line = '') => process.stdout.write(`${line}\n`);
 
@@ -66,6 +91,9 @@ const scaled = (value: number) => Math.max(1, Math.round(value * Number(values.s
 /** R1: how many tasks are resumed (one client each), and how many logged updates each resumes. */
 const REPLAY_TASKS = scaled(200);
 const REPLAY_EVENTS = scaled(10_000);
+/** W2: its clients (one task each), and how many events each resumed subscribe replays. */
+const TARGETED_CLIENTS = Math.min(scaled(10_000), tasks.length);
+const RESUMED_EVENTS = 3;
 
 /**
  * R1's log: one update of a task nobody resumes (its cursor is every client's `since`), then
@@ -209,12 +237,12 @@ async function seedTranscripts(): Promise<Record<string, string>> {
   }
 }
 
-/** One server process of `peer`, resolved once it listens; `stop` ends it. */
-async function startServer(peer: PeerName, bus: BenchBus, env: Record<string, string> = {}) {
+/** One server process of `peer` (the primary of `workers` workers, if any), resolved once it listens; `stop` ends it. */
+async function startServer(peer: PeerName, bus: BenchBus, env: Record<string, string> = {}, workers = 0) {
   const port = await freePort();
   const flags = process.env.BENCH_SERVER_FLAGS?.split(' ').filter(Boolean) ?? [];
   const server = spawn(process.execPath, [...flags, '--expose-gc', '--import', 'tsx', 'bench/server.ts', peer], {
-    env: { ...process.env, ...env, DATABASE_URL: url, PORT: String(port), BENCH_BUS: bus },
+    env: { ...process.env, ...env, DATABASE_URL: url, PORT: String(port), BENCH_BUS: bus, BENCH_WORKERS: String(workers) },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   await new Promise<void>((resolve, reject) => {
@@ -228,10 +256,20 @@ async function startServer(peer: PeerName, bus: BenchBus, env: Record<string, st
   return { port, pid: server.pid!, stop };
 }
 
-async function runOne(peer: PeerName, workload: string): Promise<Record<string, number | string | boolean>> {
+/** BENCH_MESH_OPTIONS with `extra` under the user's own (theirs win). */
+const meshOptions = (extra: object) => ({
+  BENCH_MESH_OPTIONS: JSON.stringify({ ...extra, ...JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') }),
+});
+
+async function runOne(column: string, workload: string): Promise<Record<string, number | string | boolean>> {
+  const { peer, workers } = variant(column);
+  const resumable = workload === 'W2' && REPLAY_PEERS.includes(peer);
   // W6: the clients on B, the publisher on A, events between them only through PostgreSQL.
   // R1: one server on the PostgreSQL bus, started after the log is seeded (it reads on from the head).
   // W8: the same, on the plugin's defaults (retention keeps 10,000 per task, a replay sends up to 10,000).
+  // W2 with resume: the memory ring holds the events of its resumed subscribes (one seen, then
+  // RESUMED_EVENTS to replay, for each task; bench/load.ts), and some to spare.
+  // The cluster variants: N workers on the PostgreSQL bus, as the example server's WORKERS=N.
   const replay =
     workload === 'R1'
       ? { BENCH_REPLAY_SINCE: await seedReplay(), BENCH_REPLAY_TASKS: String(REPLAY_TASKS), BENCH_REPLAY_EVENTS: String(REPLAY_EVENTS) }
@@ -239,17 +277,17 @@ async function runOne(peer: PeerName, workload: string): Promise<Record<string, 
         ? await seedTranscripts()
         : undefined;
   const servers =
-    workload === 'W6'
-      ? [await startServer(peer, 'postgres'), await startServer(peer, 'postgres')]
-      : workload === 'W8'
-        ? [await startServer(peer, 'postgres')]
-        : replay
-          ? [
-              await startServer(peer, 'postgres', {
-                BENCH_MESH_OPTIONS: JSON.stringify({ retentionPerTask: 1_000_000, ...JSON.parse(process.env.BENCH_MESH_OPTIONS ?? '{}') }),
-              }),
-            ]
-          : [await startServer(peer, 'memory')];
+    workers > 0
+      ? [await startServer(peer, 'postgres', {}, workers)]
+      : workload === 'W6'
+        ? [await startServer(peer, 'postgres'), await startServer(peer, 'postgres')]
+        : workload === 'W8'
+          ? [await startServer(peer, 'postgres')]
+          : replay
+            ? [await startServer(peer, 'postgres', meshOptions({ retentionPerTask: 1_000_000 }))]
+            : resumable
+              ? [await startServer(peer, 'memory', meshOptions({ historySize: (RESUMED_EVENTS + 2) * TARGETED_CLIENTS }))]
+              : [await startServer(peer, 'memory')];
   try {
     const ports = servers.map((s) => String(s.port));
     const out = execFileSync(
@@ -259,6 +297,8 @@ async function runOne(peer: PeerName, workload: string): Promise<Record<string, 
         env: {
           ...process.env,
           ...replay,
+          ...(resumable ? { BENCH_RESUMED_EVENTS: String(RESUMED_EVENTS) } : {}),
+          ...(workers > 0 ? { BENCH_WORKERS: String(workers) } : {}),
           BENCH_SERVER_PID: String(servers[0]!.pid),
           ...(postmasterPid ? { BENCH_POSTMASTER_PID: postmasterPid } : {}),
         },
@@ -277,25 +317,47 @@ const results = new Map<string, Record<string, number | string | boolean>>();
 for (const workload of workloads) {
   // W7 (not in the default list): many sockets, several generator processes (bench/w7/driver.ts).
   if (workload === 'W7') {
-    const w7 = await runW7({ url, scale: Number(values.scale), peers, scratch, startServer });
+    // W7 runs each peer in one process ((a)) and the example server's workers ((b)): no -wN columns.
+    if (peers.some((column) => variant(column).workers > 0)) throw new Error('W7 takes plain peer names');
+    const w7 = await runW7({ url, scale: Number(values.scale), peers: peers as PeerName[], scratch, startServer });
     for (const [key, r] of w7) results.set(key, r as Record<string, number | string | boolean>);
     continue;
   }
-  for (const peer of peers) {
+  for (const column of peers) {
+    const { peer, workers } = variant(column);
+    if (workers > 0 && !WORKER_WORKLOADS.includes(workload)) continue;
     if (workload === 'W6' && !BUS_PEERS.includes(peer)) continue;
     if ((workload === 'R1' || workload === 'W8') && !REPLAY_PEERS.includes(peer)) continue;
-    const r = await runOne(peer, workload);
-    results.set(`${workload}/${peer}`, r);
-    process.stderr.write(`${workload} ${peer}: ${JSON.stringify(r)}\n`);
+    const r = await runOne(column, workload);
+    results.set(`${workload}/${column}`, r);
+    process.stderr.write(`${workload} ${column}: ${JSON.stringify(r)}\n`);
   }
 }
 
-// The table: one row per measure, one column per peer, then mesh's ratio to each.
-type Row = { label: string; workload: string; key: string; better: 'higher' | 'lower'; format: (v: number) => string };
+// The table: one row per measure, one column per peer, then each mesh column's ratio to each other peer.
+type Row = {
+  label: string;
+  workload: string;
+  key: string;
+  /** The other peers' measure, where mesh's has no counterpart in them (a resume they cannot do). */
+  othersKey?: string;
+  better: 'higher' | 'lower';
+  format: (v: number) => string;
+};
 const fmt = (digits: number) => (v: number) => (Number.isFinite(v) ? v.toLocaleString('en-US', { maximumFractionDigits: digits }) : 'n/a');
 const rows: Row[] = [
   { label: 'W1 broadcast, deliveries/s', workload: 'W1', key: 'perSecond', better: 'higher', format: fmt(0) },
+  { label: 'W2 connect storm ms (≤500 handshakes in flight)', workload: 'W2', key: 'connectMs', better: 'lower', format: fmt(0) },
   { label: 'W2 targeted, subscribe storm ms', workload: 'W2', key: 'stormMs', better: 'lower', format: fmt(0) },
+  { label: 'W2 reconnect storm ms (connect + subscribe)', workload: 'W2', key: 'reconnectMs', better: 'lower', format: fmt(0) },
+  {
+    label: `W2 reconnect, since + ${RESUMED_EVENTS} events each, ms (others: plain reconnect)`,
+    workload: 'W2',
+    key: 'resumeMs',
+    othersKey: 'reconnectMs',
+    better: 'lower',
+    format: fmt(0),
+  },
   { label: 'W2 targeted, deliveries/s', workload: 'W2', key: 'perSecond', better: 'higher', format: fmt(0) },
   { label: 'W3 output, MiB/s', workload: 'W3', key: 'mibPerSecond', better: 'higher', format: fmt(1) },
   { label: 'W4 memory, RSS KiB/conn', workload: 'W2', key: 'rssPerConnection', better: 'lower', format: (v) => fmt(1)(v / 1024) },
@@ -340,22 +402,23 @@ const rows: Row[] = [
   { label: 'W8 all over REST, s to all last', workload: 'W8', key: 'restStormMs', better: 'lower', format: (v) => fmt(2)(v / 1000) },
   { label: 'W8 all over REST, peak RSS MiB', workload: 'W8', key: 'restStormRssPeak', better: 'lower', format: (v) => fmt(1)(v / 2 ** 20) },
 ];
-const others = peers.filter((p) => p !== 'mesh');
-const header = ['measure', ...peers, ...others.map((p) => `mesh vs ${p}`)];
+const meshes = peers.filter((p) => variant(p).peer === 'mesh');
+const others = peers.filter((p) => variant(p).peer !== 'mesh');
+const pairs = meshes.flatMap((m) => others.map((o) => [m, o] as const));
+const header = ['measure', ...peers, ...pairs.map(([m, o]) => `${m} vs ${o}`)];
 const lines = [header];
 for (const row of rows.filter((r) => workloads.includes(r.workload))) {
-  const value = (peer: PeerName) => {
-    const r = results.get(`${row.workload}/${peer}`);
-    const v = r?.[row.key];
+  const value = (column: string) => {
+    const r = results.get(`${row.workload}/${column}`);
+    const v = r?.[variant(column).peer === 'mesh' ? row.key : (row.othersKey ?? row.key)];
     return typeof v === 'number' && r?.complete !== false ? v : NaN;
   };
-  const mesh = value('mesh');
-  const ratio = (peer: PeerName) => {
-    const v = value(peer);
+  const ratio = (m: string, o: string) => {
+    const [mesh, v] = [value(m), value(o)];
     if (!Number.isFinite(mesh) || !Number.isFinite(v) || v === 0) return 'n/a';
     return `${(row.better === 'higher' ? mesh / v : v / mesh).toFixed(2)}×`;
   };
-  lines.push([row.label, ...peers.map((p) => row.format(value(p))), ...others.map(ratio)]);
+  lines.push([row.label, ...peers.map((p) => row.format(value(p))), ...pairs.map(([m, o]) => ratio(m, o))]);
 }
 const widths = header.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
 print(
@@ -367,7 +430,18 @@ for (const [i, l] of lines.entries()) {
   print(`| ${l.map((c, j) => c.padEnd(widths[j]!)).join(' | ')} |`);
   if (i === 0) print(`| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`);
 }
-const incomplete = [...results.entries()].filter(([, r]) => r.complete === false).map(([k]) => k);
+// How a cluster's connections spread over its workers (bench/load.ts asks them after subscribing).
+for (const [key, r] of results) {
+  const spread = r.perWorker as unknown as { pid: number; connections: number | null }[] | undefined;
+  if (spread) print(`\n${key}: connections per worker ${spread.map((w) => `${w.pid}: ${w.connections ?? 'n/a'}`).join(', ')}`);
+}
+const incomplete = [...results.entries()].flatMap(([k, r]) => [
+  ...(r.complete === false ? [k] : []),
+  // W2's reconnect phases fail on their own (their measure is then n/a, the rest stands).
+  ...Object.keys(r)
+    .filter((key) => key.endsWith('Complete') && r[key] === false)
+    .map((key) => `${k} (${key.slice(0, -'Complete'.length)})`),
+]);
 if (incomplete.length > 0)
   print(`\nincomplete: a check failed or a limit ran out (shown as n/a; details in the JSON line above): ${incomplete.join(', ')}`);
 
