@@ -176,6 +176,15 @@ export const PlainOptionsSchema = Type.Object({
     pruneIntervalMs: positiveInteger(60_000, 'how often (ms) the log is pruned (one instance at a time)'),
     pollIntervalMs: positiveInteger(1_000, 'the log is read at least this often (ms), whatever the wake-ups'),
     listenTimeoutMs: positiveInteger(10_000, 'a LISTEN connection silent this long (ms; not even its own heartbeat) is replaced'),
+    notifyRows: Type.Boolean({
+      default: false,
+      description:
+        "each publish's NOTIFY carries its events (signed), so that other instances deliver them without reading the log " +
+        '(one round trip less: README, "Several instances"); off: a bare wake-up. Turn it on only where no untrusted role ' +
+        'may connect to the database: PostgreSQL has no privilege on LISTEN, and any role that may connect (PUBLIC by default) ' +
+        'can read what a NOTIFY carries',
+      refusal: 'a boolean',
+    }),
   }),
   tickets: group('browser sign-in with single-use tickets', {
     enabled: Type.Boolean({

@@ -25,11 +25,11 @@ let bQueries = 0;
 const delivered: LoggedEvent[] = [];
 let waiting: { count: number; resolve: () => void } | undefined;
 
-const busOn = (sql: Sql<any>) =>
+const busOn = (sql: Sql<any>, notifyRows = true) =>
   new PostgresBus(
     sql,
     // No periodic read: every read B makes is one a wake-up asked for.
-    { ...DEFAULTS.postgres, tasks: DEFAULTS.tasks, tickets: false, pollIntervalMs: 3_600_000 },
+    { ...DEFAULTS.postgres, tasks: DEFAULTS.tasks, tickets: false, pollIntervalMs: 3_600_000, notifyRows },
     pino({ level: 'silent' }),
   );
 
@@ -176,5 +176,29 @@ describe('notices', () => {
     await deliveredCount(start + 1);
     assert.deepEqual(versionsOf(delivered.slice(start)), [1]);
     assert.equal(delivered.at(-1)!.cursor, cursor);
+  });
+
+  test('by default a NOTIFY carries nothing: a role that may only connect and LISTEN reads no event', async () => {
+    const plain = busOn(db.sql, false);
+    await plain.start(async () => {});
+    const eavesdropper = postgres(db.url, { max: 1, onnotice: () => {} });
+    const heard: string[] = [];
+    let hear!: () => void;
+    const heardOne = new Promise<void>((resolve) => (hear = resolve));
+    try {
+      await eavesdropper.listen('mesh_event_log', (payload) => {
+        heard.push(payload);
+        hear();
+      });
+      const start = delivered.length;
+      await plain.publish(update(randomUUID(), 1));
+      await heardOne;
+      // B still gets it, by reading the log.
+      await deliveredCount(start + 1);
+      assert.deepEqual(heard, ['']);
+    } finally {
+      await eavesdropper.end({ timeout: 1 });
+      await plain.stop();
+    }
   });
 });

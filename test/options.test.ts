@@ -56,6 +56,7 @@ test('defaults resolve from the schema to the documented values', () => {
       pruneIntervalMs: 60_000,
       pollIntervalMs: 1_000,
       listenTimeoutMs: 10_000,
+      notifyRows: false,
     },
     tickets: { enabled: false, ttlMs: 30_000 },
     shutdown: { timeoutMs: 10_000 },
@@ -149,7 +150,7 @@ test('the groups are the ones documented, and every flat name stands for an opti
   assert.equal(new Set(Object.values(FLAT_OPTION_NAMES)).size, flatNames.length);
   assert.deepEqual(
     groupedOptions.filter(({ path }) => !Object.values(FLAT_OPTION_NAMES).includes(path as never)).map(({ path }) => path),
-    ['tasks.idColumn', 'tasks.ownerColumn', 'postgres.schema'],
+    ['tasks.idColumn', 'tasks.ownerColumn', 'postgres.schema', 'postgres.notifyRows'],
   );
 });
 

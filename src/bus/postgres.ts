@@ -77,7 +77,8 @@ export class PostgresBus implements EventBus {
     private readonly log: FastifyBaseLogger,
   ) {
     const directSql = (this.directSql = options.directSql ?? sql);
-    this.writer = new Writer(sql, options, this.key);
+    // Notices carry events: only where the host said every role that may LISTEN may read them.
+    this.writer = new Writer(sql, options, options.notifyRows ? this.key : undefined);
     this.reader = new Reader(sql, this.cursors, options, log, this.key);
     this.listener = new Listener(sql, directSql, options, log, this.reader);
     this.replayer = new Replay(sql, this.cursors, options);
