@@ -9,6 +9,7 @@
  * this process only: the bus itself carries no instrumentation.
  *   A: publish() called → writer's statement issued → publish resolved (committed)
  *   B: NOTIFY heard → read issued (none when the NOTIFY carried the rows) → sink
+ * BUS_LATENCY_NOTIFY_ROWS=0 measures the default (`postgres.notifyRows` off: bare wake-ups).
  */
 import { fork } from 'node:child_process';
 import { rm } from 'node:fs/promises';
@@ -42,8 +43,12 @@ function tap(object: any, name: string, before: (...args: any[]) => void): void 
 }
 
 async function bus(sql: postgres.Sql<any>) {
-  const b = new PostgresBus(sql, { ...DEFAULTS.postgres, schema: SCHEMA, tasks: undefined, tickets: false }, pino({ level: 'warn' }));
-  return b;
+  const notifyRows = process.env.BUS_LATENCY_NOTIFY_ROWS !== '0';
+  return new PostgresBus(
+    sql,
+    { ...DEFAULTS.postgres, schema: SCHEMA, tasks: undefined, tickets: false, notifyRows },
+    pino({ level: 'warn' }),
+  );
 }
 
 if (role === 'B') {
