@@ -6,6 +6,7 @@ import type { Socket } from 'node:net';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { authenticateRequest, principalKey, redeemTicket, type AuthResult } from './authenticate.js';
 import { RETRY_AFTER_SECONDS, UpgradeError } from '../errors.js';
+import type { Place } from '../core/connection.js';
 import type { LimitsOptions, Principal, ResolvedOptions } from '../options.js';
 import type { MeshMetrics } from '../metrics.js';
 import { offeredTicket, type TicketStore } from './tickets.js';
@@ -17,7 +18,7 @@ export type Refusal = { readonly status: number; readonly code: string; readonly
  * socket (once upgraded, its WebSocket) closes or it is refused, whichever comes first: given back once. `key` is the
  * principal's, once authentication named it and the per-principal limit counted it.
  */
-class Place {
+class AdmissionPlace implements Place {
   key: string | undefined = undefined;
   /**
    * Who authenticated, once the upgrade is admitted: what the socket handler opens the connection
@@ -38,7 +39,7 @@ class Place {
 
 // The place is found on the socket by one shared listener (no closure per socket).
 const PLACE = Symbol('mesh admission place');
-type Placed = Socket & { [PLACE]?: Place };
+type Placed = Socket & { [PLACE]?: AdmissionPlace };
 
 function givePlaceBack(this: Placed): void {
   this[PLACE]?.release();
@@ -71,7 +72,7 @@ export class Admission {
    * place no longer listens to its socket's 'close': a listener array per socket, for as long
    * as it is open, where the WebSocket's own 'close' serves.
    */
-  handOver(request: FastifyRequest): { principal: Principal; place: { release(): void } } | undefined {
+  handOver(request: FastifyRequest): { principal: Principal; place: Place } | undefined {
     const socket = request.raw.socket as Placed | undefined;
     const place = socket?.[PLACE];
     if (place?.principal === undefined) return undefined;
@@ -137,8 +138,8 @@ export class Admission {
   };
 
   /** Takes a place under `limits.maxConnections` for an upgrade; its TCP socket's end gives it back. */
-  private reserve(socket: Placed): Place {
-    const place = new Place(this);
+  private reserve(socket: Placed): AdmissionPlace {
+    const place = new AdmissionPlace(this);
     this.total++;
     socket[PLACE] = place;
     // `on`, not `once`: giving back is idempotent, and `once` wraps the listener in two objects per socket.
@@ -147,14 +148,14 @@ export class Admission {
   }
 
   /** A refused upgrade's place, given back now rather than when its socket closes. */
-  private giveBack(socket: Placed, place: Place): void {
+  private giveBack(socket: Placed, place: AdmissionPlace): void {
     this.vacate(place);
     socket.removeListener('close', givePlaceBack);
     if (socket[PLACE] === place) delete socket[PLACE];
   }
 
   /** The place no longer counts: its socket ended, or its upgrade was refused. */
-  vacate(place: Place): void {
+  vacate(place: AdmissionPlace): void {
     if (!place.taken) return;
     place.taken = false;
     this.total--;
