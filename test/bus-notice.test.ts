@@ -178,6 +178,39 @@ describe('notices', () => {
     assert.equal(delivered.at(-1)!.cursor, cursor);
   });
 
+  test('content PostgreSQL refuses as text (NUL) and 60-deep JSON come from a notice as they were published', async () => {
+    // (A lone surrogate never gets this far: publish refuses it.)
+    const content = 'nul \u0000, quote ", line \u2028, backslash \\';
+    let toolInput: unknown = 'leaf \u0000';
+    for (let depth = 0; depth < 60; depth++) toolInput = { down: toolInput };
+    const event = {
+      taskId: randomUUID(),
+      ownerId: randomUUID(),
+      messageType: 'tool_use',
+      content,
+      toolName: 'x',
+      toolInput,
+      isError: false,
+      costUsd: 0.5,
+      durationMs: 3,
+      isPartial: false,
+    };
+    // As in the first test: a transaction running elsewhere makes a statement send a bare wake-up.
+    let fromNotice = false;
+    for (let attempt = 0; attempt < 20 && !fromNotice; attempt++) {
+      const start = delivered.length;
+      bQueries = 0;
+      const cursor = await a.publish({ kind: 'output', event });
+      await deliveredCount(start + 1);
+      fromNotice = bQueries === 0;
+      const got = delivered.at(-1)!;
+      assert.equal(got.cursor, cursor);
+      assert.equal(got.kind, 'output');
+      assert.deepEqual(got.event, event);
+    }
+    assert.ok(fromNotice, 'no attempt reached B without a read');
+  });
+
   test('by default a NOTIFY carries nothing: a role that may only connect and LISTEN reads no event', async () => {
     const plain = busOn(db.sql, false);
     await plain.start(async () => {});
