@@ -12,6 +12,7 @@
  * BUS_LATENCY_NOTIFY_ROWS=0 measures the default (`postgres.notifyRows` off: bare wake-ups).
  */
 import { fork } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
@@ -144,6 +145,7 @@ if (role === 'B') {
     const sorted = [...values].sort((x, y) => x - y);
     return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? NaN;
   };
+  if (process.env.BUS_LATENCY_DUMP) writeFileSync(process.env.BUS_LATENCY_DUMP, JSON.stringify(rows));
   const read = rows.filter((r) => r.readIssued >= 0).length;
   // Without notices every event is read; a read issued before the NOTIFY (a poll, or one already
   // under way) is not told apart here, so the second count is exact only where notices are sent.

@@ -29,8 +29,6 @@ const tasks = JSON.parse(readFileSync(tasksFile, 'utf8')) as BenchTask[];
 const SUBSCRIBE_PATH = '/api/v1/mesh/tasks/subscribe';
 const IO_PATH = '/socket.io/?EIO=4&transport=websocket';
 const isIo = peer === 'socketio';
-/** The ceiling sends every event to every socket except for W2's task subscriptions. */
-const routes = peer !== 'ceiling';
 
 const n = (value: number) => Math.max(1, Math.round(value * scale));
 const wallClock = () => performance.timeOrigin + performance.now();
@@ -98,6 +96,16 @@ async function until(done: () => boolean, timeoutMs: number, everyMs = 2): Promi
     await new Promise((r) => setTimeout(r, everyMs));
   }
   return true;
+}
+
+/** The server process's user and system CPU so far, in clock ticks (10 ms; NaN where /proc does not tell). */
+function serverTicks(): number[] {
+  try {
+    const fields = readFileSync(`/proc/${process.env.BENCH_SERVER_PID}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return [Number(fields[11]), Number(fields[12])];
+  } catch {
+    return [NaN, NaN];
+  }
 }
 
 /** The server process's open files, its sockets among them (NaN where /proc does not tell). */
@@ -170,8 +178,8 @@ async function memory(): Promise<{ rss: number; heapUsed: number }> {
   return (await fetch(`http://127.0.0.1:${port}/bench/memory`)).json() as Promise<{ rss: number; heapUsed: number }>;
 }
 
-/** Measured rounds per workload; the median is reported (this machine varies by ±25 % run to run). */
-const ROUNDS = 3;
+/** Measured rounds per workload (BENCH_ROUNDS); the median is reported (this machine varies by ±25 % run to run). */
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 
 /**
  * A first, unmeasured round of a fifth of the job, so that every peer's hot path is compiled
@@ -191,12 +199,20 @@ async function measure(clients: WireClient[], plan: PublishPlan, perEvent: numbe
 async function deliver(clients: WireClient[], plan: PublishPlan, expected: number) {
   const base = clients.reduce((s, c) => s + c.frames, 0);
   const baseBytes = clients.reduce((s, c) => s + c.bytes, 0);
+  const baseReads = clients.reduce((s, c) => s + c.reads, 0);
   const count = () => clients.reduce((s, c) => s + c.frames, 0) - base;
   const started = performance.now();
+  const cpu = process.cpuUsage();
+  const serverCpu = serverTicks();
   await publish(plan);
   const complete = await until(() => count() >= expected, 120_000);
   const elapsed = performance.now() - started;
-  return { elapsed, frames: count(), bytes: clients.reduce((s, c) => s + c.bytes, 0) - baseBytes, complete };
+  const { user, system } = process.cpuUsage(cpu);
+  // The generator's own CPU over the round: near `elapsed`, it (not the server) set the pace.
+  const generatorCpuMs = (user + system) / 1000;
+  const generatorSystemMs = system / 1000;
+  const [serverUser, serverSystem] = serverTicks().map((t, k) => (t - serverCpu[k]!) * 10);
+  return { elapsed, frames: count(), bytes: clients.reduce((s, c) => s + c.bytes, 0) - baseBytes, complete, generatorCpuMs, generatorSystemMs, serverCpuMs: serverUser! + serverSystem!, serverSystemMs: serverSystem, reads: clients.reduce((s, c) => s + c.reads, 0) - baseReads };
 }
 
 /**
@@ -533,8 +549,7 @@ if (workload === 'W1') {
   const events = n(10_000);
   // Publishers of output write in bursts (an agent's transcript arrives many chunks per loop turn).
   const plan: PublishPlan = { kind: 'output', tasks: followed, count: events, perTick: 200, size: 1024 };
-  const perEvent = routes ? clients.length / followed.length : clients.length;
-  const r = await measure(clients, plan, perEvent);
+  const r = await measure(clients, plan, clients.length / followed.length);
   Object.assign(result, { clients: clients.length, events, ...r, mibPerSecond: r.bytes / 1024 / 1024 / (r.elapsed / 1000) });
 } else if (workload === 'W5') {
   const clients = await openAll(n(1000), () => 'admin');

@@ -5,8 +5,10 @@
  * - seed: a straight port of the algorithm of the Rust server this replaces (the design's seed program: every socket sees every event, filters it,
  *   encodes its own JSON; one owner query per subscribe);
  * - socketio: Socket.IO 4, WebSocket transport only, a room per task (one owner query per subscribe);
- * - ceiling: raw ws, no routing: each event framed once, each tick's frames written to every socket
- *   in one write; for W2's task subscriptions, a Map from task to socket and one write per event.
+ * - ceiling: raw ws, the least work to deliver the same frames (mesh's fields and a cursor of the
+ *   same form): each event framed once; each tick's updates written to every socket in one write;
+ *   for W2's task subscriptions, a Map from task to socket and one write per event; output (W3)
+ *   only to the sockets that follow its task, each task's frames of a tick joined once.
  * With `bus: 'postgres'` (W6, two processes on one database) mesh uses its PostgreSQL bus and
  * Socket.IO its PostgreSQL adapter; the seed and the ceiling have no way to span processes.
  */
@@ -230,8 +232,9 @@ export async function socketIoPeer(sql: Sql<any>, control: Control, bus: BenchBu
 export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Peer> {
   const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
   const sockets = new Set<Socket>();
-  // W2's targeted ceiling: the one socket that subscribed to a task, found in a plain Map.
+  // The one socket that subscribed to a task (W2), and the sockets that follow a task's output (W3).
   const targets = new Map<string, Socket>();
+  const outputFollowers = new Map<string, Socket[]>();
   const ACK = frameText('{"type":"subscribed"}');
   wss.on('connection', (ws: WebSocket) => {
     const raw = (ws as unknown as { _socket: Socket })._socket;
@@ -240,18 +243,42 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
     ws.on('message', (data) => {
       const message = JSON.parse(data.toString()) as { type: string; taskId?: string };
       if (message.type === 'subscribe' && message.taskId) targets.set(message.taskId, raw);
+      if (message.type === 'subscribeOutput' && message.taskId) {
+        const followers = outputFollowers.get(message.taskId) ?? [];
+        outputFollowers.set(message.taskId, [...followers, raw]);
+      }
       raw.write(ACK);
     });
   });
+  // Frames carry a cursor as mesh's do (`<epoch>.<sequence>`, the memory bus's form): the same
+  // bytes to deliver. 25 bytes more per frame moved W1's loopback from one TCP regime to another
+  // (BENCHMARKS.md, 2026-12-01 round three), so a ceiling with smaller frames is not the same job.
+  const epoch = 'c0ffee00';
+  let sequence = 0;
+  const frame = (message: object) => frameText(JSON.stringify({ ...message, cursor: `${epoch}.${++sequence}` }));
   let tick: Buffer[] = [];
+  /** This tick's output frames per task: each task's joined once and written to its followers. */
+  let outputs = new Map<string, Buffer[]>();
   const flush = () => {
-    const frames = Buffer.concat(tick);
-    tick = [];
-    for (const socket of sockets) socket.write(frames);
+    if (tick.length > 0) {
+      const frames = Buffer.concat(tick);
+      tick = [];
+      for (const socket of sockets) socket.write(frames);
+    }
+    for (const [taskId, list] of outputs) {
+      const frames = Buffer.concat(list);
+      for (const socket of outputFollowers.get(taskId) ?? []) socket.write(frames);
+    }
+    outputs = new Map();
   };
-  const queue = (message: object) => {
-    if (tick.length === 0) setImmediate(flush);
-    tick.push(frameText(JSON.stringify(message)));
+  let scheduled = false;
+  const schedule = () => {
+    if (scheduled) return;
+    scheduled = true;
+    setImmediate(() => {
+      scheduled = false;
+      flush();
+    });
   };
   const server = plainServer(control, (request, socket, head) =>
     wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)),
@@ -262,10 +289,20 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
       const target = targets.get(task.taskId);
       const message = { type: 'taskUpdated', ...update(task, version, stamp) };
       // A targeted event is one frame for one socket: one write, the least any server can do.
-      if (target) target.write(frameText(JSON.stringify(message)));
-      else queue(message);
+      if (target) target.write(frame(message));
+      else {
+        tick.push(frame(message));
+        schedule();
+      }
     },
-    publishOutput: (task, content) => queue({ type: 'taskOutput', ...output(task, content) }),
+    // Output goes only to the sockets that follow the task, as every other peer routes it.
+    publishOutput: (task, content) => {
+      const list = outputs.get(task.taskId);
+      const framed = frame({ type: 'taskOutput', ...output(task, content) });
+      if (list) list.push(framed);
+      else outputs.set(task.taskId, [framed]);
+      schedule();
+    },
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
 }
