@@ -7,6 +7,7 @@
  */
 import pLimit, { type LimitFunction } from 'p-limit';
 import type { EventBus, LoggedEvent, ReplayPage, ReplayStream } from '../bus/bus.js';
+import { within } from './deadline.js';
 import type { History, Replayed, ReplayedPage, ReplayResult, TaskStream } from './history-types.js';
 import { NO_SUCH_TASK, type OwnerDirectory } from './owners.js';
 import type { Principal } from './ports.js';
@@ -29,18 +30,7 @@ export interface HistorySettings {
 
 const HIDDEN = { ok: false, hidden: true } as const;
 
-/**
- * The page, or a rejection once it took PAGE_TIMEOUT_MS. Not p-timeout: it builds an Error, with
- * its stack, for every call, in case it times out — a resume storm reads a page per socket, and
- * those errors were a twentieth of its CPU. A timeout builds its error when it happens.
- */
-function withinPageTime<T>(page: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`a replay page took longer than ${PAGE_TIMEOUT_MS} ms`)), PAGE_TIMEOUT_MS);
-  });
-  return Promise.race([page, late]).finally(() => clearTimeout(timer));
-}
+const PAGE_LATE = `a replay page took longer than ${PAGE_TIMEOUT_MS} ms`;
 
 export class EventHistory implements History {
   private readonly pages: LimitFunction;
@@ -113,11 +103,11 @@ export class EventHistory implements History {
     let own = this.turns.get(key);
     if (!own) this.turns.set(key, (own = pLimit(this.perPrincipal)));
     const slots = own;
-    return slots(() => this.pages(() => withinPageTime(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit })))).finally(
-      () => {
-        if (slots.activeCount === 0 && slots.pendingCount === 0 && this.turns.get(key) === slots) this.turns.delete(key);
-      },
-    );
+    return slots(() =>
+      this.pages(() => within(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit }), PAGE_TIMEOUT_MS, PAGE_LATE)),
+    ).finally(() => {
+      if (slots.activeCount === 0 && slots.pendingCount === 0 && this.turns.get(key) === slots) this.turns.delete(key);
+    });
   }
 
   private async visibleNow(principal: Principal, taskId: string): Promise<boolean> {

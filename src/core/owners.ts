@@ -3,8 +3,8 @@
  * an owner change counts as soon as it has committed. Lookups that arrive in the same turn of the
  * event loop (a reconnect storm) share one query.
  */
-import pTimeout from 'p-timeout';
 import { OwnerLookupUnavailableError } from '../errors.js';
+import { within } from './deadline.js';
 import type { OwnerResolver } from './ports.js';
 
 /** The lookup found no such task. */
@@ -44,10 +44,7 @@ export class OwnerDirectory {
     this.batch = new Map();
     this.flushScheduled = false;
     try {
-      const owners = await pTimeout(this.resolve([...batch.keys()]), {
-        milliseconds: this.timeoutMs,
-        message: `owner lookup timed out after ${this.timeoutMs} ms`,
-      });
+      const owners = await within(this.resolve([...batch.keys()]), this.timeoutMs, `owner lookup timed out after ${this.timeoutMs} ms`);
       for (const [taskId, waiters] of batch) {
         const owner = owners.get(taskId);
         for (const w of waiters) w.resolve(owner === undefined ? NO_SUCH_TASK : owner);

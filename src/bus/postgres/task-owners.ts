@@ -3,8 +3,8 @@
  * check at start that the table and the columns the options name are there, of usable types and
  * readable — a mistake there would otherwise look like an outage (every subscribe `UNAVAILABLE`).
  */
-import pTimeout from 'p-timeout';
 import type { Sql } from 'postgres';
+import { within } from '../../core/deadline.js';
 import type { OwnerResolver } from '../../core/ports.js';
 import { MeshSchemaError } from '../../errors.js';
 import type { TasksOptions } from '../../options.js';
@@ -78,7 +78,7 @@ export async function checkTasksTable(sql: Sql<any>, tasks: TasksOptions, option
   };
   let found: Found;
   try {
-    found = await pTimeout(lookUp(sql, tasks), { milliseconds: options.timeoutMs, message: `no answer within ${options.timeoutMs} ms` });
+    found = await within(lookUp(sql, tasks), options.timeoutMs, `no answer within ${options.timeoutMs} ms`);
   } catch (error) {
     if (!fromServer(error)) return options.onUnreachable(error);
     // A schema the role may not use (to_regclass raises), a failing view or row security policy.

@@ -3,11 +3,11 @@
  * one statement (fewer round trips under load), each batch bounded by `publishTimeoutMs`; a
  * publish inside a caller's transaction is written there at once. Its state is the queue.
  */
-import pTimeout from 'p-timeout';
 import type { Sql, TransactionSql } from 'postgres';
 import { MeshBusUnavailableError, MeshPublishError } from '../../errors.js';
 import type { PostgresOptions, TasksOptions } from '../../options.js';
 import type { BusEntry } from '../bus.js';
+import { within } from '../../core/deadline.js';
 import { isRefusedData } from './errors.js';
 import { NOTICE_BODY_BYTES, type NoticeKey } from './notice.js';
 import { cursorOf } from './cursor.js';
@@ -152,10 +152,7 @@ export class Writer {
    */
   private bounded<T>(statement: Promise<T>): Promise<{ ok: true; rows: T } | { ok: false; error: unknown }> {
     const { publishTimeoutMs } = this.options;
-    return pTimeout(statement, {
-      milliseconds: publishTimeoutMs,
-      message: `the event log did not answer within ${publishTimeoutMs} ms`,
-    }).then(
+    return within(statement, publishTimeoutMs, `the event log did not answer within ${publishTimeoutMs} ms`).then(
       (rows) => ({ ok: true, rows }) as const,
       (error: unknown) => ({ ok: false, error }) as const,
     );
