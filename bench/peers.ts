@@ -77,8 +77,18 @@ const BENCH_PRINCIPAL = 'x-bench-owner';
 
 export async function meshPeer(sql: Sql<any>, control: Control, bus: BenchBus): Promise<Peer> {
   const app = Fastify({ logger: false });
+  // BENCH_OWNERS=memory (a diagnosis, not a mode a host should run): owners from a Map read at
+  // start instead of a query per batch, to size what the lookups cost a storm on two cores.
+  const inMemory =
+    process.env.BENCH_OWNERS === 'memory'
+      ? new Map((await sql<{ id: string; owner_id: string }[]>`SELECT id::text, owner_id::text FROM tasks`).map((t) => [t.id, t.owner_id]))
+      : undefined;
   await app.register(meshSubscriptions, {
     sql,
+    ...(inMemory && {
+      resolveOwners: async (ids: readonly string[]) =>
+        new Map(ids.flatMap((id) => (inMemory.has(id) ? [[id, inMemory.get(id)!] as const] : []))),
+    }),
     authenticate: async (request) => {
       const owner = request.headers[BENCH_PRINCIPAL];
       return owner === 'admin' ? { ownerId: null, admin: true } : { ownerId: String(owner), admin: false };

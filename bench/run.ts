@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- [--scale 1] [--peers mesh,seed,socketio,ceiling] [--workloads W1,W2,W3,W5,W6]`:
+ * `npm run bench -- [--scale 1] [--peers mesh,seed,socketio,ceiling] [--workloads W1,W2,W3,W5,W6] [--repeat 1]`:
  * every workload against every peer, each pair with a fresh server process and a fresh load
  * generator process on loopback, then one table with the ratios. W6 runs two server processes of
  * a peer on the one database (publisher A, subscribers' B), for the peers that can span processes.
@@ -49,8 +49,17 @@ const { values } = parseArgs({
     scale: { type: 'string', default: '1' },
     peers: { type: 'string', default: 'mesh,seed,socketio,ceiling' },
     workloads: { type: 'string', default: 'W1,W2,W3,W5,W6' },
+    repeat: { type: 'string', default: '1' },
   },
 });
+/**
+ * `--repeat N`: each workload runs its peers N times, interleaved (mesh, ceiling, mesh, ceiling…),
+ * and the table shows each measure's median, then the N ratios of mesh to each peer, repeat by
+ * repeat. For measures that swing between runs on this machine (W1: the generator's loopback reads
+ * fall in one of two regimes, run by run), a single pair says little.
+ */
+const repeats = Number(values.repeat);
+if (!Number.isInteger(repeats) || repeats < 1) throw new Error('--repeat takes a whole number ≥ 1');
 /** A column of the table: a peer, alone (`mesh`) or as N cluster workers on the PostgreSQL bus (`mesh-w2`). */
 const peers = values.peers.split(',');
 const variant = (column: string): { peer: PeerName; workers: number } => {
@@ -313,24 +322,29 @@ async function runOne(column: string, workload: string): Promise<Record<string, 
   }
 }
 
-const results = new Map<string, Record<string, number | string | boolean>>();
+type Result = Record<string, number | string | boolean>;
+/** Per workload and column, one result per repeat. */
+const results = new Map<string, Result[]>();
+const record = (key: string, r: Result) => results.set(key, [...(results.get(key) ?? []), r]);
 for (const workload of workloads) {
   // W7 (not in the default list): many sockets, several generator processes (bench/w7/driver.ts).
   if (workload === 'W7') {
     // W7 runs each peer in one process ((a)) and the example server's workers ((b)): no -wN columns.
     if (peers.some((column) => variant(column).workers > 0)) throw new Error('W7 takes plain peer names');
     const w7 = await runW7({ url, scale: Number(values.scale), peers: peers as PeerName[], scratch, startServer });
-    for (const [key, r] of w7) results.set(key, r as Record<string, number | string | boolean>);
+    for (const [key, r] of w7) record(key, r as Result);
     continue;
   }
-  for (const column of peers) {
-    const { peer, workers } = variant(column);
-    if (workers > 0 && !WORKER_WORKLOADS.includes(workload)) continue;
-    if (workload === 'W6' && !BUS_PEERS.includes(peer)) continue;
-    if ((workload === 'R1' || workload === 'W8') && !REPLAY_PEERS.includes(peer)) continue;
-    const r = await runOne(column, workload);
-    results.set(`${workload}/${column}`, r);
-    process.stderr.write(`${workload} ${column}: ${JSON.stringify(r)}\n`);
+  for (let repeat = 0; repeat < repeats; repeat++) {
+    for (const column of peers) {
+      const { peer, workers } = variant(column);
+      if (workers > 0 && !WORKER_WORKLOADS.includes(workload)) continue;
+      if (workload === 'W6' && !BUS_PEERS.includes(peer)) continue;
+      if ((workload === 'R1' || workload === 'W8') && !REPLAY_PEERS.includes(peer)) continue;
+      const r = await runOne(column, workload);
+      record(`${workload}/${column}`, r);
+      process.stderr.write(`${workload} ${column}: ${JSON.stringify(r)}\n`);
+    }
   }
 }
 
@@ -407,41 +421,60 @@ const others = peers.filter((p) => variant(p).peer !== 'mesh');
 const pairs = meshes.flatMap((m) => others.map((o) => [m, o] as const));
 const header = ['measure', ...peers, ...pairs.map(([m, o]) => `${m} vs ${o}`)];
 const lines = [header];
+/** Per measure with more than one repeat: the ratios of mesh to each peer, repeat by repeat. */
+const repeatLines: string[] = [];
+const median = (values: number[]) => {
+  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
 for (const row of rows.filter((r) => workloads.includes(r.workload))) {
-  const value = (column: string) => {
-    const r = results.get(`${row.workload}/${column}`);
-    const v = r?.[variant(column).peer === 'mesh' ? row.key : (row.othersKey ?? row.key)];
-    return typeof v === 'number' && r?.complete !== false ? v : NaN;
-  };
-  const ratio = (m: string, o: string) => {
-    const [mesh, v] = [value(m), value(o)];
-    if (!Number.isFinite(mesh) || !Number.isFinite(v) || v === 0) return 'n/a';
-    return `${(row.better === 'higher' ? mesh / v : v / mesh).toFixed(2)}×`;
-  };
-  lines.push([row.label, ...peers.map((p) => row.format(value(p))), ...pairs.map(([m, o]) => ratio(m, o))]);
+  /** The column's value in each repeat (NaN where it failed). */
+  const values = (column: string) =>
+    (results.get(`${row.workload}/${column}`) ?? []).map((r) => {
+      const v = r[variant(column).peer === 'mesh' ? row.key : (row.othersKey ?? row.key)];
+      return typeof v === 'number' && r.complete !== false ? v : NaN;
+    });
+  const value = (column: string) => median(values(column));
+  const times = (mesh: number, v: number) =>
+    !Number.isFinite(mesh) || !Number.isFinite(v) || v === 0 ? NaN : row.better === 'higher' ? mesh / v : v / mesh;
+  const shown = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}×` : 'n/a');
+  lines.push([row.label, ...peers.map((p) => row.format(value(p))), ...pairs.map(([m, o]) => shown(times(value(m), value(o))))]);
+  for (const [m, o] of pairs) {
+    const [ms, os] = [values(m), values(o)];
+    if (ms.length > 1 && os.length === ms.length) {
+      repeatLines.push(`${row.label}, ${m} vs ${o}, repeat by repeat: ${ms.map((v, i) => shown(times(v, os[i]!))).join(', ')}`);
+    }
+  }
 }
 const widths = header.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
 print(
   `machine: ${cpus().length} × ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; scale ${values.scale}`,
 );
-print('ratios: how many times better mesh is (>1× = mesh better); n/a = not measured');
+print(
+  `ratios: how many times better mesh is (>1× = mesh better); n/a = not measured${repeats > 1 ? `; medians of ${repeats} interleaved repeats` : ''}`,
+);
 print();
 for (const [i, l] of lines.entries()) {
   print(`| ${l.map((c, j) => c.padEnd(widths[j]!)).join(' | ')} |`);
   if (i === 0) print(`| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`);
 }
+if (repeatLines.length > 0) print(`\n${repeatLines.join('\n')}`);
 // How a cluster's connections spread over its workers (bench/load.ts asks them after subscribing).
-for (const [key, r] of results) {
+for (const [key, r] of [...results].flatMap(([key, list]) => list.map((r) => [key, r] as const))) {
   const spread = r.perWorker as unknown as { pid: number; connections: number | null }[] | undefined;
   if (spread) print(`\n${key}: connections per worker ${spread.map((w) => `${w.pid}: ${w.connections ?? 'n/a'}`).join(', ')}`);
 }
-const incomplete = [...results.entries()].flatMap(([k, r]) => [
-  ...(r.complete === false ? [k] : []),
-  // W2's reconnect phases fail on their own (their measure is then n/a, the rest stands).
-  ...Object.keys(r)
-    .filter((key) => key.endsWith('Complete') && r[key] === false)
-    .map((key) => `${k} (${key.slice(0, -'Complete'.length)})`),
-]);
+const incomplete = [...results].flatMap(([k, list]) =>
+  list.flatMap((r) => [
+    ...(r.complete === false ? [k] : []),
+    // W2's reconnect phases fail on their own (their measure is then n/a, the rest stands).
+    ...Object.keys(r)
+      .filter((key) => key.endsWith('Complete') && r[key] === false)
+      .map((key) => `${k} (${key.slice(0, -'Complete'.length)})`),
+  ]),
+);
 if (incomplete.length > 0)
   print(`\nincomplete: a check failed or a limit ran out (shown as n/a; details in the JSON line above): ${incomplete.join(', ')}`);
 

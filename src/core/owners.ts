@@ -1,7 +1,7 @@
 /**
  * Who owns a task, asked of its source every time: no cached answer ever decides visibility, so
  * an owner change counts as soon as it has committed. Lookups that arrive in the same turn of the
- * event loop (a reconnect storm) share one query.
+ * event loop, or while earlier ones are still being answered (a reconnect storm), share one query.
  */
 import { OwnerLookupUnavailableError } from '../errors.js';
 import { within } from './deadline.js';
@@ -16,9 +16,21 @@ interface Waiter {
   reject: (error: unknown) => void;
 }
 
+/**
+ * Lookups in flight at once. Lookups asked meanwhile wait and go together in the next: a storm
+ * of subscribes that trickle in one per loop turn (clients reconnecting) costs a few large
+ * queries, not one small query per turn, and never holds more of the host's pool than this. On
+ * two cores, where PostgreSQL takes CPU from the server, W2's reconnect storm took 3.2-3.4 s with
+ * two in flight and 2.8-2.9 s with one (BENCHMARKS.md, round three).
+ */
+const IN_FLIGHT = 1;
+
 export class OwnerDirectory {
   private batch = new Map<string, Waiter[]>();
+  /** When the batch's first lookup was asked: its time limit runs from then, waiting included. */
+  private batchSince = 0;
   private flushScheduled = false;
+  private inFlight = 0;
 
   constructor(
     private readonly resolve: OwnerResolver,
@@ -28,23 +40,32 @@ export class OwnerDirectory {
   /** Rejects with OwnerLookupUnavailableError when the source fails or is slower than the timeout. */
   lookup(taskId: string): Promise<OwnerAnswer> {
     return new Promise((resolve, reject) => {
+      if (this.batch.size === 0) this.batchSince = performance.now();
       const waiters = this.batch.get(taskId);
       if (waiters) waiters.push({ resolve, reject });
       else this.batch.set(taskId, [{ resolve, reject }]);
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        // setImmediate, not a microtask: it runs after every socket read of this loop turn.
-        setImmediate(() => void this.flush());
-      }
+      this.schedule();
     });
+  }
+
+  private schedule(): void {
+    if (this.flushScheduled || this.inFlight >= IN_FLIGHT || this.batch.size === 0) return;
+    this.flushScheduled = true;
+    // setImmediate, not a microtask: it runs after every socket read of this loop turn.
+    setImmediate(() => void this.flush());
   }
 
   private async flush(): Promise<void> {
     const batch = this.batch;
+    const left = this.timeoutMs - (performance.now() - this.batchSince);
     this.batch = new Map();
     this.flushScheduled = false;
+    this.inFlight++;
+    const late = `owner lookup timed out after ${this.timeoutMs} ms`;
     try {
-      const owners = await within(this.resolve([...batch.keys()]), this.timeoutMs, `owner lookup timed out after ${this.timeoutMs} ms`);
+      // A batch that waited out its time for a slot is not asked at all.
+      if (left <= 0) throw new Error(late);
+      const owners = await within(this.resolve([...batch.keys()]), left, late);
       for (const [taskId, waiters] of batch) {
         const owner = owners.get(taskId);
         for (const w of waiters) w.resolve(owner === undefined ? NO_SUCH_TASK : owner);
@@ -52,6 +73,9 @@ export class OwnerDirectory {
     } catch (cause) {
       const error = new OwnerLookupUnavailableError(cause);
       for (const waiters of batch.values()) for (const w of waiters) w.reject(error);
+    } finally {
+      this.inFlight--;
+      this.schedule();
     }
   }
 }

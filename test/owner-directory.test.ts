@@ -1,0 +1,79 @@
+/**
+ * Unit tests of the owner directory (src/core/owners.ts) with a resolver the test answers: one
+ * lookup at a time, the ones asked meanwhile going together in the next, whatever turn they
+ * came in; and a lookup that waits behind a hung one still answers UNAVAILABLE, never hangs.
+ * The storm it exists for is measured by the bench (W2's reconnect storm), on a real database.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { deferred, turn, type Deferred } from './helpers/async.js';
+import { NO_SUCH_TASK, OwnerDirectory } from '../src/core/owners.js';
+import { OwnerLookupUnavailableError } from '../src/errors.js';
+
+/** A resolver whose every call waits for the test to answer it. */
+function answeredByHand() {
+  const calls: { ids: readonly string[]; answer: Deferred<Map<string, string | null>> }[] = [];
+  const resolver = (ids: readonly string[]) => {
+    const answer = deferred<Map<string, string | null>>();
+    calls.push({ ids: [...ids], answer });
+    return answer.promise;
+  };
+  return { calls, resolver };
+}
+
+describe('OwnerDirectory', () => {
+  test('lookups asked while one is being answered, over several turns, go together in the next query', async () => {
+    const { calls, resolver } = answeredByHand();
+    const owners = new OwnerDirectory(resolver, 60_000);
+    const a = owners.lookup('a');
+    await turn();
+    assert.deepEqual(
+      calls.map((c) => c.ids),
+      [['a']],
+    );
+    const b = owners.lookup('b');
+    await turn();
+    const c = owners.lookup('c');
+    const b2 = owners.lookup('b');
+    await turn();
+    assert.equal(calls.length, 1, 'no second query while the first is unanswered');
+    calls[0]!.answer.resolve(new Map([['a', 'owner-a']]));
+    assert.equal(await a, 'owner-a');
+    await turn();
+    assert.deepEqual(
+      calls.map((call) => call.ids),
+      [['a'], ['b', 'c']],
+    );
+    calls[1]!.answer.resolve(new Map([['b', null]]));
+    assert.equal(await b, null);
+    assert.equal(await b2, null);
+    assert.equal(await c, NO_SUCH_TASK);
+  });
+
+  test('a failed query fails only its own lookups; the next batch is asked', async () => {
+    const { calls, resolver } = answeredByHand();
+    const owners = new OwnerDirectory(resolver, 60_000);
+    const a = owners.lookup('a');
+    await turn();
+    const b = owners.lookup('b');
+    calls[0]!.answer.reject(new Error('connection reset'));
+    await assert.rejects(a, OwnerLookupUnavailableError);
+    await turn();
+    assert.deepEqual(
+      calls.map((call) => call.ids),
+      [['a'], ['b']],
+    );
+    calls[1]!.answer.resolve(new Map([['b', 'owner-b']]));
+    assert.equal(await b, 'owner-b');
+  });
+
+  test('lookups waiting behind one that never answers answer UNAVAILABLE too', async () => {
+    const { resolver } = answeredByHand();
+    const owners = new OwnerDirectory(resolver, 20);
+    const first = owners.lookup('a');
+    await turn();
+    const waiting = [owners.lookup('b'), owners.lookup('c')];
+    await assert.rejects(first, OwnerLookupUnavailableError);
+    for (const lookup of waiting) await assert.rejects(lookup, OwnerLookupUnavailableError);
+  });
+});
