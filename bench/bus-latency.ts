@@ -10,6 +10,7 @@
  *   A: publish() called → writer's statement issued → publish resolved (committed)
  *   B: NOTIFY heard → read issued (none when the NOTIFY carried the rows) → sink
  * BUS_LATENCY_NOTIFY_ROWS=0 measures the default (`postgres.notifyRows` off: bare wake-ups).
+ * BUS_LATENCY_DUMP=<file> also writes every event's stamps as JSON, to find where the slow ones waited.
  */
 import { fork } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
