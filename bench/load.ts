@@ -212,7 +212,17 @@ async function deliver(clients: WireClient[], plan: PublishPlan, expected: numbe
   const generatorCpuMs = (user + system) / 1000;
   const generatorSystemMs = system / 1000;
   const [serverUser, serverSystem] = serverTicks().map((t, k) => (t - serverCpu[k]!) * 10);
-  return { elapsed, frames: count(), bytes: clients.reduce((s, c) => s + c.bytes, 0) - baseBytes, complete, generatorCpuMs, generatorSystemMs, serverCpuMs: serverUser! + serverSystem!, serverSystemMs: serverSystem, reads: clients.reduce((s, c) => s + c.reads, 0) - baseReads };
+  return {
+    elapsed,
+    frames: count(),
+    bytes: clients.reduce((s, c) => s + c.bytes, 0) - baseBytes,
+    complete,
+    generatorCpuMs,
+    generatorSystemMs,
+    serverCpuMs: serverUser! + serverSystem!,
+    serverSystemMs: serverSystem,
+    reads: clients.reduce((s, c) => s + c.reads, 0) - baseReads,
+  };
 }
 
 /**
