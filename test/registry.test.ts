@@ -3,6 +3,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import fc from 'fast-check';
 import { SubscriptionIndex, type Subscriber } from '../src/core/subscription-index.js';
 import type { Principal } from '../src/options.js';
 
@@ -94,4 +95,42 @@ test('a task followed by one, then several, then one again: each event reaches e
   assert.deepEqual(a!.got, ['three', 'three-out', 'two', 'two-out']);
   assert.deepEqual(b!.got, ['three', 'three-out']);
   assert.deepEqual(c!.got, ['three', 'three-out', 'two', 'two-out', 'one', 'one-out', 'still one', 'still one-out']);
+});
+
+test('reaches is never false where a delivery would reach a subscriber (it lets an event go unframed)', () => {
+  const owners = [A, B, null] as const;
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.record({
+          owner: fc.constantFrom(...owners),
+          admin: fc.boolean(),
+          updates: fc.boolean(),
+          outputs: fc.boolean(),
+          all: fc.boolean(),
+        }),
+        { maxLength: 4 },
+      ),
+      fc.constantFrom(...owners),
+      fc.constantFrom('update' as const, 'output' as const),
+      (subscribers, eventOwner, kind) => {
+        const index = new SubscriptionIndex();
+        for (const s of subscribers) {
+          const sub = subscriber({ ownerId: s.owner, admin: s.admin });
+          if (s.updates) index.subscribeUpdates(sub, T1);
+          if (s.outputs) index.subscribeOutput(sub, T1);
+          if (s.all) index.subscribeAll(sub);
+        }
+        const reaches = index.reaches(kind, T1, eventOwner);
+        const reached =
+          kind === 'update'
+            ? index.deliverUpdate(T1, eventOwner, Buffer.from('e'), 'c')
+            : index.deliverOutput(T1, eventOwner, Buffer.from('e'), 'c');
+        if (reached > 0) assert.ok(reaches, `reached ${reached} subscribers, yet reaches said no`);
+        // Nobody at all is subscribed: nothing to frame.
+        if (subscribers.every((s) => !s.updates && !s.outputs && !(s.all && (s.admin || s.owner !== null)))) assert.equal(reaches, false);
+      },
+    ),
+    { numRuns: 500 },
+  );
 });

@@ -117,14 +117,19 @@ export class DeliveryPipeline {
   /** Never throws: whatever one event does, the events after it are delivered. */
   private deliver(logged: LoggedEvent, owner: string | null): void {
     const { cursor } = logged;
-    const frame = this.frameOf(logged);
-    if (!frame) return;
+    const { taskId } = logged.event;
+    // An event no socket here follows (an instance that mostly publishes, a task nobody watches)
+    // is not framed at all; in-process listeners still hear it.
+    const wanted = this.index.reaches(logged.kind, taskId, owner);
+    const frame = wanted ? this.frameOf(logged) : undefined;
+    if (wanted && !frame) return;
     try {
-      const { taskId } = logged.event;
       const recipients =
-        logged.kind === 'update'
-          ? this.index.deliverUpdate(taskId, owner, frame, cursor)
-          : this.index.deliverOutput(taskId, owner, frame, cursor);
+        frame === undefined
+          ? 0
+          : logged.kind === 'update'
+            ? this.index.deliverUpdate(taskId, owner, frame, cursor)
+            : this.index.deliverOutput(taskId, owner, frame, cursor);
       this.metrics.delivered(logged.kind, recipients, logged.publishedAt);
       this.listeners.delivered(logged, owner);
     } catch (error) {

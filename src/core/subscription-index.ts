@@ -106,6 +106,16 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     this.unsubscribeAll(s);
   }
 
+  /**
+   * Whether any subscriber might take this event: never false when deliverUpdate or
+   * deliverOutput would reach one (it may be true when they then reach none, e.g. a follower
+   * that may not see the owner). False lets the event go unframed.
+   */
+  reaches(kind: 'update' | 'output', taskId: string, owner: string | null): boolean {
+    if (kind === 'output') return this.outputs.has(taskId);
+    return this.adminsAll.size > 0 || this.updates.has(taskId) || (owner !== null && this.ownersAll.has(owner));
+  }
+
   /** Hands `frame` once to every subscriber allowed to see this task's updates. */
   deliverUpdate(taskId: string, owner: string | null, frame: Buffer, cursor: string): number {
     const round = ++this.round;
