@@ -98,8 +98,13 @@ async function until(done: () => boolean, timeoutMs: number, everyMs = 2): Promi
   return true;
 }
 
-/** The server process's user and system CPU so far, in clock ticks (10 ms; NaN where /proc does not tell). */
+/**
+ * The server process's user and system CPU so far, in clock ticks (10 ms; NaN where /proc does not
+ * tell). NaN too where BENCH_SERVER_PID is not the one server that does the work: a cluster's
+ * primary (mesh-wN), or W6's two servers.
+ */
 function serverTicks(): number[] {
+  if (Number(process.env.BENCH_WORKERS ?? 0) > 0 || workload === 'W6') return [NaN, NaN];
   try {
     const fields = readFileSync(`/proc/${process.env.BENCH_SERVER_PID}/stat`, 'utf8').split(') ')[1]!.split(' ');
     return [Number(fields[11]), Number(fields[12])];
@@ -180,6 +185,7 @@ async function memory(): Promise<{ rss: number; heapUsed: number }> {
 
 /** Measured rounds per workload (BENCH_ROUNDS); the median is reported (this machine varies by ±25 % run to run). */
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1) throw new Error('BENCH_ROUNDS takes a whole number ≥ 1');
 
 /**
  * A first, unmeasured round of a fifth of the job, so that every peer's hot path is compiled

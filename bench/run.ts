@@ -423,9 +423,10 @@ const header = ['measure', ...peers, ...pairs.map(([m, o]) => `${m} vs ${o}`)];
 const lines = [header];
 /** Per measure with more than one repeat: the ratios of mesh to each peer, repeat by repeat. */
 const repeatLines: string[] = [];
+/** NaN when any repeat failed: the failure shows as n/a, not as the median of the rest. */
 const median = (values: number[]) => {
-  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
+  if (values.length === 0 || !values.every(Number.isFinite)) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 };
@@ -453,7 +454,7 @@ print(
   `machine: ${cpus().length} × ${cpus()[0]?.model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; scale ${values.scale}`,
 );
 print(
-  `ratios: how many times better mesh is (>1× = mesh better); n/a = not measured${repeats > 1 ? `; medians of ${repeats} interleaved repeats` : ''}`,
+  `ratios: how many times better mesh is (>1× = mesh better); n/a = not measured${repeats > 1 ? `; values: medians of ${repeats} interleaved repeats, ratios: of the medians` : ''}`,
 );
 print();
 for (const [i, l] of lines.entries()) {
@@ -466,14 +467,17 @@ for (const [key, r] of [...results].flatMap(([key, list]) => list.map((r) => [ke
   const spread = r.perWorker as unknown as { pid: number; connections: number | null }[] | undefined;
   if (spread) print(`\n${key}: connections per worker ${spread.map((w) => `${w.pid}: ${w.connections ?? 'n/a'}`).join(', ')}`);
 }
-const incomplete = [...results].flatMap(([k, list]) =>
-  list.flatMap((r) => [
-    ...(r.complete === false ? [k] : []),
-    // W2's reconnect phases fail on their own (their measure is then n/a, the rest stands).
-    ...Object.keys(r)
-      .filter((key) => key.endsWith('Complete') && r[key] === false)
-      .map((key) => `${k} (${key.slice(0, -'Complete'.length)})`),
-  ]),
+const incomplete = [...results].flatMap(([key, list]) =>
+  list.flatMap((r, i) => {
+    const k = repeats > 1 ? `${key}#${i + 1}` : key;
+    return [
+      ...(r.complete === false ? [k] : []),
+      // W2's reconnect phases fail on their own (their measure is then n/a, the rest stands).
+      ...Object.keys(r)
+        .filter((name) => name.endsWith('Complete') && r[name] === false)
+        .map((name) => `${k} (${name.slice(0, -'Complete'.length)})`),
+    ];
+  }),
 );
 if (incomplete.length > 0)
   print(`\nincomplete: a check failed or a limit ran out (shown as n/a; details in the JSON line above): ${incomplete.join(', ')}`);

@@ -1,3 +1,6 @@
+/** The longest delay setTimeout keeps (2^31 - 1 ms, about 24.8 days). */
+const LONGEST_TIMER_MS = 2_147_483_647;
+
 /**
  * `work`, or a rejection with `message` once `ms` have passed. Not p-timeout: that builds its
  * Error, with a stack trace, on every call in case it times out, and under a storm these calls
@@ -7,7 +10,8 @@
 export function within<T>(work: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(message)), ms);
+    // Node fires a longer timer at once (after 1 ms): an option that large means "about never".
+    timer = setTimeout(() => reject(new Error(message)), Math.min(ms, LONGEST_TIMER_MS));
   });
   return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }

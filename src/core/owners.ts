@@ -17,13 +17,14 @@ interface Waiter {
 }
 
 /**
- * Lookups in flight at once. Lookups asked meanwhile wait and go together in the next: a storm
- * of subscribes that trickle in one per loop turn (clients reconnecting) costs a few large
- * queries, not one small query per turn, and never holds more of the host's pool than this. On
- * two cores, where PostgreSQL takes CPU from the server, W2's reconnect storm took 3.2-3.4 s with
- * two in flight and 2.8-2.9 s with one (BENCHMARKS.md, round three).
+ * How long a lookup query may go unanswered before the next one is sent beside it. Until then,
+ * lookups asked meanwhile wait and go together in the next query: a storm of subscribes that
+ * trickle in one per loop turn (clients reconnecting) costs a few large queries, not one small
+ * query per turn. On two cores, where PostgreSQL takes CPU from the server, W2's reconnect storm
+ * took 3.2-3.4 s with two queries in flight and 2.8-2.9 s with one (BENCHMARKS.md, round three).
+ * A database slower than this gets a query every SLOW_QUERY_MS, each lookup with its own time.
  */
-const IN_FLIGHT = 1;
+const SLOW_QUERY_MS = 50;
 
 export class OwnerDirectory {
   private batch = new Map<string, Waiter[]>();
@@ -31,10 +32,15 @@ export class OwnerDirectory {
   private batchSince = 0;
   private flushScheduled = false;
   private inFlight = 0;
+  /** When the newest query in flight was sent. */
+  private lastSent = 0;
+  /** Sends the waiting batch once the query in flight has gone unanswered for slowQueryMs. */
+  private slowTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly resolve: OwnerResolver,
     private readonly timeoutMs: number,
+    private readonly slowQueryMs = SLOW_QUERY_MS,
   ) {}
 
   /** Rejects with OwnerLookupUnavailableError when the source fails or is slower than the timeout. */
@@ -49,7 +55,17 @@ export class OwnerDirectory {
   }
 
   private schedule(): void {
-    if (this.flushScheduled || this.inFlight >= IN_FLIGHT || this.batch.size === 0) return;
+    if (this.flushScheduled || this.batch.size === 0) return;
+    if (this.inFlight > 0) {
+      const wait = this.slowQueryMs - (performance.now() - this.lastSent);
+      if (wait > 0) {
+        this.slowTimer ??= setTimeout(() => {
+          this.slowTimer = undefined;
+          this.schedule();
+        }, wait).unref();
+        return;
+      }
+    }
     this.flushScheduled = true;
     // setImmediate, not a microtask: it runs after every socket read of this loop turn.
     setImmediate(() => void this.flush());
@@ -61,9 +77,10 @@ export class OwnerDirectory {
     this.batch = new Map();
     this.flushScheduled = false;
     this.inFlight++;
+    this.lastSent = performance.now();
     const late = `owner lookup timed out after ${this.timeoutMs} ms`;
     try {
-      // A batch that waited out its time for a slot is not asked at all.
+      // A batch that waited out its time is not asked at all.
       if (left <= 0) throw new Error(late);
       const owners = await within(this.resolve([...batch.keys()]), left, late);
       for (const [taskId, waiters] of batch) {
