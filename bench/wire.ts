@@ -28,7 +28,21 @@ export function connect(
   options: { localAddress?: string } = {},
 ): Promise<WireClient> {
   return new Promise((resolve, reject) => {
-    const socket = tcpConnect({ host: '127.0.0.1', port, noDelay: true, localAddress: options.localAddress });
+    // Every socket reads into one buffer, reused (`onread`): a fresh 64 KiB buffer per read cost
+    // the generator page faults, and was most of its system time in W1 (BENCHMARKS.md, round three).
+    const socket = tcpConnect({
+      host: '127.0.0.1',
+      port,
+      noDelay: true,
+      localAddress: options.localAddress,
+      onread: {
+        buffer: READ_BUFFER,
+        callback: (bytes) => {
+          received(READ_BUFFER.subarray(0, bytes));
+          return true;
+        },
+      },
+    });
     const key = randomBytes(16).toString('base64');
     const client: WireClient = {
       socket,
@@ -57,14 +71,15 @@ export function connect(
       ];
       socket.write(`${lines.join('\r\n')}\r\n\r\n`);
     });
-    socket.on('data', (chunk: Buffer) => {
+    // Called with a view of READ_BUFFER: whatever outlives the call is copied.
+    const received = (chunk: Buffer) => {
       client.reads++;
       let data = pending ? Buffer.concat([pending, chunk]) : chunk;
       pending = undefined;
       if (!upgraded) {
         const end = data.indexOf('\r\n\r\n');
         if (end === -1) {
-          pending = data;
+          pending = Buffer.from(data);
           return;
         }
         const head = data.subarray(0, end).toString();
@@ -118,8 +133,8 @@ export function connect(
         }
         offset += header + length;
       }
-      if (offset < data.length) pending = data.subarray(offset);
-    });
+      if (offset < data.length) pending = Buffer.from(data.subarray(offset));
+    };
     socket.on('error', (error) => {
       if (!upgraded) reject(error);
     });
@@ -128,6 +143,9 @@ export function connect(
     });
   });
 }
+
+/** Shared by every socket of this process: reads are handed over one at a time, on the one thread. */
+const READ_BUFFER = Buffer.allocUnsafe(256 * 1024);
 
 function maskedFrame(opcode: number, payload: Buffer): Buffer {
   const length = payload.length;
