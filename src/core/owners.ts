@@ -22,7 +22,7 @@ interface Waiter {
  * trickle in one per loop turn (clients reconnecting) costs a few large queries, not one small
  * query per turn. On two cores, where PostgreSQL takes CPU from the server, W2's reconnect storm
  * took 3.2-3.4 s with two queries in flight and 2.8-2.9 s with one (BENCHMARKS.md, round three).
- * A database slower than this gets a query every SLOW_QUERY_MS, each lookup with its own time.
+ * A database slower than this gets a query every SLOW_QUERY_MS, each batch with its own time limit.
  */
 const SLOW_QUERY_MS = 50;
 
