@@ -19,19 +19,18 @@ function answeredByHand() {
     calls.push({ ids: [...ids], answer });
     return answer.promise;
   };
-  return { calls, resolver };
+  /** The ids of each query so far, in order. */
+  const asked = () => calls.map((call) => call.ids);
+  return { calls, resolver, asked };
 }
 
 describe('OwnerDirectory', () => {
   test('lookups asked while one is being answered, over several turns, go together in the next query', async () => {
-    const { calls, resolver } = answeredByHand();
+    const { calls, resolver, asked } = answeredByHand();
     const owners = new OwnerDirectory(resolver, 60_000, 60_000);
     const a = owners.lookup('a');
     await turn();
-    assert.deepEqual(
-      calls.map((c) => c.ids),
-      [['a']],
-    );
+    assert.deepEqual(asked(), [['a']]);
     const b = owners.lookup('b');
     await turn();
     const c = owners.lookup('c');
@@ -41,10 +40,7 @@ describe('OwnerDirectory', () => {
     calls[0]!.answer.resolve(new Map([['a', 'owner-a']]));
     assert.equal(await a, 'owner-a');
     await turn();
-    assert.deepEqual(
-      calls.map((call) => call.ids),
-      [['a'], ['b', 'c']],
-    );
+    assert.deepEqual(asked(), [['a'], ['b', 'c']]);
     calls[1]!.answer.resolve(new Map([['b', null]]));
     assert.equal(await b, null);
     assert.equal(await b2, null);
@@ -52,7 +48,7 @@ describe('OwnerDirectory', () => {
   });
 
   test('a failed query fails only its own lookups; the next batch is asked', async () => {
-    const { calls, resolver } = answeredByHand();
+    const { calls, resolver, asked } = answeredByHand();
     const owners = new OwnerDirectory(resolver, 60_000, 60_000);
     const a = owners.lookup('a');
     await turn();
@@ -60,25 +56,19 @@ describe('OwnerDirectory', () => {
     calls[0]!.answer.reject(new Error('connection reset'));
     await assert.rejects(a, OwnerLookupUnavailableError);
     await turn();
-    assert.deepEqual(
-      calls.map((call) => call.ids),
-      [['a'], ['b']],
-    );
+    assert.deepEqual(asked(), [['a'], ['b']]);
     calls[1]!.answer.resolve(new Map([['b', 'owner-b']]));
     assert.equal(await b, 'owner-b');
   });
 
   test('a query unanswered for slowQueryMs no longer holds the next one back', async () => {
-    const { calls, resolver } = answeredByHand();
+    const { calls, resolver, asked } = answeredByHand();
     const owners = new OwnerDirectory(resolver, 60_000, 0);
     const a = owners.lookup('a');
     await turn();
     const b = owners.lookup('b');
     await turn();
-    assert.deepEqual(
-      calls.map((call) => call.ids),
-      [['a'], ['b']],
-    );
+    assert.deepEqual(asked(), [['a'], ['b']]);
     calls[1]!.answer.resolve(new Map([['b', 'owner-b']]));
     assert.equal(await b, 'owner-b');
     calls[0]!.answer.resolve(new Map([['a', 'owner-a']]));
