@@ -20,6 +20,7 @@ import pino from 'pino';
 import postgres from 'postgres';
 import type { LoggedEvent } from '../src/bus/bus.js';
 import { PostgresBus } from '../src/bus/postgres.js';
+import { quantile } from './stats.js';
 import { DEFAULTS } from '../src/options.js';
 import { scratchDirectory, startEmbeddedPostgres } from '../example/src/embedded-postgres.js';
 
@@ -142,10 +143,11 @@ if (role === 'B') {
     'NOTIFY heard → sink': rows.map((r) => r.sunk - r.heard),
     'publish → sink (total)': rows.map((r) => r.sunk - r.at),
   };
-  const q = (values: number[], p: number) => {
-    const sorted = [...values].sort((x, y) => x - y);
-    return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? NaN;
-  };
+  const q = (values: number[], p: number) =>
+    quantile(
+      [...values].sort((x, y) => x - y),
+      p,
+    );
   if (process.env.BUS_LATENCY_DUMP) writeFileSync(process.env.BUS_LATENCY_DUMP, JSON.stringify(rows));
   const read = rows.filter((r) => r.readIssued >= 0).length;
   // Without notices every event is read; a read issued before the NOTIFY (a poll, or one already

@@ -10,6 +10,7 @@ import http from 'node:http';
 import pLimit from 'p-limit';
 import type { BenchTask, PeerName } from './peers.js';
 import type { PublishPlan } from './server.js';
+import { quantile } from './stats.js';
 import { connect, type WireClient } from './wire.js';
 
 export type Workload = 'W1' | 'W2' | 'W3' | 'W5' | 'W6' | 'R1' | 'W8';
@@ -298,8 +299,6 @@ async function watch(interval: number) {
     };
   };
 }
-
-const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
 
 /** W8: one client's reading of a transcript: ms from the request to its first and last event (NaN: not yet). */
 interface Reading {

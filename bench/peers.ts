@@ -254,8 +254,9 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
       const message = JSON.parse(data.toString()) as { type: string; taskId?: string };
       if (message.type === 'subscribe' && message.taskId) targets.set(message.taskId, raw);
       if (message.type === 'subscribeOutput' && message.taskId) {
-        const followers = outputFollowers.get(message.taskId) ?? [];
-        outputFollowers.set(message.taskId, [...followers, raw]);
+        const followers = outputFollowers.get(message.taskId);
+        if (followers) followers.push(raw);
+        else outputFollowers.set(message.taskId, [raw]);
       }
       raw.write(ACK);
     });

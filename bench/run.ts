@@ -42,6 +42,7 @@ import { migrate as migrateEventLog } from '../src/bus/postgres/migration.js';
 import { Writer } from '../src/bus/postgres/writer.js';
 import { migrate } from '../example/src/migrations.js';
 import { BUS_PEERS, type BenchBus, type PeerName } from './peers.js';
+import { median } from './stats.js';
 import { runW7 } from './w7/driver.js';
 
 const { values } = parseArgs({
@@ -423,13 +424,6 @@ const header = ['measure', ...peers, ...pairs.map(([m, o]) => `${m} vs ${o}`)];
 const lines = [header];
 /** Per measure with more than one repeat: the ratios of mesh to each peer, repeat by repeat. */
 const repeatLines: string[] = [];
-/** NaN when any repeat failed: the failure shows as n/a, not as the median of the rest. */
-const median = (values: number[]) => {
-  if (values.length === 0 || !values.every(Number.isFinite)) return NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 for (const row of rows.filter((r) => workloads.includes(r.workload))) {
   /** The column's value in each repeat (NaN where it failed). */
   const values = (column: string) =>

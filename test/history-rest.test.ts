@@ -94,9 +94,16 @@ async function started(options: Parameters<typeof startTestServer>[0]): Promise<
 }
 const settled = (target: TestServer, cursor: string): Promise<void> => delivered.get(target)!(cursor);
 
-async function publishOutputs(target: TestServer, taskId: string, ownerId: string | null, contents: string[]): Promise<string[]> {
+/** Publishes in order; resolves with the cursors once each is logged. */
+async function logOutputs(target: TestServer, taskId: string, ownerId: string | null, contents: string[]): Promise<string[]> {
   const cursors: string[] = [];
   for (const content of contents) cursors.push(await target.app.mesh.taskOutput.publish(output(taskId, ownerId, content)));
+  return cursors;
+}
+
+/** As logOutputs, and resolves once each has been delivered. */
+async function publishOutputs(target: TestServer, taskId: string, ownerId: string | null, contents: string[]): Promise<string[]> {
+  const cursors = await logOutputs(target, taskId, ownerId, contents);
   await Promise.all(cursors.map((cursor) => settled(target, cursor)));
   return cursors;
 }
@@ -391,9 +398,8 @@ test('after retention pruned a task: truncated from the start, 410 CURSOR_EXPIRE
     const untouched = await pruning.task(ownerId);
     // Logged, not awaited as delivered: under load, retention can prune an event before this
     // instance's reader has read it, and it is then never delivered (CI hung here once).
-    const cursors: string[] = [];
-    for (const content of numbered('n', 10)) cursors.push(await pruning.app.mesh.taskOutput.publish(output(taskId, ownerId, content)));
-    for (const content of ['kept 1', 'kept 2']) await pruning.app.mesh.taskOutput.publish(output(untouched, ownerId, content));
+    const cursors = await logOutputs(pruning, taskId, ownerId, numbered('n', 10));
+    await logOutputs(pruning, untouched, ownerId, ['kept 1', 'kept 2']);
     const kept = async () =>
       (await pruning.db.sql`SELECT count(*)::int AS n FROM mesh_event_log WHERE task_id = ${taskId}`)[0]!.n as number;
     await prunedUntil(pruning, async () => (await kept()) <= 3);

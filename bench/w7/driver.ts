@@ -28,6 +28,7 @@ import { hashKey } from '../../example/src/api-keys.js';
 import { freePort } from '../../example/src/embedded-postgres.js';
 import type { BenchBus, BenchTask, PeerName } from '../peers.js';
 import type { PublishPlan } from '../server.js';
+import { quantile } from '../stats.js';
 import type { W7Assignment, W7Command, W7Socket } from './generator.js';
 
 export interface W7Context {
@@ -58,7 +59,6 @@ const IN_FLIGHT = 100;
 
 const wallClock = () => performance.timeOrigin + performance.now();
 const log = (line: string) => process.stderr.write(`W7 ${line}\n`);
-const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
 const round = (v: number, digits = 2) => Math.round(v * 10 ** digits) / 10 ** digits;
 
 interface Population {
