@@ -296,4 +296,24 @@ describe('events', () => {
     await client.close();
     assert.deepEqual(seen, [{ ...update(taskId, 40), ownerId: owner.ownerId, cursor }]);
   });
+
+  test('output that no socket follows (so it is never framed) still reaches in-process listeners, and another owner’s socket gets none of it', async () => {
+    const other = await server.owner();
+    const watcher = await server.connect(other.key);
+    await watcher.request({ type: 'subscribeAll' });
+    const unwatched = await server.task(owner.ownerId);
+    const output = { taskId: unwatched, messageType: 'assistant', content: 'nobody follows this \u0000', isPartial: false };
+    const heard: unknown[] = [];
+    const stop = server.app.mesh.taskOutput.subscribe((e) => heard.push(JSON.parse(JSON.stringify(e))));
+    const cursor = await server.app.mesh.taskOutput.publish({ ...output, ownerId: owner.ownerId });
+    // The other owner’s socket: its own task’s update, logged after the output, is the first frame it
+    // gets; by then the output has been through the listeners (one pipeline, in log order).
+    const own = await server.task(other.ownerId);
+    await server.app.mesh.taskUpdates.publish(update(own, 1));
+    assert.equal((await watcher.next()).taskId, own);
+    stop();
+    // Optional fields the publisher left out come as undefined: compared as JSON, as a frame would carry them.
+    assert.deepEqual(heard, [{ ...output, ownerId: owner.ownerId, cursor }]);
+    await watcher.close();
+  });
 });
