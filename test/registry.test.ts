@@ -15,8 +15,11 @@ function subscriber(principal: Principal): Subscriber & { got: string[] } {
     outputs: undefined,
     all: false,
     round: 0,
+    batch: 0,
+    taken: 0,
     got,
     sendUpdate: (_taskId: string, frame: Buffer) => got.push(frame.toString()),
+    sendUpdates: (share, from, to) => got.push(...share.frames.slice(from, to).map(String)),
     sendOutput: (_taskId: string, frame: Buffer) => got.push(frame.toString()),
   };
 }
@@ -24,6 +27,10 @@ function subscriber(principal: Principal): Subscriber & { got: string[] } {
 const A = 'aaaaaaaa-0000-0000-0000-000000000000';
 const B = 'bbbbbbbb-0000-0000-0000-000000000000';
 const T1 = '11111111-0000-0000-0000-000000000000';
+
+/** A random subscriber: its principal, what it follows (`follows` draws it), and whether it holds `subscribeAll`. */
+const subscriberSpec = <T>(follows: fc.Arbitrary<T>) =>
+  fc.record({ owner: fc.constantFrom(A, B, null), admin: fc.boolean(), updates: follows, outputs: follows, all: fc.boolean() });
 
 test('one frame per subscriber per event, whatever the overlap of its subscriptions', () => {
   const index = new SubscriptionIndex();
@@ -101,16 +108,7 @@ test('reaches is never false where a delivery would reach a subscriber (it lets 
   const owners = [A, B, null] as const;
   fc.assert(
     fc.property(
-      fc.array(
-        fc.record({
-          owner: fc.constantFrom(...owners),
-          admin: fc.boolean(),
-          updates: fc.boolean(),
-          outputs: fc.boolean(),
-          all: fc.boolean(),
-        }),
-        { maxLength: 4 },
-      ),
+      fc.array(subscriberSpec(fc.boolean()), { maxLength: 4 }),
       fc.constantFrom(...owners),
       fc.constantFrom('update' as const, 'output' as const),
       (subscribers, eventOwner, kind) => {
@@ -133,4 +131,69 @@ test('reaches is never false where a delivery would reach a subscriber (it lets 
     ),
     { numRuns: 500 },
   );
+});
+
+test('a delivery batch gives each subscriber exactly what, and in the order, one delivery at a time gives it', () => {
+  const owners = [A, B, null] as const;
+  const tasks = [T1, B, A] as const;
+  const step = fc.oneof(
+    fc.record({ op: fc.constant('update' as const), task: fc.constantFrom(...tasks), owner: fc.constantFrom(...owners) }),
+    fc.record({ op: fc.constant('output' as const), task: fc.constantFrom(...tasks), owner: fc.constantFrom(...owners) }),
+    // Leaving and joining `subscribeAll` mid-batch (a principal change, a socket closing).
+    fc.record({ op: fc.constantFrom('leaveAll' as const, 'joinAll' as const, 'remove' as const), who: fc.nat(3) }),
+  );
+  fc.assert(
+    fc.property(
+      fc.array(subscriberSpec(fc.subarray([...tasks])), { minLength: 1, maxLength: 4 }),
+      fc.array(fc.array(step, { maxLength: 8 }), { maxLength: 4 }),
+      (subscribers, batches) => {
+        const run = (batched: boolean): string[][] => {
+          const index = new SubscriptionIndex();
+          const subs = subscribers.map((s) => {
+            const sub = subscriber({ ownerId: s.owner, admin: s.admin });
+            for (const t of s.updates) index.subscribeUpdates(sub, t);
+            for (const t of s.outputs) index.subscribeOutput(sub, t);
+            if (s.all) index.subscribeAll(sub);
+            return sub;
+          });
+          let n = 0;
+          for (const steps of batches) {
+            const deliver = () => {
+              for (const s of steps) {
+                const sub = 'who' in s ? subs[s.who % subs.length]! : undefined;
+                if (s.op === 'update') index.deliverUpdate(s.task, s.owner, Buffer.from(`u${n++}`), 'c');
+                else if (s.op === 'output') index.deliverOutput(s.task, s.owner, Buffer.from(`o${n++}`), 'c');
+                else if (s.op === 'leaveAll') index.unsubscribeAll(sub!);
+                else if (s.op === 'joinAll') index.subscribeAll(sub!);
+                else index.remove(sub!);
+              }
+            };
+            if (batched) index.batch(deliver);
+            else deliver();
+          }
+          return subs.map((s) => s.got);
+        };
+        assert.deepEqual(run(true), run(false));
+      },
+    ),
+    { numRuns: 2000 },
+  );
+});
+
+test('a batch hands every member its share even when one member throws, then throws', () => {
+  const index = new SubscriptionIndex();
+  const a = subscriber({ ownerId: null, admin: true });
+  const broken = subscriber({ ownerId: null, admin: true });
+  const b = subscriber({ ownerId: null, admin: true });
+  broken.sendUpdates = () => {
+    throw new Error('broken socket');
+  };
+  for (const s of [a, broken, b]) index.subscribeAll(s);
+  assert.throws(() => index.batch(() => index.deliverUpdate(T1, A, Buffer.from('e1'), 'c')), /broken socket/);
+  assert.deepEqual(a.got, ['e1']);
+  assert.deepEqual(b.got, ['e1']);
+  index.remove(broken);
+  index.batch(() => index.deliverUpdate(T1, A, Buffer.from('e2'), 'c'));
+  assert.deepEqual(a.got, ['e1', 'e2']);
+  assert.deepEqual(b.got, ['e1', 'e2']);
 });

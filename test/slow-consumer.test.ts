@@ -107,17 +107,16 @@ test('output past the soft limit is dropped and reported as lagged once the clie
   await s.server.close();
 });
 
-test('updates to a backed-up client are conflated to the latest per task', async () => {
-  const s = await setup({ softBufferLimit: 64 * KiB, hardBufferLimit: 64 * 1024 * KiB }, [{ type: 'subscribeOutput' }]);
-  await s.slow.request({ type: 'subscribeAll' });
-  await s.fast.request({ type: 'subscribeAll' });
-  await backUp(s, 'x'.repeat(16 * KiB));
-  const other = await s.server.task(s.ownerId);
-  const delivered = deliveries(s.server.app);
-  let last = '';
-  for (let version = 1; version <= 50; version++) {
-    for (const taskId of [s.taskId, other]) {
-      last = await s.server.app.mesh.taskUpdates.publish({
+for (const mode of ['one by one', 'all at once (one delivery batch: what the subscribeAll sockets share)'] as const) {
+  test(`updates to a backed-up client are conflated to the latest per task; published ${mode}`, async () => {
+    const s = await setup({ softBufferLimit: 64 * KiB, hardBufferLimit: 64 * 1024 * KiB }, [{ type: 'subscribeOutput' }]);
+    await s.slow.request({ type: 'subscribeAll' });
+    await s.fast.request({ type: 'subscribeAll' });
+    await backUp(s, 'x'.repeat(16 * KiB));
+    const other = await s.server.task(s.ownerId);
+    const delivered = deliveries(s.server.app);
+    const publish = (taskId: string, version: number) =>
+      s.server.app.mesh.taskUpdates.publish({
         taskId,
         ownerId: s.ownerId,
         version,
@@ -125,32 +124,40 @@ test('updates to a backed-up client are conflated to the latest per task', async
         updatedFields: ['status'],
         updatedBy: 't',
       });
+    const published: Promise<string>[] = [];
+    let last = '';
+    for (let version = 1; version <= 50; version++) {
+      for (const taskId of [s.taskId, other]) {
+        if (mode === 'one by one') last = await publish(taskId, version);
+        else published.push(publish(taskId, version));
+      }
     }
-  }
-  // All of them reached the socket while it was still backed up.
-  await delivered(last);
-  const drained = once(s.server.app.mesh.events, 'caughtUp');
-  rawOf(s.slow).resume();
-  const [{ superseded }] = await drained;
+    if (published.length > 0) last = (await Promise.all(published)).at(-1)!;
+    // All of them reached the socket while it was still backed up.
+    await delivered(last);
+    const drained = once(s.server.app.mesh.events, 'caughtUp');
+    rawOf(s.slow).resume();
+    const [{ superseded }] = await drained;
 
-  const updates: Frame[] = [];
-  for (let frame = await s.slow.next(); frame.type !== 'lagged'; frame = await s.slow.next()) {
-    if (frame.type === 'taskUpdated') updates.push(frame);
-  }
-  // Each of the 100 updates was either sent or superseded. The kernel may still take a few bytes
-  // of the paused socket after it backed up, letting an early update through before conflation
-  // starts; what matters is that the rest collapse to the latest per task.
-  assert.equal(superseded + updates.length, 100);
-  assert.ok(superseded >= 96, `conflated: ${superseded}`);
-  assert.deepEqual(
-    updates.slice(-2).map((u) => [u.taskId, u.version, u.status]),
-    [
-      [s.taskId, 50, 's50'],
-      [other, 50, 's50'],
-    ],
-  );
-  await s.server.close();
-});
+    const updates: Frame[] = [];
+    for (let frame = await s.slow.next(); frame.type !== 'lagged'; frame = await s.slow.next()) {
+      if (frame.type === 'taskUpdated') updates.push(frame);
+    }
+    // Each of the 100 updates was either sent or superseded. The kernel may still take a few bytes
+    // of the paused socket after it backed up, letting an early update through before conflation
+    // starts; what matters is that the rest collapse to the latest per task.
+    assert.equal(superseded + updates.length, 100);
+    assert.ok(superseded >= 96, `conflated: ${superseded}`);
+    assert.deepEqual(
+      updates.slice(-2).map((u) => [u.taskId, u.version, u.status]),
+      [
+        [s.taskId, 50, 's50'],
+        [other, 50, 's50'],
+      ],
+    );
+    await s.server.close();
+  });
+}
 
 test('held updates past the hard limit close the slow client with 4008; the reading client is unaffected', async () => {
   const s = await setup({ softBufferLimit: 64 * KiB, hardBufferLimit: 512 * KiB }, [{ type: 'subscribeOutput' }]);

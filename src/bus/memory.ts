@@ -25,6 +25,9 @@ export class MemoryBus implements EventBus {
   /** A ring: entry of sequence s is at (s - 1) % size, for the last `size` sequences. */
   private readonly ring: LoggedEvent[] = [];
   private sink: BusSink | undefined;
+  /** Published, not yet handed to the sink, and the promise of their hand-over (see `handOn`). */
+  private batch: LoggedEvent[] = [];
+  private delivered: Promise<void> | undefined;
   /**
    * Per task stream, the sequence of its first event: a history from HISTORY_START tells whether
    * the ring still holds it. Bounded: when it outgrows the ring, the entries of streams whose
@@ -75,8 +78,22 @@ export class MemoryBus implements EventBus {
       if (this.firsts.update.size + this.firsts.output.size >= 4 * this.size) this.forgetGone();
       firsts.set(taskId, this.forgot ? 0 : sequence);
     }
-    await this.sink?.([logged]);
+    await this.handOn(logged);
     return logged.cursor;
+  }
+
+  /**
+   * Events published in one go (a loop of publishes) reach the sink together, once the loop is
+   * done: one batch for the delivery, in publish order. Resolves once the batch is delivered.
+   */
+  private handOn(logged: LoggedEvent): Promise<void> {
+    this.batch.push(logged);
+    return (this.delivered ??= Promise.resolve().then(() => {
+      const batch = this.batch;
+      this.batch = [];
+      this.delivered = undefined;
+      return this.sink?.(batch);
+    }));
   }
 
   async replay(stream: ReplayStream, after: string, page: PageSize): Promise<ReplayPage> {

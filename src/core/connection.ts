@@ -18,7 +18,7 @@ import { FrameRateLimiter } from './rate-limit.js';
 import { ResumeSeams } from './resume.js';
 import type { SessionLimits } from './settings.js';
 import { StepQueue, type Step } from './step-queue.js';
-import type { Subscriber, SubscriptionIndex } from './subscription-index.js';
+import type { BatchShare, Subscriber, SubscriptionIndex } from './subscription-index.js';
 
 export interface ConnectionContext {
   index: SubscriptionIndex<ClientConnection>;
@@ -52,6 +52,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
   outputs: Set<string> | undefined = undefined;
   all = false;
   round = 0;
+  batch = 0;
+  taken = 0;
   /** Cleared by each ping, set by the pong: false at the next ping means the peer is gone. */
   private alive = true;
 
@@ -188,6 +190,12 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
       resumes.sentLive(cursor);
     }
     this.outbound.update(taskId, frame);
+  }
+
+  sendUpdates(share: BatchShare, from: number, to: number, bytes: number): void {
+    // A resuming socket decides frame by frame what its replays hold back.
+    if (this.resumes === undefined) this.outbound.updates(share, from, to, bytes);
+    else for (let i = from; i < to; i++) this.sendUpdate(share.taskIds[i]!, share.frames[i]!, share.cursors[i]!);
   }
 
   sendOutput(taskId: string, frame: Buffer, cursor: string): void {

@@ -49,7 +49,16 @@ export class DeliveryPipeline {
   /** The bus's new events, in log order; resolves once all of them have reached the sockets. */
   take(events: readonly LoggedEvent[]): Promise<void> {
     if (events.length === 1) return this.enqueue({ logged: events[0]!, owner: undefined, done: noop });
-    return Promise.all(events.map((logged) => this.enqueue({ logged, owner: undefined, done: noop }))).then(noop);
+    const settled: Promise<void>[] = [];
+    // One batch: a broadcast of these events costs each `subscribeAll` socket one hand-over.
+    try {
+      this.index.batch(() => {
+        for (const logged of events) settled.push(this.enqueue({ logged, owner: undefined, done: noop }));
+      });
+    } catch (error) {
+      this.log.error({ err: error }, 'handing a batch of events to a socket failed; the other sockets got theirs');
+    }
+    return Promise.all(settled).then(noop);
   }
 
   /** The event's frame, or undefined (dropped) when it cannot be encoded. */

@@ -8,6 +8,7 @@
 import type { FlushScheduler, Run } from './flush-scheduler.js';
 import type { Frames } from './frames.js';
 import type { ClientSocket } from './ports.js';
+import type { BatchShare } from './subscription-index.js';
 
 export interface BackpressureLimits {
   /** Pending bytes above which output is dropped and updates conflated. */
@@ -104,6 +105,30 @@ export class Outbound {
       return;
     }
     this.push(frame, pending);
+  }
+
+  /**
+   * Updates `from` to `to` of a delivery batch's shared lists, as that many `update`s would take
+   * them. When they all fit under the soft limit, as they mostly do, the queue holds where they
+   * start and end in the shared list: one step for the lot, and at the flush one join shared by
+   * every socket that took the same stretch.
+   */
+  updates(share: BatchShare, from: number, to: number, bytes: number): void {
+    if (this.stopped) return;
+    const pending = this.pendingBytes();
+    if (this.conflated?.size || pending + bytes >= this.limits.soft) {
+      for (let i = from; i < to; i++) this.update(share.taskIds[i]!, share.frames[i]!);
+      return;
+    }
+    const { run, queued } = this;
+    if (run !== undefined && run.frames === share.frames && run.end === from) run.end = to;
+    else if (run === undefined && queued.length === 0) this.run = { frames: share.frames, start: from, end: to };
+    else {
+      for (let i = from; i < to; i++) this.push(share.frames[i]!);
+      return;
+    }
+    this.queuedBytes += bytes;
+    this.scheduleFlush(pending, bytes);
   }
 
   output(taskId: string, frame: Buffer, cursor: string): void {
@@ -228,9 +253,14 @@ export class Outbound {
       this.slow('buffer');
       return;
     }
+    this.scheduleFlush(pending, frame.length);
+  }
+
+  /** `added` bytes were just queued on `pending`: the turn's flush is due. */
+  private scheduleFlush(pending: number, added: number): void {
     if (!this.scheduled) {
       // What was pending before this turn's first frame: the socket's own bytes.
-      this.socketBytes = pending - (this.queuedBytes - frame.length);
+      this.socketBytes = pending - (this.queuedBytes - added);
       this.scheduled = true;
       this.scheduler.mark(this);
     }

@@ -15,9 +15,30 @@ export interface Subscriber {
   all: boolean;
   /** Last delivery round that reached it: how one event reaches a socket at most once. */
   round: number;
+  /** The delivery batch its `subscribeAll` share was last handed in, and how much of it: kept by the index. */
+  batch: number;
+  taken: number;
   sendUpdate(taskId: string, frame: Buffer, cursor: string): void;
+  /** Updates `from` to `to` (exclusive) of a batch's shared lists, in order: as many `sendUpdate`s. */
+  sendUpdates(share: BatchShare, from: number, to: number, bytes: number): void;
   sendOutput(taskId: string, frame: Buffer, cursor: string): void;
 }
+
+/**
+ * The updates one `subscribeAll` set (the admins', or one owner's) takes in a delivery batch: kept
+ * once for the whole set and handed to each member once, at the batch's end, instead of once per
+ * member per event. A broadcast to N sockets then costs N hand-overs per batch, not per event.
+ */
+export interface BatchShare {
+  readonly frames: Buffer[];
+  readonly taskIds: string[];
+  readonly cursors: string[];
+  bytes: number;
+}
+
+/** The admins' `subscribeAll` set, in the batch's shares; owners' sets are keyed by their owner id. */
+const ADMINS: unique symbol = Symbol('admins');
+type ShareKey = string | typeof ADMINS;
 
 /** Sends an update to `s` unless this round already did: 1 if sent, 0 if not. */
 function reach(s: Subscriber, round: number, taskId: string, frame: Buffer, cursor: string): number {
@@ -49,6 +70,16 @@ function removeFrom<K, S extends object>(map: Map<K, Followers<S>>, key: K, s: S
   }
 }
 
+/** The `subscribeAll` set a principal's subscription is filed in: none for one that can see nothing. */
+function shareKey(principal: Principal): ShareKey | undefined {
+  return principal.admin ? ADMINS : (principal.ownerId ?? undefined);
+}
+
+/** Whether `s`'s `subscribeAll` set takes the updates of a task of `owner`. */
+function sharesWith(s: Subscriber, owner: string | null): boolean {
+  return s.all && (s.principal.admin || (owner !== null && s.principal.ownerId === owner));
+}
+
 /** Adds to a subscriber's own id set, making it on first use. */
 function remember(ids: Set<string> | undefined, id: string): Set<string> {
   if (ids) return ids.add(id);
@@ -61,6 +92,10 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
   private readonly ownersAll = new Map<string, Followers<S>>();
   private readonly adminsAll = new Set<S>();
   private round = 0;
+  /** Whether deliveries are batched now (see `batch`), which batch, and its `subscribeAll` shares. */
+  private batching = false;
+  private batchId = 0;
+  private readonly shares = new Map<ShareKey, BatchShare>();
 
   subscribeUpdates(s: S, taskId: string): void {
     s.updates = remember(s.updates, taskId);
@@ -85,6 +120,10 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
   /** A principal that is neither admin nor owner holds the subscription but can see nothing. */
   subscribeAll(s: S): void {
     if (s.all) return;
+    // Joining mid-batch: what its set took earlier in the batch was delivered before it joined.
+    const key = shareKey(s.principal);
+    s.batch = this.batchId;
+    s.taken = (key !== undefined && this.shares.get(key)?.frames.length) || 0;
     s.all = true;
     if (s.principal.admin) this.adminsAll.add(s);
     else if (s.principal.ownerId !== null) addTo(this.ownersAll, s.principal.ownerId, s);
@@ -92,6 +131,8 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
 
   unsubscribeAll(s: S): void {
     if (!s.all) return;
+    // Leaving mid-batch: it still takes what was delivered while it was in.
+    this.handShare(s);
     s.all = false;
     this.adminsAll.delete(s);
     if (s.principal.ownerId !== null) removeFrom(this.ownersAll, s.principal.ownerId, s);
@@ -116,19 +157,65 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     return this.adminsAll.size > 0 || this.updates.has(taskId) || (owner !== null && this.ownersAll.has(owner));
   }
 
+  /**
+   * Runs `deliver` (synchronous deliveries of consecutive events) as one batch: the updates of
+   * `subscribeAll` sets are kept once per set and handed to each member at the end, in order. No
+   * other code runs in between, and a member takes its share before anything else reaches it
+   * (output, leaving its set), so each socket gets exactly what, and in the order, one delivery
+   * at a time would have given it. Throws, after every member has had its share, the first error
+   * a member threw.
+   */
+  batch(deliver: () => void): void {
+    if (this.batching) {
+      deliver();
+      return;
+    }
+    this.batching = true;
+    this.batchId++;
+    try {
+      deliver();
+    } finally {
+      this.batching = false;
+    }
+    let failure: unknown;
+    for (const [key, share] of this.shares) {
+      const members = key === ADMINS ? this.adminsAll : this.ownersAll.get(key);
+      if (members instanceof Set) {
+        for (const s of members) {
+          const error = this.tryHand(s, share);
+          failure ??= error;
+        }
+      } else if (members) failure ??= this.tryHand(members, share);
+    }
+    this.shares.clear();
+    if (failure !== undefined) throw failure;
+  }
+
   /** Hands `frame` once to every subscriber allowed to see this task's updates. */
   deliverUpdate(taskId: string, owner: string | null, frame: Buffer, cursor: string): number {
     const round = ++this.round;
+    const batching = this.batching;
     let count = 0;
     const followers = this.updates.get(taskId);
-    // Checked again here: the owner may have changed since the subscribe was allowed.
+    // Checked again here: the owner may have changed since the subscribe was allowed. In a batch,
+    // a follower whose `subscribeAll` set takes the event gets it there, in its place.
     if (followers instanceof Set) {
-      for (const s of followers) if (canSee(s.principal, owner)) count += reach(s, round, taskId, frame, cursor);
-    } else if (followers && canSee(followers.principal, owner)) count += reach(followers, round, taskId, frame, cursor);
+      for (const s of followers) {
+        if (canSee(s.principal, owner) && !(batching && sharesWith(s, owner))) count += reach(s, round, taskId, frame, cursor);
+      }
+    } else if (followers && canSee(followers.principal, owner) && !(batching && sharesWith(followers, owner))) {
+      count += reach(followers, round, taskId, frame, cursor);
+    }
     const owners = owner === null ? undefined : this.ownersAll.get(owner);
-    if (owners instanceof Set) for (const s of owners) count += reach(s, round, taskId, frame, cursor);
-    else if (owners) count += reach(owners, round, taskId, frame, cursor);
-    for (const s of this.adminsAll) count += reach(s, round, taskId, frame, cursor);
+    if (owners !== undefined) {
+      if (batching) count += this.share(owner!, owners instanceof Set ? owners.size : 1, taskId, frame, cursor);
+      else if (owners instanceof Set) for (const s of owners) count += reach(s, round, taskId, frame, cursor);
+      else count += reach(owners, round, taskId, frame, cursor);
+    }
+    if (this.adminsAll.size > 0) {
+      if (batching) count += this.share(ADMINS, this.adminsAll.size, taskId, frame, cursor);
+      else for (const s of this.adminsAll) count += reach(s, round, taskId, frame, cursor);
+    }
     return count;
   }
 
@@ -137,17 +224,59 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     const followers = this.outputs.get(taskId);
     if (!(followers instanceof Set)) {
       if (!followers || !canSee(followers.principal, owner)) return 0;
+      // In a batch, the updates delivered before this output go first.
+      if (this.batching) this.handShare(followers);
       followers.sendOutput(taskId, frame, cursor);
       return 1;
     }
     let count = 0;
     for (const s of followers) {
       if (canSee(s.principal, owner)) {
+        if (this.batching) this.handShare(s);
         s.sendOutput(taskId, frame, cursor);
         count++;
       }
     }
     return count;
+  }
+
+  /** Keeps an update for a `subscribeAll` set of `members` sockets, in this batch's share; `members` reached. */
+  private share(key: ShareKey, members: number, taskId: string, frame: Buffer, cursor: string): number {
+    let share = this.shares.get(key);
+    if (share === undefined) this.shares.set(key, (share = { frames: [], taskIds: [], cursors: [], bytes: 0 }));
+    share.frames.push(frame);
+    share.taskIds.push(taskId);
+    share.cursors.push(cursor);
+    share.bytes += frame.length;
+    return members;
+  }
+
+  /** Hands `s` what its `subscribeAll` set took in this batch and it has not had yet. */
+  private handShare(s: S): void {
+    if (!s.all || this.shares.size === 0) return;
+    const key = shareKey(s.principal);
+    const share = key === undefined ? undefined : this.shares.get(key);
+    if (share !== undefined) this.hand(s, share);
+  }
+
+  private hand(s: S, share: BatchShare): void {
+    const from = s.batch === this.batchId ? s.taken : 0;
+    const to = share.frames.length;
+    s.batch = this.batchId;
+    s.taken = to;
+    if (from >= to) return;
+    let bytes = share.bytes;
+    for (let i = 0; i < from; i++) bytes -= share.frames[i]!.length;
+    s.sendUpdates(share, from, to, bytes);
+  }
+
+  private tryHand(s: S, share: BatchShare): unknown {
+    try {
+      this.hand(s, share);
+      return undefined;
+    } catch (error) {
+      return error ?? new Error('a subscriber threw nothing');
+    }
   }
 
   /** Sizes for tests and metrics. */
