@@ -1,7 +1,7 @@
 /**
  * Unit tests of the owner directory (src/core/owners.ts) with a resolver the test answers: one
- * query at a time while it answers within `slowQueryMs`, the lookups asked meanwhile going
- * together in the next, whatever turn they came in; a slow query no longer holds the next back;
+ * query at a time while it answers within `slowQueryMs`, and none sooner than `queryGapMs` after
+ * the last, the lookups asked meanwhile going together in the next, whatever turn they came in; a slow query no longer holds the next back;
  * a failed or hung one fails only its own lookups. The storm it exists for is measured by the
  * bench (W2's reconnect storm), on a real database.
  */
@@ -27,7 +27,7 @@ function answeredByHand() {
 describe('OwnerDirectory', () => {
   test('lookups asked while one is being answered, over several turns, go together in the next query', async () => {
     const { calls, resolver, asked } = answeredByHand();
-    const owners = new OwnerDirectory(resolver, 60_000, 60_000);
+    const owners = new OwnerDirectory(resolver, 60_000, 60_000, 0);
     const a = owners.lookup('a');
     await turn();
     assert.deepEqual(asked(), [['a']]);
@@ -47,9 +47,31 @@ describe('OwnerDirectory', () => {
     assert.equal(await c, NO_SUCH_TASK);
   });
 
+  test('lookups asked within queryGapMs of the last query wait for it to pass, and go together', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { calls, resolver, asked } = answeredByHand();
+    const owners = new OwnerDirectory(resolver, 60_000, 60_000, 30_000);
+    // The first after a quiet moment goes at once.
+    const a = owners.lookup('a');
+    await turn();
+    assert.deepEqual(asked(), [['a']]);
+    calls[0]!.answer.resolve(new Map([['a', 'owner-a']]));
+    assert.equal(await a, 'owner-a');
+    const later = [owners.lookup('b')];
+    await turn();
+    later.push(owners.lookup('c'));
+    await turn();
+    assert.deepEqual(asked(), [['a']], 'answered, but sent less than queryGapMs ago: the next waits');
+    t.mock.timers.tick(30_000);
+    await turn();
+    assert.deepEqual(asked(), [['a'], ['b', 'c']]);
+    calls[1]!.answer.resolve(new Map([['b', 'owner-b']]));
+    assert.deepEqual(await Promise.all(later), ['owner-b', NO_SUCH_TASK]);
+  });
+
   test('a failed query fails only its own lookups; the next batch is asked', async () => {
     const { calls, resolver, asked } = answeredByHand();
-    const owners = new OwnerDirectory(resolver, 60_000, 60_000);
+    const owners = new OwnerDirectory(resolver, 60_000, 60_000, 0);
     const a = owners.lookup('a');
     await turn();
     const b = owners.lookup('b');

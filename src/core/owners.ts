@@ -1,7 +1,8 @@
 /**
  * Who owns a task, asked of its source every time: no cached answer ever decides visibility, so
  * an owner change counts as soon as it has committed. Lookups that arrive in the same turn of the
- * event loop, or while earlier ones are still being answered (a reconnect storm), share one query.
+ * event loop, while earlier ones are still being answered, or within a few milliseconds of the
+ * last query (a reconnect storm), share one query.
  */
 import { OwnerLookupUnavailableError } from '../errors.js';
 import { within } from './deadline.js';
@@ -26,21 +27,31 @@ interface Waiter {
  */
 const SLOW_QUERY_MS = 50;
 
+/**
+ * How long after a query is sent the next one waits, so that the lookups of those milliseconds go
+ * in one query. A storm's subscribes trickle in as their sockets open, and a query answered in a
+ * millisecond let each go almost alone: W2's reconnect storm sent about 1,400 queries of 2-10 ids
+ * (BENCHMARKS.md, round four). A lookup after a quiet moment is sent at once.
+ */
+const QUERY_GAP_MS = 5;
+
 export class OwnerDirectory {
   private batch = new Map<string, Waiter[]>();
   /** When the batch's first lookup was asked: its time limit runs from then, waiting included. */
   private batchSince = 0;
   private flushScheduled = false;
   private inFlight = 0;
-  /** When the newest query in flight was sent. */
-  private lastSent = 0;
-  /** Sends the waiting batch once the query in flight has gone unanswered for slowQueryMs. */
-  private slowTimer: NodeJS.Timeout | undefined;
+  /** When the newest query was sent. */
+  private lastSent = Number.NEGATIVE_INFINITY;
+  /** Sends the waiting batch once the query in flight has gone unanswered for slowQueryMs, or queryGapMs after the last. */
+  private waitTimer: NodeJS.Timeout | undefined;
+  private waitDue = 0;
 
   constructor(
     private readonly resolve: OwnerResolver,
     private readonly timeoutMs: number,
     private readonly slowQueryMs = SLOW_QUERY_MS,
+    private readonly queryGapMs = QUERY_GAP_MS,
   ) {}
 
   /** Rejects with OwnerLookupUnavailableError when the source fails or is slower than the timeout. */
@@ -56,16 +67,28 @@ export class OwnerDirectory {
 
   private schedule(): void {
     if (this.flushScheduled || this.batch.size === 0) return;
-    if (this.inFlight > 0) {
-      const wait = this.slowQueryMs - (performance.now() - this.lastSent);
-      if (wait > 0) {
-        this.slowTimer ??= setTimeout(() => {
-          this.slowTimer = undefined;
-          this.schedule();
-        }, wait).unref();
-        return;
-      }
+    const since = performance.now() - this.lastSent;
+    const wait = (this.inFlight > 0 ? this.slowQueryMs : this.queryGapMs) - since;
+    if (wait > 0) {
+      const due = performance.now() + wait;
+      if (this.waitTimer !== undefined && this.waitDue <= due) return;
+      clearTimeout(this.waitTimer);
+      this.waitDue = due;
+      // Not unref'd: lookups are waiting on it (a script's publish may have nothing else keeping it alive).
+      this.waitTimer = setTimeout(() => {
+        this.waitTimer = undefined;
+        this.send();
+      }, wait);
+      return;
     }
+    this.send();
+  }
+
+  /** Sends the waiting batch, after this turn's reads. */
+  private send(): void {
+    if (this.flushScheduled || this.batch.size === 0) return;
+    clearTimeout(this.waitTimer);
+    this.waitTimer = undefined;
     this.flushScheduled = true;
     // setImmediate, not a microtask: it runs after every socket read of this loop turn.
     setImmediate(() => void this.flush());
