@@ -240,7 +240,7 @@ const meshSubscriptions: FastifyPluginAsync<MeshSubscriptionsOptions> = async (a
   const options = resolveOptions(rawOptions);
   const resolver = options.resolveOwners ?? sqlOwnerResolver(options.sql!, options.tasks);
   const owners = new OwnerDirectory(resolver, options.owners.lookupTimeoutMs);
-  const events = new MeshEvents();
+  const events = new MeshEvents(app.log);
   // The gauges read the hub at scrape time, by when it exists.
   const metrics: MeshMetrics = new MeshMetrics(
     options.metricsRegistry,

@@ -4,7 +4,6 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import { CloseCode } from '../src/index.js';
@@ -12,7 +11,7 @@ import { createApiKey, revokeApiKey } from '../example/src/api-keys.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { startServerProcess } from './helpers/process.js';
 import { startTestServer } from './helpers/server.js';
-import { TestClient } from './helpers/ws-client.js';
+import { TestClient, tcpOf } from './helpers/ws-client.js';
 
 let db: TestDatabase;
 before(async () => {
@@ -92,10 +91,10 @@ test('app.close() finishes within the shutdown timeout even when a client never 
   const { key } = await server.owner();
   const polite = await server.connect(key);
   const stuck = await server.connect(key);
-  (stuck.socket as unknown as { _socket: Socket })._socket.pause();
+  tcpOf(stuck).pause();
   await server.app.close();
   assert.equal((await polite.closed).code, CloseCode.GOING_AWAY);
-  (stuck.socket as unknown as { _socket: Socket })._socket.resume();
+  tcpOf(stuck).resume();
   await stuck.closed;
   assert.equal(server.app.mesh.stats().connections, 0);
   await server.close();

@@ -197,3 +197,58 @@ test('a batch hands every member its share even when one member throws, then thr
   assert.deepEqual(a.got, ['e1', 'e2']);
   assert.deepEqual(b.got, ['e1', 'e2']);
 });
+
+test('a batch whose deliveries throw leaves no share behind for later deliveries', () => {
+  const index = new SubscriptionIndex();
+  const admin = subscriber({ ownerId: null, admin: true });
+  index.subscribeAll(admin);
+  assert.throws(() =>
+    index.batch(() => {
+      index.deliverUpdate(T1, A, Buffer.from('e1'), 'c1');
+      throw new Error('a delivery failed part-way');
+    }),
+  );
+  // One at a time afterwards: e2 is delivered, then e3 in a batch of its own.
+  index.deliverUpdate(T1, A, Buffer.from('e2'), 'c2');
+  index.batch(() => index.deliverUpdate(T1, A, Buffer.from('e3'), 'c3'));
+  // Without batching: ['e1', 'e2', 'e3'].
+  assert.deepEqual(admin.got, ['e1', 'e2', 'e3']);
+});
+
+test('a socket that joins subscribeAll after a failed batch does not get what its set took before it joined', () => {
+  const index = new SubscriptionIndex();
+  const early = subscriber({ ownerId: A, admin: false });
+  index.subscribeAll(early);
+  assert.throws(() =>
+    index.batch(() => {
+      index.deliverUpdate(T1, A, Buffer.from('e1'), 'c1');
+      throw new Error('a delivery failed part-way');
+    }),
+  );
+  const late = subscriber({ ownerId: A, admin: false });
+  index.subscribeAll(late);
+  index.batch(() => index.deliverUpdate(T1, A, Buffer.from('e2'), 'c2'));
+  assert.deepEqual(late.got, ['e2']);
+});
+
+test("in a batch, a member that fails on its share before an output costs the output's other followers nothing", () => {
+  const index = new SubscriptionIndex();
+  const broken = subscriber({ ownerId: null, admin: true });
+  const follower = subscriber({ ownerId: null, admin: true });
+  broken.sendUpdates = () => {
+    throw new Error('broken socket');
+  };
+  index.subscribeAll(broken);
+  index.subscribeOutput(broken, T1);
+  index.subscribeOutput(follower, T1);
+  assert.throws(
+    () =>
+      index.batch(() => {
+        index.deliverUpdate(T1, A, Buffer.from('e1'), 'c1');
+        assert.equal(index.deliverOutput(T1, A, Buffer.from('o1'), 'c2'), 2);
+      }),
+    /broken socket/,
+  );
+  assert.deepEqual(broken.got, ['o1']);
+  assert.deepEqual(follower.got, ['o1']);
+});

@@ -5,13 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import type { Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import type { MeshSubscriptionsOptions } from '../src/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { deliveries } from './helpers/delivered.js';
 import { startTestServer, type TestServer } from './helpers/server.js';
-import type { Frame, TestClient } from './helpers/ws-client.js';
+import { tcpOf, type Frame, type TestClient } from './helpers/ws-client.js';
 
 let db: TestDatabase;
 before(async () => {
@@ -20,7 +19,6 @@ before(async () => {
 after(() => db.drop());
 
 const KiB = 1024;
-const rawOf = (client: TestClient) => (client.socket as unknown as { _socket: Socket })._socket;
 
 interface Setup {
   server: TestServer;
@@ -64,7 +62,7 @@ async function setup(mesh: Partial<MeshSubscriptionsOptions>, subscribe: object[
 
 /** Stops reading on the slow client and publishes output until the server says it holds back. */
 async function backUp(s: Setup, chunk: string): Promise<void> {
-  rawOf(s.slow).pause();
+  tcpOf(s.slow).pause();
   let backedUp = false;
   const signal = once(s.server.app.mesh.events, 'backedUp').then(() => (backedUp = true));
   // Bounded: loopback buffers hold a few MiB at most.
@@ -83,7 +81,7 @@ test('output past the soft limit is dropped and reported as lagged once the clie
   for (let i = 0; i < 10; i++) await s.output('after');
   const total = s.published;
   const drained = once(s.server.app.mesh.events, 'drained');
-  rawOf(s.slow).resume();
+  tcpOf(s.slow).resume();
   const [{ lagged }] = await drained;
   await s.output('marker');
 
@@ -136,7 +134,7 @@ for (const mode of ['one by one', 'all at once (one delivery batch: what the sub
     // All of them reached the socket while it was still backed up.
     await delivered(last);
     const drained = once(s.server.app.mesh.events, 'caughtUp');
-    rawOf(s.slow).resume();
+    tcpOf(s.slow).resume();
     const [{ superseded }] = await drained;
 
     const updates: Frame[] = [];
@@ -190,7 +188,7 @@ test('held updates past the hard limit close the slow client with 4008; the read
   }
   assert.deepEqual(outputs, [...Array(s.published).keys()]);
   assert.deepEqual(versions, [...Array(updates).keys()]);
-  rawOf(s.slow).resume();
+  tcpOf(s.slow).resume();
   await s.server.close();
 });
 
@@ -202,6 +200,6 @@ test('backed up for longer than the time limit: closed with 4008', async () => {
   await backUp(s, 'z'.repeat(16 * KiB));
   assert.deepEqual((await slowEvent)[0], { why: 'timeout' });
   assert.equal(s.server.app.mesh.stats().connections, 1);
-  rawOf(s.slow).resume();
+  tcpOf(s.slow).resume();
   await s.server.close();
 });

@@ -25,9 +25,9 @@ export class MemoryBus implements EventBus {
   /** A ring: entry of sequence s is at (s - 1) % size, for the last `size` sequences. */
   private readonly ring: LoggedEvent[] = [];
   private sink: BusSink | undefined;
-  /** Published, not yet handed to the sink, and the promise of their hand-over (see `handOn`). */
-  private batch: LoggedEvent[] = [];
-  private delivered: Promise<void> | undefined;
+  /** Published, not yet logged, and the promise of their logging and hand-over (see `logPending`). */
+  private pending: BusEntry[] = [];
+  private handOver: Promise<LoggedEvent[]> | undefined;
   /**
    * Per task stream, the sequence of its first event: a history from HISTORY_START tells whether
    * the ring still holds it. Bounded: when it outgrows the ring, the entries of streams whose
@@ -54,6 +54,28 @@ export class MemoryBus implements EventBus {
   }
 
   async publish(entry: BusEntry): Promise<string> {
+    const at = this.pending.length;
+    this.pending.push(entry);
+    const logged = await (this.handOver ??= Promise.resolve().then(() => this.logPending()));
+    return logged[at]!.cursor;
+  }
+
+  /**
+   * The publishes of one go (a loop of publishes), logged in publish order once the loop is done
+   * and handed to the sink together: one batch for the delivery. Logged only then, so that the
+   * ring, `head()` and the sockets move as one: a subscribe answered in between starts its stream
+   * before events its socket is yet to get, never after them.
+   */
+  private async logPending(): Promise<LoggedEvent[]> {
+    const entries = this.pending;
+    this.pending = [];
+    this.handOver = undefined;
+    const logged = entries.map((entry) => this.log(entry));
+    await this.sink?.(logged);
+    return logged;
+  }
+
+  private log(entry: BusEntry): LoggedEvent {
     const sequence = ++this.sequence;
     // Built field by field: a spread followed by more fields is V8's slow object copy (≈2 µs an event).
     const logged = { kind: entry.kind, event: entry.event, cursor: `${this.epoch}.${sequence}`, publishedAt: Date.now() } as LoggedEvent;
@@ -78,22 +100,7 @@ export class MemoryBus implements EventBus {
       if (this.firsts.update.size + this.firsts.output.size >= 4 * this.size) this.forgetGone();
       firsts.set(taskId, this.forgot ? 0 : sequence);
     }
-    await this.handOn(logged);
-    return logged.cursor;
-  }
-
-  /**
-   * Events published in one go (a loop of publishes) reach the sink together, once the loop is
-   * done: one batch for the delivery, in publish order. Resolves once the batch is delivered.
-   */
-  private handOn(logged: LoggedEvent): Promise<void> {
-    this.batch.push(logged);
-    return (this.delivered ??= Promise.resolve().then(() => {
-      const batch = this.batch;
-      this.batch = [];
-      this.delivered = undefined;
-      return this.sink?.(batch);
-    }));
+    return logged;
   }
 
   async replay(stream: ReplayStream, after: string, page: PageSize): Promise<ReplayPage> {

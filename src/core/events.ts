@@ -3,6 +3,7 @@
  * consumers, pruning, the LISTEN connection. Emitted on state changes only, never per frame.
  */
 import { EventEmitter } from 'node:events';
+import type { Logger } from './ports.js';
 
 export interface CaughtUp {
   superseded: number;
@@ -29,4 +30,25 @@ export interface MeshEventMap {
   listenerRestarted: [];
 }
 
-export class MeshEvents extends EventEmitter<MeshEventMap> {}
+/**
+ * A host listener that throws is the host's bug: it is logged, and cuts short neither the other
+ * listeners nor the plugin's own work around the emit (closing a slow socket, delivering an event
+ * to the other sockets).
+ */
+export class MeshEvents extends EventEmitter<MeshEventMap> {
+  constructor(private readonly log: Logger) {
+    super();
+  }
+
+  override emit<K extends keyof MeshEventMap>(event: K, ...args: MeshEventMap[K]): boolean {
+    const listeners = this.rawListeners(event as keyof MeshEventMap) as ((...a: MeshEventMap[K]) => void)[];
+    for (const listener of listeners) {
+      try {
+        listener.apply(this, args);
+      } catch (error) {
+        this.log.error({ err: error, event }, 'an app.mesh.events listener threw');
+      }
+    }
+    return listeners.length > 0;
+  }
+}

@@ -15,7 +15,11 @@ export interface Subscriber {
   all: boolean;
   /** Last delivery round that reached it: how one event reaches a socket at most once. */
   round: number;
-  /** The delivery batch its `subscribeAll` share was last handed in, and how much of it: kept by the index. */
+  /**
+   * The index's record of the delivery batch in which this subscriber last took its `subscribeAll`
+   * set's share, and how much of it: what it is still owed when the batch ends or something else
+   * reaches it first.
+   */
   batch: number;
   taken: number;
   sendUpdate(taskId: string, frame: Buffer, cursor: string): void;
@@ -96,6 +100,8 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
   private batching = false;
   private batchId = 0;
   private readonly shares = new Map<ShareKey, BatchShare>();
+  /** The first error a member threw on its share in this batch: thrown once the batch is handed. */
+  private failure: unknown;
 
   subscribeUpdates(s: S, taskId: string): void {
     s.updates = remember(s.updates, taskId);
@@ -172,22 +178,21 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     }
     this.batching = true;
     this.batchId++;
+    this.failure = undefined;
     try {
       deliver();
     } finally {
+      // Even when `deliver` threw: what it delivered before is handed, and no share outlives its batch.
       this.batching = false;
+      for (const [key, share] of this.shares) {
+        const members = key === ADMINS ? this.adminsAll : this.ownersAll.get(key);
+        if (members instanceof Set) for (const s of members) this.hand(s, share);
+        else if (members) this.hand(members, share);
+      }
+      this.shares.clear();
     }
-    let failure: unknown;
-    for (const [key, share] of this.shares) {
-      const members = key === ADMINS ? this.adminsAll : this.ownersAll.get(key);
-      if (members instanceof Set) {
-        for (const s of members) {
-          const error = this.tryHand(s, share);
-          failure ??= error;
-        }
-      } else if (members) failure ??= this.tryHand(members, share);
-    }
-    this.shares.clear();
+    const failure = this.failure;
+    this.failure = undefined;
     if (failure !== undefined) throw failure;
   }
 
@@ -259,6 +264,10 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     if (share !== undefined) this.hand(s, share);
   }
 
+  /**
+   * Never throws: a member that fails on its share (its socket's error, a host listener's) costs
+   * no other socket anything; the batch throws the first such error once every member had its share.
+   */
   private hand(s: S, share: BatchShare): void {
     const from = s.batch === this.batchId ? s.taken : 0;
     const to = share.frames.length;
@@ -267,15 +276,10 @@ export class SubscriptionIndex<S extends Subscriber = Subscriber> {
     if (from >= to) return;
     let bytes = share.bytes;
     for (let i = 0; i < from; i++) bytes -= share.frames[i]!.length;
-    s.sendUpdates(share, from, to, bytes);
-  }
-
-  private tryHand(s: S, share: BatchShare): unknown {
     try {
-      this.hand(s, share);
-      return undefined;
+      s.sendUpdates(share, from, to, bytes);
     } catch (error) {
-      return error ?? new Error('a subscriber threw nothing');
+      this.failure ??= error ?? new Error('a subscriber threw nothing');
     }
   }
 

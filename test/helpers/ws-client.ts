@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 /**
  * A real `ws` client for tests: every frame it receives is queued, and each expectation awaits
  * the next one, so tests synchronise on events rather than on time.
@@ -99,3 +100,6 @@ export async function refusal(connecting: Promise<TestClient>): Promise<Refusal>
     },
   );
 }
+
+/** The client's TCP socket: pausing it makes a client that stops reading, as a slow consumer does. */
+export const tcpOf = (client: TestClient): Socket => (client.socket as unknown as { _socket: Socket })._socket;
