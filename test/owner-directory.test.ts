@@ -1,7 +1,7 @@
 /**
  * Unit tests of the owner directory (src/core/owners.ts) with a resolver the test answers: one
  * query at a time while it answers within `slowQueryMs`, and none sooner than `queryGapMs` after
- * the last, the lookups asked meanwhile going together in the next, whatever turn they came in; a slow query no longer holds the next back;
+ * one that asked for several, the lookups asked meanwhile going together in the next, whatever turn they came in; a slow query no longer holds the next back;
  * a failed or hung one fails only its own lookups. The storm it exists for is measured by the
  * bench (W2's reconnect storm), on a real database.
  */
@@ -47,26 +47,36 @@ describe('OwnerDirectory', () => {
     assert.equal(await c, NO_SUCH_TASK);
   });
 
-  test('lookups asked within queryGapMs of the last query wait for it to pass, and go together', async (t) => {
+  test('after a query of several, lookups wait out queryGapMs and go together; after a query of one, at once', async (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
     const { calls, resolver, asked } = answeredByHand();
     const owners = new OwnerDirectory(resolver, 60_000, 60_000, 30_000);
-    // The first after a quiet moment goes at once.
+    // One at a time: each goes at once.
     const a = owners.lookup('a');
     await turn();
-    assert.deepEqual(asked(), [['a']]);
     calls[0]!.answer.resolve(new Map([['a', 'owner-a']]));
     assert.equal(await a, 'owner-a');
-    const later = [owners.lookup('b')];
+    const b = owners.lookup('b');
     await turn();
-    later.push(owners.lookup('c'));
+    assert.deepEqual(asked(), [['a'], ['b']], 'the last query asked for one task: no wait');
+    // Several in one turn: the next query waits out the gap, and gathers what comes meanwhile.
+    const several = [owners.lookup('c'), owners.lookup('d')];
+    calls[1]!.answer.resolve(new Map([['b', 'owner-b']]));
+    assert.equal(await b, 'owner-b');
     await turn();
-    assert.deepEqual(asked(), [['a']], 'answered, but sent less than queryGapMs ago: the next waits');
+    assert.deepEqual(asked(), [['a'], ['b'], ['c', 'd']]);
+    calls[2]!.answer.resolve(new Map([['c', 'owner-c']]));
+    assert.deepEqual(await Promise.all(several), ['owner-c', NO_SUCH_TASK]);
+    const later = [owners.lookup('e')];
+    await turn();
+    later.push(owners.lookup('f'));
+    await turn();
+    assert.deepEqual(asked().length, 3, 'answered, but a query of several went less than queryGapMs ago: the next waits');
     t.mock.timers.tick(30_000);
     await turn();
-    assert.deepEqual(asked(), [['a'], ['b', 'c']]);
-    calls[1]!.answer.resolve(new Map([['b', 'owner-b']]));
-    assert.deepEqual(await Promise.all(later), ['owner-b', NO_SUCH_TASK]);
+    assert.deepEqual(asked().at(-1), ['e', 'f']);
+    calls[3]!.answer.resolve(new Map([['f', 'owner-f']]));
+    assert.deepEqual(await Promise.all(later), [NO_SUCH_TASK, 'owner-f']);
   });
 
   test('a failed query fails only its own lookups; the next batch is asked', async () => {

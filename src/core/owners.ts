@@ -1,8 +1,8 @@
 /**
  * Who owns a task, asked of its source every time: no cached answer ever decides visibility, so
  * an owner change counts as soon as it has committed. Lookups that arrive in the same turn of the
- * event loop, while earlier ones are still being answered, or within a few milliseconds of the
- * last query (a reconnect storm), share one query.
+ * event loop, while earlier ones are still being answered, or within milliseconds of a query that
+ * already gathered several (a reconnect storm), share one query.
  */
 import { OwnerLookupUnavailableError } from '../errors.js';
 import { within } from './deadline.js';
@@ -28,12 +28,13 @@ interface Waiter {
 const SLOW_QUERY_MS = 50;
 
 /**
- * How long after a query is sent the next one waits, so that the lookups of those milliseconds go
- * in one query. A storm's subscribes trickle in as their sockets open, and a query answered in a
- * millisecond let each go almost alone: W2's reconnect storm sent about 1,400 queries of 2-10 ids
- * (BENCHMARKS.md, round four). A lookup after a quiet moment is sent at once.
+ * How long after a query of several tasks is sent the next one waits, so that the lookups of those
+ * milliseconds go in one query. A storm's subscribes trickle in as their sockets open, and a query
+ * answered in a millisecond let each go almost alone: W2's reconnect storm sent about 1,400
+ * queries of 2-10 ids (BENCHMARKS.md, round four). Lookups that come one at a time (the last
+ * query asked for one task) never wait: the gap only spaces out a storm.
  */
-const QUERY_GAP_MS = 5;
+const QUERY_GAP_MS = 20;
 
 export class OwnerDirectory {
   private batch = new Map<string, Waiter[]>();
@@ -41,9 +42,10 @@ export class OwnerDirectory {
   private batchSince = 0;
   private flushScheduled = false;
   private inFlight = 0;
-  /** When the newest query was sent. */
+  /** When the newest query was sent, and whether it asked for several tasks (lookups are coming faster than one by one). */
   private lastSent = Number.NEGATIVE_INFINITY;
-  /** Sends the waiting batch once the query in flight has gone unanswered for slowQueryMs, or queryGapMs after the last. */
+  private lastSeveral = false;
+  /** Sends the waiting batch once the query in flight has gone unanswered for slowQueryMs, or queryGapMs after the last of several. */
   private waitTimer: NodeJS.Timeout | undefined;
   private waitDue = 0;
 
@@ -68,7 +70,7 @@ export class OwnerDirectory {
   private schedule(): void {
     if (this.flushScheduled || this.batch.size === 0) return;
     const since = performance.now() - this.lastSent;
-    const wait = (this.inFlight > 0 ? this.slowQueryMs : this.queryGapMs) - since;
+    const wait = (this.inFlight > 0 ? this.slowQueryMs : this.lastSeveral ? this.queryGapMs : 0) - since;
     if (wait > 0) {
       const due = performance.now() + wait;
       if (this.waitTimer !== undefined && this.waitDue <= due) return;
@@ -101,6 +103,7 @@ export class OwnerDirectory {
     this.flushScheduled = false;
     this.inFlight++;
     this.lastSent = performance.now();
+    this.lastSeveral = batch.size > 1;
     const late = `owner lookup timed out after ${this.timeoutMs} ms`;
     try {
       // A batch that waited out its time is not asked at all.
