@@ -19,60 +19,67 @@ after(() => db.drop());
 const KiB = 1024;
 
 for (const mode of ['one by one', 'in one go (one delivery batch)'] as const) {
-  test(`a socket that fails on its subscribeAll share does not cost another socket an output; published ${mode}`, async () => {
-    const server = await startTestServer({
-      db,
-      mesh: { bus: 'memory', softBufferLimit: 64 * KiB, hardBufferLimit: 128 * KiB },
-    });
-    const { ownerId, key } = await server.owner();
-    const taskId = await server.task(ownerId);
-    // A: follows the task's output (first, so it comes first among the followers) and holds subscribeAll.
-    const a = await server.connect(key);
-    assert.equal((await a.request({ type: 'subscribeOutput', taskId })).type, 'outputSubscribed');
-    assert.equal((await a.request({ type: 'subscribeAll' })).type, 'subscribedAll');
-    // B: follows the task's output only.
-    const b = await server.connect(key);
-    assert.equal((await b.request({ type: 'subscribeOutput', taskId })).type, 'outputSubscribed');
-
-    // A host's `app.mesh.events` listener with a bug: an EventEmitter listener's throw reaches the emitter.
-    server.app.mesh.events.on('slowConsumer', () => {
-      throw new Error('host listener bug');
-    });
-    const delivered = deliveries(server.app);
-    // An update bigger than the hard limit: A's socket fails on it (slow consumer; the listener throws).
-    const update = () =>
-      server.app.mesh.taskUpdates.publish({
-        taskId,
-        ownerId,
-        version: 1,
-        status: 'x'.repeat(200 * KiB),
-        updatedFields: ['status'],
-        updatedBy: 't',
+  // Bounded: a slow socket left open would otherwise leave the test waiting for its close forever.
+  test(
+    `a socket that fails on its subscribeAll share does not cost another socket an output; published ${mode}`,
+    { timeout: 30_000 },
+    async () => {
+      const server = await startTestServer({
+        db,
+        mesh: { bus: 'memory', softBufferLimit: 64 * KiB, hardBufferLimit: 128 * KiB },
       });
-    const output = (content: string) =>
-      server.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'raw', content, isPartial: false });
-    if (mode === 'one by one') {
-      await update();
-      await output('o1');
-    } else await Promise.all([update(), output('o1')]);
-    await delivered(await output('marker'));
+      const { ownerId, key } = await server.owner();
+      const taskId = await server.task(ownerId);
+      // A: follows the task's output (first, so it comes first among the followers) and holds subscribeAll.
+      const a = await server.connect(key);
+      assert.equal((await a.request({ type: 'subscribeOutput', taskId })).type, 'outputSubscribed');
+      assert.equal((await a.request({ type: 'subscribeAll' })).type, 'subscribedAll');
+      // B: follows the task's output only.
+      const b = await server.connect(key);
+      assert.equal((await b.request({ type: 'subscribeOutput', taskId })).type, 'outputSubscribed');
 
-    const got: Frame[] = await b.until((f) => f.type === 'taskOutput' && f.content === 'marker');
-    assert.deepEqual(
-      got.map((f) => f.content),
-      ['o1', 'marker'],
-      'B got every output of the task it follows',
-    );
-    await server.close();
-  });
+      // A host's `app.mesh.events` listener with a bug: it throws while A is being closed as a slow consumer.
+      server.app.mesh.events.on('slowConsumer', () => {
+        throw new Error('host listener bug');
+      });
+      const delivered = deliveries(server.app);
+      // An update bigger than the hard limit: A's socket fails on it (slow consumer; the listener throws).
+      const update = () =>
+        server.app.mesh.taskUpdates.publish({
+          taskId,
+          ownerId,
+          version: 1,
+          status: 'x'.repeat(200 * KiB),
+          updatedFields: ['status'],
+          updatedBy: 't',
+        });
+      const output = (content: string) =>
+        server.app.mesh.taskOutput.publish({ taskId, ownerId, messageType: 'raw', content, isPartial: false });
+      if (mode === 'one by one') {
+        await update();
+        await output('o1');
+      } else await Promise.all([update(), output('o1')]);
+      await delivered(await output('marker'));
+
+      const got: Frame[] = await b.until((f) => f.type === 'taskOutput' && f.content === 'marker');
+      assert.deepEqual(
+        got.map((f) => f.content),
+        ['o1', 'marker'],
+        'B got every output of the task it follows',
+      );
+      assert.equal((await a.closed).code, 4008, 'the throwing listener did not keep the slow socket open');
+      await server.close();
+    },
+  );
 }
 
 const sequence = (cursor: unknown) => Number(String(cursor).split('.')[1]);
 
 /**
- * Memory bus: an event is in the ring (and `head()`) as soon as it is published, but reaches the
- * sockets a microtask later. A `subscribeOutput` answered in between starts its stream at that
- * head, so a `lagged` for an output it then drops points past that very output.
+ * Memory bus: were an event in the ring (and `head()`) before its sockets had it, a
+ * `subscribeOutput` answered in between would start its stream at that head, and a `lagged` for
+ * an output it then drops would point past that very output. The owner lookup is answered by hand
+ * and the publish follows it by k microtasks, for every k that could fall in between.
  */
 test('memory bus: lagged.cursor never points past an output the client did not get (subscribe answered between publish and delivery)', async () => {
   const owners = new Map<string, string | null>();

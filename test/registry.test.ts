@@ -198,16 +198,21 @@ test('a batch hands every member its share even when one member throws, then thr
   assert.deepEqual(b.got, ['e1', 'e2']);
 });
 
-test('a batch whose deliveries throw leaves no share behind for later deliveries', () => {
-  const index = new SubscriptionIndex();
-  const admin = subscriber({ ownerId: null, admin: true });
-  index.subscribeAll(admin);
+/** A batch that delivers `e1` to its `subscribeAll` sets, then throws. */
+function failPartWay(index: SubscriptionIndex): void {
   assert.throws(() =>
     index.batch(() => {
       index.deliverUpdate(T1, A, Buffer.from('e1'), 'c1');
       throw new Error('a delivery failed part-way');
     }),
   );
+}
+
+test('a batch whose deliveries throw leaves no share behind for later deliveries', () => {
+  const index = new SubscriptionIndex();
+  const admin = subscriber({ ownerId: null, admin: true });
+  index.subscribeAll(admin);
+  failPartWay(index);
   // One at a time afterwards: e2 is delivered, then e3 in a batch of its own.
   index.deliverUpdate(T1, A, Buffer.from('e2'), 'c2');
   index.batch(() => index.deliverUpdate(T1, A, Buffer.from('e3'), 'c3'));
@@ -219,12 +224,7 @@ test('a socket that joins subscribeAll after a failed batch does not get what it
   const index = new SubscriptionIndex();
   const early = subscriber({ ownerId: A, admin: false });
   index.subscribeAll(early);
-  assert.throws(() =>
-    index.batch(() => {
-      index.deliverUpdate(T1, A, Buffer.from('e1'), 'c1');
-      throw new Error('a delivery failed part-way');
-    }),
-  );
+  failPartWay(index);
   const late = subscriber({ ownerId: A, admin: false });
   index.subscribeAll(late);
   index.batch(() => index.deliverUpdate(T1, A, Buffer.from('e2'), 'c2'));
