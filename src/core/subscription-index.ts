@@ -81,7 +81,9 @@ function shareKey(principal: Principal): ShareKey | undefined {
 
 /** Whether `s`'s `subscribeAll` set takes the updates of a task of `owner`. */
 function sharesWith(s: Subscriber, owner: string | null): boolean {
-  return s.all && (s.principal.admin || (owner !== null && s.principal.ownerId === owner));
+  if (!s.all) return false;
+  const key = shareKey(s.principal);
+  return key === ADMINS || (key !== undefined && key === owner);
 }
 
 /** Adds to a subscriber's own id set, making it on first use. */
