@@ -21,8 +21,13 @@ import pg from 'pg';
 import type { Sql } from 'postgres';
 import { Server as SocketIoServer } from 'socket.io';
 import { WebSocketServer, type WebSocket } from 'ws';
-import meshSubscriptions from '../src/index.js';
+import type meshPlugin from '../src/index.js';
 import { frameText } from '../src/transport/websocket-frame.js';
+
+// The plugin as a host runs it: tsc's build in dist/ (`npm run bench` builds it first). tsx's
+// transform of src/ names every function it creates with a call of its own, a cost no host pays.
+const built = '../dist/index.js';
+const { default: meshSubscriptions } = (await import(built)) as { default: typeof meshPlugin };
 
 export interface BenchTask {
   taskId: string;
