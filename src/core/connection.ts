@@ -3,6 +3,7 @@
  * subscriptions in the index, and hands what it must send to its outbound queue. It knows the
  * socket only as a ClientSocket (src/core/ports.ts); the adapter calls its SocketListener methods.
  */
+import type { ReplayStream } from '../bus/bus.js';
 import type { ClientMessage } from '../protocol/schemas.js';
 import { parseClientFrame } from '../protocol/codec.js';
 import { CloseCode, ErrorCode, OwnerLookupUnavailableError } from '../errors.js';
@@ -283,6 +284,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
     const { index, frames } = this.context;
     switch (message.type) {
       case 'subscribe':
+        if (message.since !== undefined && !this.updates?.has(message.taskId))
+          return this.steps.run(() => this.resumeNew('subscribe', message.taskId, message.since!));
         return this.withOwner(message.taskId, () => {
           if (!this.updates?.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeUpdates(this, message.taskId);
@@ -291,6 +294,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
             return this.seams().resume('subscribe', { kind: 'update', taskId: message.taskId }, message.since);
         });
       case 'subscribeOutput':
+        if (message.since !== undefined && !this.outputs?.has(message.taskId))
+          return this.steps.run(() => this.resumeNew('subscribeOutput', message.taskId, message.since!));
         return this.withOwner(message.taskId, () => {
           if (!this.outputs?.has(message.taskId) && !this.roomForOneMore()) return;
           index.subscribeOutput(this, message.taskId);
@@ -319,6 +324,34 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
           this.ack(frames.unsubscribedAll);
         });
     }
+  }
+
+  /**
+   * A new task subscription with `since` (a reconnecting client's): one owner lookup, the one its
+   * first page makes once read, rather than one before and one after the read. Until it grants the
+   * subscription, the stream's live frames wait in its seam and nothing of it goes out; then the
+   * ack goes out with the first replayed events. Refused, the subscription is undone, as if never made.
+   */
+  private resumeNew(subscription: 'subscribe' | 'subscribeOutput', taskId: string, since: string): Promise<void> | undefined {
+    if (!this.roomForOneMore()) return undefined;
+    const { index, frames } = this.context;
+    const updates = subscription === 'subscribe';
+    if (updates) index.subscribeUpdates(this, taskId);
+    else index.subscribeOutput(this, taskId);
+    const stream: ReplayStream = { kind: updates ? 'update' : 'output', taskId };
+    return this.seams().resume(subscription, stream, since, {
+      granted: () => {
+        if (!updates) this.outbound.startOutput(taskId, since);
+        this.ack(frames.ack(updates ? 'subscribed' : 'outputSubscribed', taskId));
+      },
+      refused: (why, error) => {
+        if (updates) index.unsubscribeUpdates(this, taskId);
+        else index.unsubscribeOutput(this, taskId);
+        if (why === 'hidden') return this.reject(ErrorCode.NOT_FOUND, `task ${taskId} not found`);
+        this.log.warn({ err: error?.cause, taskId }, 'owner lookup unavailable');
+        this.reject(ErrorCode.UNAVAILABLE, 'task ownership could not be checked right now; try again');
+      },
+    });
   }
 
   private seams(): ResumeSeams {

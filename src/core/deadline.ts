@@ -8,10 +8,19 @@ const LONGEST_TIMER_MS = 2_147_483_647;
  * storm's CPU. Here the error is built only when the time is up.
  */
 export function within<T>(work: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
+  // One promise and no race: under a storm these come per socket.
+  return new Promise<T>((resolve, reject) => {
     // Node fires a longer timer at once (after 1 ms): an option that large means "about never".
-    timer = setTimeout(() => reject(new Error(message)), Math.min(ms, LONGEST_TIMER_MS));
+    const timer = setTimeout(() => reject(new Error(message)), Math.min(ms, LONGEST_TIMER_MS));
+    work.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
   });
-  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }

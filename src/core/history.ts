@@ -30,12 +30,22 @@ export interface HistorySettings {
 
 const HIDDEN = { ok: false, hidden: true } as const;
 
+/** One principal's page reads: how many run, and who waits for a turn, first come first served. */
+interface Turns {
+  reading: number;
+  waiting: (() => void)[];
+}
+
 const PAGE_LATE = `a replay page took longer than ${PAGE_TIMEOUT_MS} ms`;
 
 export class EventHistory implements History {
   private readonly pages: LimitFunction;
-  /** Per principal with pages to read: its own turns, `perPrincipal` at once. */
-  private readonly turns = new Map<string, LimitFunction>();
+  /**
+   * Per principal with pages to read: how many it reads, `perPrincipal` at most, and who waits.
+   * Not a p-limit each: in a resume storm every socket is a principal of its own, and making one
+   * per read was a tenth of the storm's own CPU.
+   */
+  private readonly turns = new Map<string, Turns>();
   private readonly perPrincipal: number;
   private readonly pageBytes: number;
 
@@ -64,10 +74,18 @@ export class EventHistory implements History {
   async replayPage(principal: Principal, stream: ReplayStream, after: string, first: boolean): Promise<ReplayResult> {
     if (stream.kind === 'all' && !principal.admin && principal.ownerId === null)
       return { ok: true, page: { frames: [], last: after, more: false } };
-    const read = await this.read(principal, stream, after, PAGE_ROWS, first ? this.settings.maxEvents : undefined);
+    const reading = this.read(principal, stream, after, PAGE_ROWS, first ? this.settings.maxEvents : undefined);
+    if (stream.kind !== 'all') {
+      // Decided once the page is read, whatever the read gave: an owner change that committed
+      // before takes the page from the old owner, and neither a resync's reason nor a failure
+      // tells anything of a task the principal may not see. A subscribe with `since` has no other check.
+      const read = await reading.catch((error: unknown) => ({ failed: error }));
+      if (!(await this.visibleNow(principal, stream.taskId))) return HIDDEN;
+      if ('failed' in read) throw read.failed;
+      return read.ok ? this.page(read) : read;
+    }
+    const read = await reading;
     if (!read.ok) return read;
-    // Decided once the page is read: an owner change that committed before takes it from the old owner.
-    if (stream.kind !== 'all') return (await this.visibleNow(principal, stream.taskId)) ? this.page(read) : HIDDEN;
     // Across tasks, each event goes by the owner it was logged with. Events logged without a
     // settled owner: one batched lookup for their tasks; a task whose owner cannot be settled is admins-only.
     const looked = new Map<string, string | null>();
@@ -98,16 +116,28 @@ export class EventHistory implements History {
   }
 
   /** One page of the bus, bounded in time so that a database gone mute cannot hold the replay slots (and the sockets) forever. */
-  private read(principal: Principal, stream: ReplayStream, after: string, rows: number, limit: number | undefined): Promise<ReplayPage> {
+  private async read(
+    principal: Principal,
+    stream: ReplayStream,
+    after: string,
+    rows: number,
+    limit: number | undefined,
+  ): Promise<ReplayPage> {
     const key = principalKey(principal);
-    let own = this.turns.get(key);
-    if (!own) this.turns.set(key, (own = pLimit(this.perPrincipal)));
-    const slots = own;
-    return slots(() =>
-      this.pages(() => within(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit }), PAGE_TIMEOUT_MS, PAGE_LATE)),
-    ).finally(() => {
-      if (slots.activeCount === 0 && slots.pendingCount === 0 && this.turns.get(key) === slots) this.turns.delete(key);
-    });
+    let turns = this.turns.get(key);
+    if (!turns) this.turns.set(key, (turns = { reading: 0, waiting: [] }));
+    if (turns.reading < this.perPrincipal) turns.reading++;
+    // Its turn is handed over by a read that ends, so that no newcomer takes it in between.
+    else await new Promise<void>((resolve) => turns.waiting.push(resolve));
+    try {
+      return await this.pages(() =>
+        within(this.bus.replay(stream, after, { rows, bytes: this.pageBytes, limit }), PAGE_TIMEOUT_MS, PAGE_LATE),
+      );
+    } finally {
+      const next = turns.waiting.shift();
+      if (next) next();
+      else if (--turns.reading === 0) this.turns.delete(key);
+    }
   }
 
   private async visibleNow(principal: Principal, taskId: string): Promise<boolean> {

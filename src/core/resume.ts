@@ -20,6 +20,7 @@ import type { Frames, ResumableSubscription } from './frames.js';
 import type { History } from './history-types.js';
 import type { MetricsSink, Principal } from './ports.js';
 import { HISTORY_START } from '../protocol/wire.js';
+import { OwnerLookupUnavailableError } from '../errors.js';
 
 /** A stream of a socket's: `u:<task>`, `o:<task>` or `all`. */
 export type StreamKey = string;
@@ -45,6 +46,18 @@ export interface Resumer {
   isOpen(): boolean;
   /** The principal may no longer see this task: its subscription ends (the client is told). */
   lostSight(subscription: 'subscribe' | 'subscribeOutput', taskId: string): void;
+}
+
+/**
+ * A task subscribe whose owner check is its first page's, made once the page is read: its ack
+ * waits for that check, and goes out with the first replayed events. Told once, unless the socket
+ * closes first.
+ */
+export interface PendingSubscribe {
+  /** The principal may see the task: the ack goes out, ahead of anything the replay sends. */
+  granted(): void;
+  /** It may not (`hidden`), or that could not be checked (`unavailable`, `error`): nothing was sent. */
+  refused(why: 'hidden' | 'unavailable', error?: OwnerLookupUnavailableError): void;
 }
 
 export interface ResumeSettings {
@@ -160,8 +173,11 @@ export class ResumeSeams {
     this.end(key);
   }
 
-  /** Replays what `stream` missed since `since`, then leaves it live. Never rejects. */
-  resume(subscription: ResumableSubscription, stream: ReplayStream, since: string): Promise<void> {
+  /**
+   * Replays what `stream` missed since `since`, then leaves it live. Never rejects. With `pending`,
+   * nothing of the stream goes out before the first page's owner check has granted it.
+   */
+  resume(subscription: ResumableSubscription, stream: ReplayStream, since: string, pending?: PendingSubscribe): Promise<void> {
     const key = streamKey(stream);
     const seam: Seam & { replaying: true } = { replaying: true, aside: [], asideBytes: 0, overflowed: false };
     (this.seams ??= new Map()).set(key, seam);
@@ -170,6 +186,10 @@ export class ResumeSeams {
     const { history, out, socket } = this;
     // Unsubscribed, or resumed again (a new seam took this one's place): this replay stops.
     const abandoned = () => !socket.isOpen() || this.seams?.get(key) !== seam;
+    const grant = () => {
+      pending?.granted();
+      pending = undefined;
+    };
     // Without a replay the client refetches: the stream is live from here.
     const resync = (reason: ResyncReason) => {
       this.end(key);
@@ -207,10 +227,15 @@ export class ResumeSeams {
         const result = await history.replayPage(socket.principal, current(), after, first);
         if (abandoned()) return;
         if (!result.ok) {
-          if ('resync' in result) return resync(result.resync);
+          if ('resync' in result) {
+            grant();
+            return resync(result.resync);
+          }
           this.end(key);
+          if (pending) return pending.refused('hidden');
           return socket.lostSight(subscription as 'subscribe' | 'subscribeOutput', taskId!);
         }
+        grant();
         const { page } = result;
         // Before the first event: the history does not begin at the task's first one.
         if (page.truncated) {
@@ -240,6 +265,12 @@ export class ResumeSeams {
     };
     return run().catch((error: unknown) => {
       if (abandoned()) return;
+      // The first page's owner check could not be made: fail closed, as a subscribe's lookup does.
+      if (pending && error instanceof OwnerLookupUnavailableError) {
+        this.end(key);
+        return pending.refused('unavailable', error);
+      }
+      grant();
       this.onReplayFailed(error);
       resync('unavailable');
     });
