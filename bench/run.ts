@@ -81,6 +81,13 @@ const embedded = process.env.DATABASE_URL ? undefined : await startEmbeddedPostg
 const url = process.env.DATABASE_URL ?? embedded!.url;
 const sql = postgres(url, { max: 2, onnotice: () => {} });
 await migrate(sql);
+// A diagnosis, not a mode: BENCH_SYNCHRONOUS_COMMIT=off shows what W6 costs without waiting for
+// the WAL flush at each commit (no longer durable: a crash may take back an event a client saw).
+if (process.env.BENCH_SYNCHRONOUS_COMMIT === 'off') {
+  // Never on a database of someone else's: it would stay set there.
+  if (!embedded) throw new Error('BENCH_SYNCHRONOUS_COMMIT=off is for the embedded database only: unset DATABASE_URL');
+  await sql`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', current_database()); END $$`;
+}
 const tasks = await sql<{ taskId: string; ownerId: string }[]>`
   INSERT INTO tasks (id, owner_id, name)
   SELECT gen_random_uuid(), gen_random_uuid(), 'bench' FROM generate_series(1, 10000)
