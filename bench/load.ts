@@ -114,6 +114,9 @@ function serverTicks(): number[] {
   }
 }
 
+/** The server's CPU so far (user + system), in ms: over a storm, steadier than its time on this shared machine. */
+const serverCpuMs = (): number => serverTicks().reduce((sum, t) => sum + t * 10, 0);
+
 /** The server process's open files, its sockets among them (NaN where /proc does not tell). */
 function openFiles(): number {
   try {
@@ -140,6 +143,7 @@ async function dropAll(clients: WireClient[], idle: number): Promise<boolean> {
  */
 async function reconnect(count: number, frame: (i: number) => string, expected: number, watch?: (c: WireClient, i: number) => void) {
   const bases: number[] = [];
+  const cpuBefore = serverCpuMs();
   const started = performance.now();
   const clients = await openAll(
     count,
@@ -153,7 +157,8 @@ async function reconnect(count: number, frame: (i: number) => string, expected: 
   // Generous: this is a bound for a server that fails, not a target (a resume storm can take
   // minutes where each replay scans a ring of every task's events).
   const complete = await until(() => clients.every((c, i) => c.frames >= bases[i]! + expected), 600_000, 10);
-  return { ms: performance.now() - started, clients, complete };
+  const ms = performance.now() - started;
+  return { ms, cpuMs: serverCpuMs() - cpuBefore, clients, complete };
 }
 
 /**
@@ -478,14 +483,19 @@ if (workload === 'W1') {
   const before = await memory();
   const count = Math.min(n(10_000), tasks.length);
   const connectStarted = performance.now();
+  const connectCpu = serverCpuMs();
   const clients = await profiled('connect', () => openAll(count, (i) => tasks[i]!.ownerId));
   const connectMs = performance.now() - connectStarted;
+  const stormCpu = serverCpuMs();
   const storm = await profiled('subscribe', () => subscribeAll(clients, (i) => subscribeFrame('subscribe', tasks[i]!.taskId)));
+  const stormCpuMs = serverCpuMs() - stormCpu;
   const after = await memory();
   Object.assign(result, {
     clients: count,
     connectMs,
+    connectCpuMs: stormCpu - connectCpu,
     stormMs: storm,
+    stormCpuMs,
     rssPerConnection: (after.rss - before.rss) / count,
     heapPerConnection: (after.heapUsed - before.heapUsed) / count,
   });
@@ -497,7 +507,7 @@ if (workload === 'W1') {
   // The reconnect storm: every client gone at once, then back, each resubscribing at once.
   let dropped = await dropAll(clients, idleFiles);
   const plain = await profiled('reconnect', () => reconnect(count, (i) => subscribeFrame('subscribe', tasks[i]!.taskId), 1));
-  Object.assign(result, { reconnectMs: plain.complete ? plain.ms : NaN, reconnectComplete: plain.complete });
+  Object.assign(result, { reconnectMs: plain.complete ? plain.ms : NaN, reconnectCpuMs: plain.cpuMs, reconnectComplete: plain.complete });
   dropped = (await dropAll(plain.clients, idleFiles)) && dropped;
 
   // The same storm where each subscribe resumes (bench/run.ts sets BENCH_RESUMED_EVENTS for the
@@ -548,6 +558,7 @@ if (workload === 'W1') {
     Object.assign(result, {
       resumedEvents: replayed,
       resumeMs: complete ? resume.ms : NaN,
+      resumeCpuMs: resume.cpuMs,
       resumeComplete: complete,
       // Where it failed: clients that got all they should, cursors read, frames that were not the next.
       resumeClientsDone: resume.clients.filter((c) => c.frames >= replayed + 1).length,

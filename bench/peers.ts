@@ -9,6 +9,8 @@
  *   same form): each event framed once; each tick's updates written to every socket in one write;
  *   for W2's task subscriptions, a Map from task to socket and one write per event; output (W3)
  *   only to the sockets that follow its task, each task's frames of a tick joined once.
+ * - fastify: the ceiling's job as a Fastify route (@fastify/websocket, an async hook that reads a
+ *   header): the framework's own cost, before any of mesh's work.
  * With `bus: 'postgres'` (W6, two processes on one database) mesh uses its PostgreSQL bus and
  * Socket.IO its PostgreSQL adapter; the seed and the ceiling have no way to span processes.
  */
@@ -16,6 +18,7 @@ import { EventEmitter } from 'node:events';
 import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify from 'fastify';
+import fastifyWebsocket from '@fastify/websocket';
 import { createAdapter } from '@socket.io/postgres-adapter';
 import pg from 'pg';
 import type { Sql } from 'postgres';
@@ -244,14 +247,18 @@ export async function socketIoPeer(sql: Sql<any>, control: Control, bus: BenchBu
   };
 }
 
-export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Peer> {
-  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+/**
+ * The ceiling's job on accepted WebSockets, whoever upgraded them: a Map from task to socket and
+ * one write per targeted event (W2), each tick's broadcast joined once (W1), output to its task's
+ * followers, each task's frames of a tick joined once (W3).
+ */
+function ceilingCore() {
   const sockets = new Set<Socket>();
   // The one socket that subscribed to a task (W2), and the sockets that follow a task's output (W3).
   const targets = new Map<string, Socket>();
   const outputFollowers = new Map<string, Socket[]>();
   const ACK = frameText('{"type":"subscribed"}');
-  wss.on('connection', (ws: WebSocket) => {
+  const connected = (ws: WebSocket) => {
     const raw = (ws as unknown as { _socket: Socket })._socket;
     sockets.add(raw);
     ws.on('close', () => sockets.delete(raw));
@@ -265,7 +272,7 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
       }
       raw.write(ACK);
     });
-  });
+  };
   // Frames carry a cursor as mesh's do (`<epoch>.<sequence>`, the memory bus's form): the same
   // bytes to deliver. 25 bytes more per frame moved W1's loopback from one TCP regime to another
   // (BENCHMARKS.md, 2026-12-01 round three), so a ceiling with smaller frames is not the same job.
@@ -296,12 +303,9 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
       flush();
     });
   };
-  const server = plainServer(control, (request, socket, head) =>
-    wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)),
-  );
   return {
-    listen: (port) => listenOn(server, port),
-    publishUpdate: (task, version, stamp) => {
+    connected,
+    publishUpdate: (task: BenchTask, version: number, stamp: string) => {
       const target = targets.get(task.taskId);
       const message = { type: 'taskUpdated', ...update(task, version, stamp) };
       // A targeted event is one frame for one socket: one write, the least any server can do.
@@ -312,23 +316,70 @@ export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Pee
       }
     },
     // Output goes only to the sockets that follow the task, as every other peer routes it.
-    publishOutput: (task, content) => {
+    publishOutput: (task: BenchTask, content: string) => {
       const list = outputs.get(task.taskId);
       const framed = frame({ type: 'taskOutput', ...output(task, content) });
       if (list) list.push(framed);
       else outputs.set(task.taskId, [framed]);
       schedule();
     },
+  };
+}
+
+export async function ceilingPeer(_sql: Sql<any>, control: Control): Promise<Peer> {
+  const core = ceilingCore();
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+  wss.on('connection', core.connected);
+  const server = plainServer(control, (request, socket, head) =>
+    wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws)),
+  );
+  return {
+    listen: (port) => listenOn(server, port),
+    publishUpdate: core.publishUpdate,
+    publishOutput: core.publishOutput,
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
 }
 
-export type PeerName = 'mesh' | 'seed' | 'socketio' | 'ceiling';
+/**
+ * The ceiling's job as a Fastify route (@fastify/websocket, mesh's path), behind an async
+ * preValidation hook that only reads the principal's header, as a host's auth guard would: what
+ * mounting in Fastify costs before any of mesh's own work (no owner check, no database).
+ */
+export async function fastifyPeer(_sql: Sql<any>, control: Control): Promise<Peer> {
+  const core = ceilingCore();
+  const app = Fastify({ logger: false });
+  // mesh's ws options: no permessage-deflate, no `clients` set (src/transport/ws.ts, 7).
+  await app.register(fastifyWebsocket, { options: { perMessageDeflate: false, clientTracking: false } });
+  app.get(
+    '/api/v1/mesh/tasks/subscribe',
+    {
+      websocket: true,
+      preValidation: async (request, reply) => {
+        if (request.headers[BENCH_PRINCIPAL] === undefined) await reply.code(401).send();
+      },
+    },
+    (socket) => core.connected(socket),
+  );
+  app.all('/bench/*', async (request, reply) => {
+    const answer = await control(request.method, request.url, typeof request.body === 'string' ? request.body : '');
+    return reply.code(answer.status).send(answer.body);
+  });
+  return {
+    listen: async (port) => void (await app.listen({ host: '127.0.0.1', port })),
+    publishUpdate: core.publishUpdate,
+    publishOutput: core.publishOutput,
+    close: () => app.close(),
+  };
+}
+
+export type PeerName = 'mesh' | 'seed' | 'socketio' | 'ceiling' | 'fastify';
 export const PEERS: Record<PeerName, (sql: Sql<any>, control: Control, bus: BenchBus) => Promise<Peer>> = {
   mesh: meshPeer,
   seed: seedPeer,
   socketio: socketIoPeer,
   ceiling: ceilingPeer,
+  fastify: fastifyPeer,
 };
 /** The peers that can carry events from one process to another (W6). */
 export const BUS_PEERS: readonly PeerName[] = ['mesh', 'socketio'];

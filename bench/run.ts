@@ -22,6 +22,10 @@
  * `historySize` raised to hold them; the others cannot resume: their row shows their plain
  * reconnect, the issue's yardstick). BENCH_PROFILE=<file> also writes the server's CPU profile of
  * each W2 storm to <file>.connect, .subscribe, .reconnect, .resume (bench/profile-summary.ts reads them).
+ * `--peers …,fastify,…` adds the ceiling's job mounted as a Fastify route (@fastify/websocket behind
+ * an async hook that reads a header, no database): what the framework costs before mesh's own
+ * work. W2 also reports the server's CPU (user + system) over each storm (`connectCpuMs`,
+ * `stormCpuMs`, `reconnectCpuMs`, `resumeCpuMs`), steadier than its time on this machine.
  * Peers as cluster workers: `--peers mesh,mesh-w1,mesh-w2,ceiling` adds columns where the peer
  * runs as N node:cluster workers on one port, sharing events through the PostgreSQL bus (as the
  * example server's WORKERS=N), for W1 and W5 only (the other workloads skip these columns); the
