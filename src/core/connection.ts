@@ -103,6 +103,15 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
 
   idle(): void {
     this.resumes?.burstOver();
+    this.dropResumesIfDone();
+  }
+
+  /**
+   * Once its seams are all behind it, a socket that resumed goes back to the path of one that
+   * never did: whole batches at once, no check per frame.
+   */
+  private dropResumesIfDone(): void {
+    if (this.resumes?.done()) this.resumes = undefined;
   }
 
   backedUp(): void {
@@ -189,6 +198,7 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
     if (resumes !== undefined) {
       if (resumes.takesLive('update', taskId, cursor, frame)) return;
       resumes.sentLive(cursor);
+      this.dropResumesIfDone();
     }
     this.outbound.update(taskId, frame);
   }
@@ -200,7 +210,10 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
   }
 
   sendOutput(taskId: string, frame: Buffer, cursor: string): void {
-    if (this.resumes?.takesLive('output', taskId, cursor, frame)) return;
+    if (this.resumes !== undefined) {
+      if (this.resumes.takesLive('output', taskId, cursor, frame)) return;
+      this.dropResumesIfDone();
+    }
     this.outbound.output(taskId, frame, cursor);
   }
 

@@ -165,6 +165,11 @@ export class ResumeSeams {
     this.burst = undefined;
   }
 
+  /** Whether nothing is left here: no stream resuming or at its seam, no burst. */
+  done(): boolean {
+    return this.seams === undefined && this.burst === undefined;
+  }
+
   /**
    * A stream unsubscribed: its seam goes too, lest a later subscription find it, and a replay in
    * progress stops before its next page (an unsubscribed stream costs nothing more).
