@@ -2,14 +2,18 @@
  * A new subscription with `since` (what a reconnecting client sends) has one owner check: the one
  * its first page makes once read. Until that check grants it, nothing of the stream goes out, not
  * even its ack. These tests attack that as a tenant would: another's task with every kind of
- * `since` (whose replay would say how far behind it is), owner lookups that fail, live events that
- * arrive while the check waits, and the subscription slots a refused subscribe must not keep.
+ * `since` (whose replay would say how far behind it is), on either bus; owner lookups that fail;
+ * live events that arrive while the check waits (and that the socket's `subscribeAll` carries
+ * anyway); a re-authentication, a close, an unsubscribe or the same subscribe again meanwhile; and
+ * the subscription slots a refused subscribe must not keep.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, test } from 'node:test';
 import Fastify, { type FastifyInstance } from 'fastify';
-import meshSubscriptions from '../src/index.js';
+import meshSubscriptions, { type MeshSubscriptionsOptions } from '../src/index.js';
+import { createTestDatabase } from './helpers/database.js';
+import { startTestServer } from './helpers/server.js';
 import { TestClient, type Frame } from './helpers/ws-client.js';
 
 const hosts: FastifyInstance[] = [];
@@ -23,14 +27,20 @@ interface Host {
   trouble: { owners: boolean };
   /** While `held` is set, owner lookups wait for it (and call `asked`). */
   gate: { held: Promise<void> | undefined; asked?: () => void };
+  /** Re-authentication: an owner id here is answered with the one it maps to. */
+  moved: Map<string, string>;
+  /** Called each time re-authentication answers a changed principal. */
+  reauthed: { done?: () => void };
   connect(ownerId: string): Promise<TestClient>;
 }
 
 /** A host with the memory bus whose tasks table is a Map; a socket's token is its owner id. */
-async function host(): Promise<Host> {
+async function host(options: Partial<MeshSubscriptionsOptions> = {}): Promise<Host> {
   const tasks = new Map<string, string | null>();
   const trouble = { owners: false };
   const gate: Host['gate'] = { held: undefined };
+  const moved = new Map<string, string>();
+  const reauthed: Host['reauthed'] = {};
   const app = Fastify();
   hosts.push(app);
   await app.register(meshSubscriptions, {
@@ -38,6 +48,12 @@ async function host(): Promise<Host> {
     authenticate: async (request) => {
       const token = request.headers['x-owner'];
       return typeof token === 'string' ? { ownerId: token, admin: false } : null;
+    },
+    reauthenticate: async (principal) => {
+      const to = principal.ownerId === null ? undefined : moved.get(principal.ownerId);
+      if (to === undefined) return principal;
+      setImmediate(() => reauthed.done?.());
+      return { ownerId: to, admin: false };
     },
     resolveOwners: async (ids) => {
       if (gate.held) {
@@ -50,10 +66,11 @@ async function host(): Promise<Host> {
     // Small, so that an old `since` is too far behind, and leaked slots show at once.
     replay: { maxEvents: 2 },
     limits: { maxSubscriptionsPerConnection: 2 },
+    ...options,
   });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const url = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/api/v1/mesh/tasks/subscribe`;
-  return { app, tasks, trouble, gate, connect: (ownerId) => TestClient.connect(url, { 'x-owner': ownerId }) };
+  return { app, tasks, trouble, gate, moved, reauthed, connect: (ownerId) => TestClient.connect(url, { 'x-owner': ownerId }) };
 }
 
 const update = (taskId: string, ownerId: string, version: number) => ({
@@ -209,4 +226,242 @@ test('refused after live events came for the new subscription (logged as hers): 
   const next: Frame = await client.next();
   assert.deepEqual([next.type, next.taskId], ['taskUpdated', mine]);
   await client.close();
+});
+
+const shape = (frames: Frame[]) => frames.map((f) => [f.type, (f.taskId as string | undefined) ?? null, f.version ?? f.code ?? null]);
+
+test('a subscribeAll loses nothing when a since-subscribe of one of its tasks is refused for an owner lookup that failed', async () => {
+  const h = await host();
+  const mallory = randomUUID();
+  const taskId = randomUUID();
+  const other = randomUUID();
+  h.tasks.set(taskId, mallory).set(other, mallory);
+  const since = await h.app.mesh.taskUpdates.publish(update(taskId, mallory, 1));
+  const client = await h.connect(mallory);
+  assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
+  const lookup = hold(h);
+  client.send({ type: 'subscribe', taskId, since });
+  await lookup.asked;
+  // Hers, logged as hers: her subscribeAll carries it, whatever becomes of the subscribe.
+  await h.app.mesh.taskUpdates.publish(update(taskId, mallory, 2));
+  h.trouble.owners = true;
+  lookup.release();
+  const frames = await client.until((f) => f.type === 'error');
+  h.trouble.owners = false;
+  await h.app.mesh.taskUpdates.publish(update(other, mallory, 1));
+  frames.push(...(await client.until((f) => f.taskId === other)));
+  assert.deepEqual(
+    shape(frames.filter((f) => f.type !== 'error')),
+    [
+      ['taskUpdated', taskId, 2],
+      ['taskUpdated', other, 1],
+    ],
+    'the update her subscribeAll carries reaches her',
+  );
+  assert.deepEqual(shape(frames.filter((f) => f.type === 'error')), [['error', null, 'UNAVAILABLE']]);
+  await client.close();
+});
+
+test('a subscribeAll loses nothing when a since-subscribe of a task is refused as hidden (owner moved after the event)', async () => {
+  const h = await host();
+  const mallory = randomUUID();
+  const victim = randomUUID();
+  const taskId = randomUUID();
+  const other = randomUUID();
+  h.tasks.set(taskId, mallory).set(other, mallory);
+  const since = await h.app.mesh.taskUpdates.publish(update(taskId, mallory, 1));
+  const client = await h.connect(mallory);
+  assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
+  const lookup = hold(h);
+  client.send({ type: 'subscribe', taskId, since });
+  await lookup.asked;
+  // Logged as hers (her subscribeAll carries it, as it would without the subscribe), then the task moves.
+  await h.app.mesh.taskUpdates.publish(update(taskId, mallory, 2));
+  h.tasks.set(taskId, victim);
+  lookup.release();
+  const frames = await client.until((f) => f.type === 'error');
+  await h.app.mesh.taskUpdates.publish(update(other, mallory, 1));
+  frames.push(...(await client.until((f) => f.taskId === other)));
+  assert.deepEqual(shape(frames.filter((f) => f.type === 'error')), [['error', null, 'NOT_FOUND']]);
+  assert.deepEqual(
+    shape(frames.filter((f) => f.type !== 'error')),
+    [
+      ['taskUpdated', taskId, 2],
+      ['taskUpdated', other, 1],
+    ],
+    'the update her subscribeAll carries reaches her',
+  );
+  await client.close();
+});
+
+test('a re-authentication that takes the task away while the check waits: nothing of it reaches the new principal', async () => {
+  const h = await host({ reauth: { intervalMs: 30 } });
+  const alice = randomUUID();
+  const bob = randomUUID();
+  const taskId = randomUUID();
+  const bobs = randomUUID();
+  h.tasks.set(taskId, alice).set(bobs, bob);
+  const since = await h.app.mesh.taskUpdates.publish(update(taskId, alice, 1));
+  await h.app.mesh.taskUpdates.publish(update(taskId, alice, 2));
+  const client = await h.connect(alice);
+  const lookup = hold(h);
+  client.send({ type: 'subscribe', taskId, since });
+  await lookup.asked;
+  // The socket's credentials now say bob (alice's grant revoked): it may no longer see alice's task.
+  const reauthed = new Promise<void>((resolve) => (h.reauthed.done = resolve));
+  h.moved.set(alice, bob);
+  await reauthed;
+  lookup.release();
+  assert.deepEqual(await client.next(), { type: 'error', code: 'NOT_FOUND', message: `task ${taskId} not found` });
+  // Whatever else comes, nothing of alice's task: publish one of bob's and read up to it.
+  assert.deepEqual(await client.request({ type: 'subscribe', taskId: bobs }), { type: 'subscribed', taskId: bobs });
+  await h.app.mesh.taskUpdates.publish(update(bobs, bob, 1));
+  const frames = await client.until((f) => f.type === 'taskUpdated' && f.taskId === bobs);
+  assert.deepEqual(
+    frames.filter((f) => f.type === 'taskUpdated' && f.taskId === taskId),
+    [],
+    'no update of the task bob may not see',
+  );
+  await client.close();
+});
+
+test('closing, unsubscribing or subscribing twice while the check waits keeps no slot and no index entry, and leaks nothing', async () => {
+  const h = await host();
+  const mallory = randomUUID();
+  const victim = randomUUID();
+  const theirs = randomUUID();
+  const mine = randomUUID();
+  const mineToo = randomUUID();
+  h.tasks.set(theirs, victim).set(mine, mallory).set(mineToo, mallory);
+  const since = await h.app.mesh.taskUpdates.publish(update(theirs, victim, 1));
+  await h.app.mesh.taskUpdates.publish(update(theirs, victim, 2));
+  // Closed while the check waits.
+  const first = await h.connect(mallory);
+  let lookup = hold(h);
+  first.send({ type: 'subscribe', taskId: theirs, since });
+  await lookup.asked;
+  await first.close();
+  lookup.release();
+  // The same since-subscribe twice, an unsubscribe, and subscribeAll with and without since, all while waiting.
+  const client = await h.connect(mallory);
+  lookup = hold(h);
+  client.send({ type: 'subscribe', taskId: theirs, since });
+  await lookup.asked;
+  client.send({ type: 'subscribe', taskId: theirs, since });
+  client.send({ type: 'subscribeOutput', taskId: theirs, since: 'start' });
+  client.send({ type: 'unsubscribe', taskId: theirs });
+  client.send({ type: 'subscribe', taskId: theirs, since: 'start' });
+  client.send({ type: 'subscribeAll', since });
+  await h.app.mesh.taskUpdates.publish(update(theirs, victim, 3));
+  await h.app.mesh.taskUpdates.publish(update(theirs, mallory, 4));
+  lookup.release();
+  const frames = await client.until((f) => f.type === 'subscribedAll');
+  assert.deepEqual(shape(frames), [
+    ['error', null, 'NOT_FOUND'],
+    ['error', null, 'NOT_FOUND'],
+    ['error', null, 'NOT_FOUND'],
+    ['unsubscribed', theirs, null],
+    ['error', null, 'NOT_FOUND'],
+    ['subscribedAll', null, null],
+  ]);
+  // subscribeAll (since) carries the update logged as hers (by design: by the owner it was logged with); nothing else.
+  assert.deepEqual(h.app.mesh.stats().tasks, 0);
+  assert.deepEqual(h.app.mesh.stats().outputs, 0);
+  client.send({ type: 'subscribe', taskId: mine });
+  const rest = await client.until((f) => f.type === 'subscribed');
+  await h.app.mesh.taskUpdates.publish(update(mine, mallory, 1));
+  rest.push(...(await client.until((f) => f.taskId === mine && f.type === 'taskUpdated')));
+  assert.deepEqual(
+    rest.filter((f) => f.taskId === theirs && f.version !== 4),
+    [],
+    'nothing of the task but what subscribeAll carries by its logged owner',
+  );
+  await client.close();
+});
+
+test('granted with live events flowing over several pages: the ack first, then every event once, in order', async () => {
+  const h = await host({ replay: { maxEvents: 1000 }, backpressure: { soft: 300 } });
+  const ownerId = randomUUID();
+  const taskId = randomUUID();
+  h.tasks.set(taskId, ownerId);
+  const since = await h.app.mesh.taskUpdates.publish(update(taskId, ownerId, 1));
+  for (let v = 2; v <= 30; v++) await h.app.mesh.taskUpdates.publish(update(taskId, ownerId, v));
+  const client = await h.connect(ownerId);
+  const lookup = hold(h);
+  client.send({ type: 'subscribe', taskId, since });
+  await lookup.asked;
+  for (let v = 31; v <= 40; v++) await h.app.mesh.taskUpdates.publish(update(taskId, ownerId, v));
+  lookup.release();
+  let v = 41;
+  const live = setInterval(() => {
+    if (v <= 80) void h.app.mesh.taskUpdates.publish(update(taskId, ownerId, v++));
+  }, 1);
+  const frames = await client.until((f) => f.version === 80);
+  clearInterval(live);
+  assert.deepEqual(frames[0], { type: 'subscribed', taskId });
+  assert.deepEqual(
+    frames.slice(1).map((f) => f.version),
+    Array.from({ length: 79 }, (_, i) => i + 2),
+  );
+  await client.close();
+});
+
+test("PostgreSQL bus, two instances: since-subscribes to a task that moves away while its check waits, and to another tenant's streaming task, leak nothing", async () => {
+  const db = await createTestDatabase();
+  const gate: { held: Promise<void> | undefined; asked?: () => void } = { held: undefined };
+  const resolveOwners = async (ids: readonly string[]) => {
+    if (gate.held) {
+      gate.asked?.();
+      await gate.held;
+    }
+    const rows = await db.sql<{ id: string; owner_id: string | null }[]>`
+      SELECT id::text AS id, owner_id::text AS owner_id FROM tasks WHERE id = ANY(${ids}::uuid[])`;
+    return new Map(rows.map((r) => [r.id, r.owner_id]));
+  };
+  const a = await startTestServer({ db, mesh: { bus: 'postgres' } });
+  const b = await startTestServer({ db, mesh: { bus: 'postgres', resolveOwners, replay: { maxEvents: 3 } } });
+  try {
+    const mallory = await b.owner();
+    const victim = await a.owner();
+    const moving = await b.task(mallory.ownerId);
+    const theirs = await a.task(victim.ownerId);
+    const mine = await b.task(mallory.ownerId);
+    const log = (taskId: string, content: string) =>
+      db.sql`SELECT mesh_publish_task_output(${taskId}::uuid, NULL, 'assistant', ${content}, NULL, NULL, NULL, NULL, NULL, false)`;
+    for (let i = 0; i < 5; i++) await log(moving, `m${i}`);
+    for (let i = 0; i < 5; i++) await log(theirs, `t${i}`);
+    const victimClient = await a.connect(victim.key);
+    assert.deepEqual((await victimClient.request({ type: 'subscribeOutput', taskId: theirs })).type, 'outputSubscribed');
+    const client = await b.connect(mallory.key);
+    // The task is hers when the page is read; it moves to the victim before the check is answered.
+    let release!: () => void;
+    const asked = new Promise<void>((resolve) => (gate.asked = resolve));
+    gate.held = new Promise<void>((resolve) => (release = resolve));
+    client.send({ type: 'subscribeOutput', taskId: moving, since: 'start' });
+    await asked;
+    await db.sql`UPDATE tasks SET owner_id = ${victim.ownerId}::uuid WHERE id = ${moving}::uuid`;
+    await log(moving, 'after the move');
+    gate.held = undefined;
+    release();
+    assert.deepEqual(await client.next(), { type: 'error', code: 'NOT_FOUND', message: `task ${moving} not found` });
+    // Another tenant's task, streaming while she asks with every kind of since.
+    const streaming = (async () => {
+      for (let i = 5; i < 40; i++) await log(theirs, `t${i}`);
+    })();
+    for (const since of ['start', '0', 'garbage', `${'f'.repeat(8)}.1`])
+      for (const type of ['subscribe', 'subscribeOutput']) {
+        const answer = await client.request({ type, taskId: theirs, since });
+        assert.deepEqual(answer, { type: 'error', code: 'NOT_FOUND', message: `task ${theirs} not found` }, `${type} since ${since}`);
+      }
+    await streaming;
+    assert.deepEqual(await client.request({ type: 'subscribeOutput', taskId: mine }), { type: 'outputSubscribed', taskId: mine });
+    await log(mine, 'mine');
+    const frames = await client.until((f) => f.taskId === mine && f.type === 'taskOutput');
+    assert.deepEqual(shape(frames), [['taskOutput', mine, null]]);
+    await victimClient.until((f) => f.content === 't39');
+  } finally {
+    await b.close();
+    await a.close();
+    await db.drop();
+  }
 });

@@ -268,8 +268,11 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
     this.principal = principal;
     if (all) index.subscribeAll(this);
     const keep = () => {};
-    for (const taskId of [...(this.updates ?? [])]) this.withOwner(taskId, keep, () => this.dropUpdates(taskId));
-    for (const taskId of [...(this.outputs ?? [])]) this.withOwner(taskId, keep, () => this.dropOutput(taskId));
+    // Re-checked in order, behind what waits (a since-subscribe's own check may have refused it meanwhile).
+    for (const taskId of [...(this.updates ?? [])])
+      this.withOwner(taskId, keep, () => (this.updates?.has(taskId) ? this.dropUpdates(taskId) : undefined));
+    for (const taskId of [...(this.outputs ?? [])])
+      this.withOwner(taskId, keep, () => (this.outputs?.has(taskId) ? this.dropOutput(taskId) : undefined));
   }
 
   /** Frees everything this socket holds in the index; once, on close or when the socket is gone. */

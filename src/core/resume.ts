@@ -17,7 +17,7 @@
  */
 import type { ReplayStream, ResyncReason } from '../bus/bus.js';
 import type { Frames, ResumableSubscription } from './frames.js';
-import type { History } from './history-types.js';
+import type { History, ReplayResult } from './history-types.js';
 import type { MetricsSink, Principal } from './ports.js';
 import { HISTORY_START } from '../protocol/wire.js';
 import { OwnerLookupUnavailableError } from '../errors.js';
@@ -212,34 +212,61 @@ export class ResumeSeams {
         if (last !== undefined && history.compare(aside.cursor, last) <= 0) continue;
         last = aside.cursor;
         if (aside.kind === 'output') out.output(aside.taskId, aside.frame, aside.cursor);
-        else if (!this.hasAlready(burst, aside.taskId, aside.cursor)) {
-          burst.live.add(aside.cursor);
-          out.update(aside.taskId, aside.frame);
-        }
+        else this.sendLiveUpdate(burst, aside);
       }
       seam.aside = [];
       return last;
+    };
+    /**
+     * A task's replay ends unsent (refused, or the task hidden): the updates it set aside that the
+     * socket's `subscribeAll` carries go out live, as they would have without this replay. The
+     * index let each through by the owner it was logged with, the rule `subscribeAll` goes by, and
+     * for the principal the last page was read for (a re-authentication reads the page again).
+     */
+    const releaseToAll = () => {
+      if (stream.kind !== 'update' || !socket.all) return;
+      const all = this.seams?.get('all');
+      // A replaying `subscribeAll` set them aside too, and sends them itself.
+      if (all?.replaying) return;
+      for (const aside of seam.aside) {
+        if (all === undefined || history.compare(aside.cursor, all.floor) > 0) this.sendLiveUpdate(burst, aside);
+      }
+      seam.aside = [];
     };
     // `subscribeAll` reads what the principal may see *now*: a re-authentication may change it.
     const current = (): ReplayStream =>
       stream.kind === 'all' ? { kind: 'all', ownerId: socket.principal.admin ? null : socket.principal.ownerId } : stream;
     const run = async (): Promise<void> => {
       let after = since;
-      for (let first = true; ; first = false) {
+      for (let first = true; ;) {
         seam.aside = [];
         seam.asideBytes = 0;
         seam.overflowed = false;
-        const result = await history.replayPage(socket.principal, current(), after, first);
+        // Read and checked for this principal: re-authenticated meanwhile, the page is read again
+        // for the one the socket has now, before anything of it (or of its failure) goes out.
+        const principal = socket.principal;
+        let answer: ReplayResult | undefined;
+        let failure: { error: unknown } | undefined;
+        try {
+          answer = await history.replayPage(principal, current(), after, first);
+        } catch (error) {
+          failure = { error };
+        }
         if (abandoned()) return;
+        if (socket.principal !== principal) continue;
+        if (failure) throw failure.error;
+        const result = answer!;
         if (!result.ok) {
           if ('resync' in result) {
             grant();
             return resync(result.resync);
           }
           this.end(key);
-          if (pending) return pending.refused('hidden');
-          return socket.lostSight(subscription as 'subscribe' | 'subscribeOutput', taskId!);
+          if (pending) pending.refused('hidden');
+          else socket.lostSight(subscription as 'subscribe' | 'subscribeOutput', taskId!);
+          return releaseToAll();
         }
+        first = false;
         grant();
         const { page } = result;
         // Before the first event: the history does not begin at the task's first one.
@@ -273,12 +300,20 @@ export class ResumeSeams {
       // The first page's owner check could not be made: fail closed, as a subscribe's lookup does.
       if (pending && error instanceof OwnerLookupUnavailableError) {
         this.end(key);
-        return pending.refused('unavailable', error);
+        pending.refused('unavailable', error);
+        return releaseToAll();
       }
       grant();
       this.onReplayFailed(error);
       resync('unavailable');
     });
+  }
+
+  /** A live update set aside goes out, unless an earlier stream of this burst gave it already. */
+  private sendLiveUpdate(burst: Burst, aside: Aside): void {
+    if (this.hasAlready(burst, aside.taskId, aside.cursor)) return;
+    burst.live.add(aside.cursor);
+    this.out.update(aside.taskId, aside.frame);
   }
 
   /** Whether an update is with the client already, by an earlier stream of this burst. */
