@@ -363,9 +363,8 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
       refused: (why, error) => {
         if (updates) index.unsubscribeUpdates(this, taskId);
         else index.unsubscribeOutput(this, taskId);
-        if (why === 'hidden') return this.reject(ErrorCode.NOT_FOUND, `task ${taskId} not found`);
-        this.log.warn({ err: error?.cause, taskId }, 'owner lookup unavailable');
-        this.reject(ErrorCode.UNAVAILABLE, 'task ownership could not be checked right now; try again');
+        if (why === 'hidden') this.notFound(taskId);
+        else this.ownerUnavailable(taskId, error);
       },
     });
   }
@@ -418,15 +417,25 @@ export class ClientConnection implements Subscriber, BackpressureObserver, Socke
       (owner: OwnerAnswer) => {
         if (owner !== NO_SUCH_TASK && canSee(this.principal, owner)) return grant();
         if (deny) return deny();
-        this.reject(ErrorCode.NOT_FOUND, `task ${taskId} not found`);
+        this.notFound(taskId);
       },
       (error: unknown) => {
         if (!(error instanceof OwnerLookupUnavailableError)) throw error;
+        if (!deny) return this.ownerUnavailable(taskId, error);
         this.log.warn({ err: error.cause, taskId }, 'owner lookup unavailable');
-        if (!deny) this.reject(ErrorCode.UNAVAILABLE, 'task ownership could not be checked right now; try again');
-        else return deny(); // a re-check that cannot be made fails closed
+        return deny(); // a re-check that cannot be made fails closed
       },
     );
+  }
+
+  /** A task that is not there and one that is not the principal's get the same answer. */
+  private notFound(taskId: string): void {
+    this.reject(ErrorCode.NOT_FOUND, `task ${taskId} not found`);
+  }
+
+  private ownerUnavailable(taskId: string, error: OwnerLookupUnavailableError | undefined): void {
+    this.log.warn({ err: error?.cause, taskId }, 'owner lookup unavailable');
+    this.reject(ErrorCode.UNAVAILABLE, 'task ownership could not be checked right now; try again');
   }
 
   private ack(frame: Buffer): void {
