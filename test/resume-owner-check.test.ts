@@ -11,7 +11,10 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, test } from 'node:test';
 import Fastify, { type FastifyInstance } from 'fastify';
-import meshSubscriptions, { type MeshSubscriptionsOptions } from '../src/index.js';
+import meshSubscriptions, { type MeshSubscriptionsOptions, type OwnerResolver } from '../src/index.js';
+import { sqlOwnerResolver } from '../src/bus/postgres/task-owners.js';
+import { DEFAULTS } from '../src/options.js';
+import { deferred } from './helpers/async.js';
 import { createTestDatabase } from './helpers/database.js';
 import { startTestServer } from './helpers/server.js';
 import { TestClient, type Frame } from './helpers/ws-client.js';
@@ -25,8 +28,8 @@ interface Host {
   tasks: Map<string, string | null>;
   /** Owner lookups fail while set. */
   trouble: { owners: boolean };
-  /** While `held` is set, owner lookups wait for it (and call `asked`). */
-  gate: { held: Promise<void> | undefined; asked?: () => void };
+  /** Owner lookups, held at will (`hold`). */
+  gate: Gate;
   /** Re-authentication: an owner id here is answered with the one it maps to. */
   moved: Map<string, string>;
   /** Called each time re-authentication answers a changed principal. */
@@ -34,11 +37,43 @@ interface Host {
   connect(ownerId: string): Promise<TestClient>;
 }
 
+/** While `held` is set, owner lookups wait for it, and call `asked` first. */
+interface Gate {
+  held?: Promise<void>;
+  asked?: () => void;
+}
+
+/** `resolve`, made to wait while `gate` is held. */
+const gated =
+  (gate: Gate, resolve: OwnerResolver): OwnerResolver =>
+  async (ids) => {
+    if (gate.held) {
+      gate.asked?.();
+      await gate.held;
+    }
+    return resolve(ids);
+  };
+
+/** Holds the owner lookups of `gate` until released; `asked` resolves once one waits. */
+function hold(gate: Gate): { asked: Promise<void>; release(): void } {
+  const asked = deferred();
+  const held = deferred();
+  gate.held = held.promise;
+  gate.asked = () => asked.resolve();
+  return {
+    asked: asked.promise,
+    release: () => {
+      gate.held = undefined;
+      held.resolve();
+    },
+  };
+}
+
 /** A host with the memory bus whose tasks table is a Map; a socket's token is its owner id. */
 async function host(options: Partial<MeshSubscriptionsOptions> = {}): Promise<Host> {
   const tasks = new Map<string, string | null>();
   const trouble = { owners: false };
-  const gate: Host['gate'] = { held: undefined };
+  const gate: Gate = {};
   const moved = new Map<string, string>();
   const reauthed: Host['reauthed'] = {};
   const app = Fastify();
@@ -55,14 +90,10 @@ async function host(options: Partial<MeshSubscriptionsOptions> = {}): Promise<Ho
       setImmediate(() => reauthed.done?.());
       return { ownerId: to, admin: false };
     },
-    resolveOwners: async (ids) => {
-      if (gate.held) {
-        gate.asked?.();
-        await gate.held;
-      }
+    resolveOwners: gated(gate, async (ids) => {
       if (trouble.owners) throw new Error('the tasks table is out of reach');
       return new Map(ids.filter((id) => tasks.has(id)).map((id) => [id, tasks.get(id)!]));
-    },
+    }),
     // Small, so that an old `since` is too far behind, and leaked slots show at once.
     replay: { maxEvents: 2 },
     limits: { maxSubscriptionsPerConnection: 2 },
@@ -159,22 +190,6 @@ test('owner lookups that fail: UNAVAILABLE with nothing of the task and no subsc
   await client.close();
 });
 
-/** Holds owner lookups until released; `asked` resolves once one waits. */
-function hold(h: Host): { asked: Promise<void>; release(): void } {
-  let release!: () => void;
-  let asked!: () => void;
-  const askedOnce = new Promise<void>((resolve) => (asked = resolve));
-  h.gate.held = new Promise<void>((resolve) => (release = resolve));
-  h.gate.asked = asked;
-  return {
-    asked: askedOnce,
-    release: () => {
-      h.gate.held = undefined;
-      release();
-    },
-  };
-}
-
 test('live events that come while the check waits go out after the ack, in order, once each', async () => {
   const h = await host();
   const ownerId = randomUUID();
@@ -183,7 +198,7 @@ test('live events that come while the check waits go out after the ack, in order
   const since = await h.app.mesh.taskUpdates.publish(update(taskId, ownerId, 1));
   await h.app.mesh.taskUpdates.publish(update(taskId, ownerId, 2));
   const client = await h.connect(ownerId);
-  const lookup = hold(h);
+  const lookup = hold(h.gate);
   client.send({ type: 'subscribe', taskId, since });
   await lookup.asked;
   // Published while the subscribe's only owner check waits (their owner named: no lookup of their own).
@@ -213,7 +228,7 @@ test('refused after live events came for the new subscription (logged as hers): 
   const since = await h.app.mesh.taskUpdates.publish(update(taskId, victim, 1));
   const client = await h.connect(mallory);
   assert.equal((await client.request({ type: 'subscribe', taskId: mine })).type, 'subscribed');
-  const lookup = hold(h);
+  const lookup = hold(h.gate);
   client.send({ type: 'subscribeOutput', taskId, since });
   await lookup.asked;
   // Events a worker logs naming her as the owner, while the task's owner says otherwise: a
@@ -241,7 +256,7 @@ for (const refusal of ['UNAVAILABLE', 'NOT_FOUND'] as const) {
     const since = await h.app.mesh.taskUpdates.publish(update(taskId, mallory, 1));
     const client = await h.connect(mallory);
     assert.deepEqual(await client.request({ type: 'subscribeAll' }), { type: 'subscribedAll' });
-    const lookup = hold(h);
+    const lookup = hold(h.gate);
     client.send({ type: 'subscribe', taskId, since });
     await lookup.asked;
     // Hers, logged as hers: her subscribeAll carries it, whatever becomes of the subscribe.
@@ -277,15 +292,16 @@ test('a re-authentication that takes the task away while the check waits: nothin
   const since = await h.app.mesh.taskUpdates.publish(update(taskId, alice, 1));
   await h.app.mesh.taskUpdates.publish(update(taskId, alice, 2));
   const client = await h.connect(alice);
-  const lookup = hold(h);
+  const lookup = hold(h.gate);
   client.send({ type: 'subscribe', taskId, since });
   await lookup.asked;
   // The socket's credentials now say bob (alice's grant revoked): it may no longer see alice's task.
-  const reauthed = new Promise<void>((resolve) => (h.reauthed.done = resolve));
+  const reauthed = deferred();
+  h.reauthed.done = () => reauthed.resolve();
   h.moved.set(alice, bob);
-  await reauthed;
+  await reauthed.promise;
   lookup.release();
-  assert.deepEqual(await client.next(), { type: 'error', code: 'NOT_FOUND', message: `task ${taskId} not found` });
+  assert.deepEqual(await client.next(), notFound(taskId));
   // Whatever else comes, nothing of alice's task: publish one of bob's and read up to it.
   assert.deepEqual(await client.request({ type: 'subscribe', taskId: bobs }), { type: 'subscribed', taskId: bobs });
   await h.app.mesh.taskUpdates.publish(update(bobs, bob, 1));
@@ -310,14 +326,14 @@ test('closing, unsubscribing or subscribing twice while the check waits keeps no
   await h.app.mesh.taskUpdates.publish(update(theirs, victim, 2));
   // Closed while the check waits.
   const first = await h.connect(mallory);
-  let lookup = hold(h);
+  let lookup = hold(h.gate);
   first.send({ type: 'subscribe', taskId: theirs, since });
   await lookup.asked;
   await first.close();
   lookup.release();
   // The same since-subscribe twice, an unsubscribe, and subscribeAll with and without since, all while waiting.
   const client = await h.connect(mallory);
-  lookup = hold(h);
+  lookup = hold(h.gate);
   client.send({ type: 'subscribe', taskId: theirs, since });
   await lookup.asked;
   client.send({ type: 'subscribe', taskId: theirs, since });
@@ -360,7 +376,7 @@ test('granted with live events flowing over several pages: the ack first, then e
   const since = await h.app.mesh.taskUpdates.publish(update(taskId, ownerId, 1));
   for (let v = 2; v <= 30; v++) await h.app.mesh.taskUpdates.publish(update(taskId, ownerId, v));
   const client = await h.connect(ownerId);
-  const lookup = hold(h);
+  const lookup = hold(h.gate);
   client.send({ type: 'subscribe', taskId, since });
   await lookup.asked;
   for (let v = 31; v <= 40; v++) await h.app.mesh.taskUpdates.publish(update(taskId, ownerId, v));
@@ -381,16 +397,9 @@ test('granted with live events flowing over several pages: the ack first, then e
 
 test("PostgreSQL bus, two instances: since-subscribes to a task that moves away while its check waits, and to another tenant's streaming task, leak nothing", async () => {
   const db = await createTestDatabase();
-  const gate: { held: Promise<void> | undefined; asked?: () => void } = { held: undefined };
-  const resolveOwners = async (ids: readonly string[]) => {
-    if (gate.held) {
-      gate.asked?.();
-      await gate.held;
-    }
-    const rows = await db.sql<{ id: string; owner_id: string | null }[]>`
-      SELECT id::text AS id, owner_id::text AS owner_id FROM tasks WHERE id = ANY(${ids}::uuid[])`;
-    return new Map(rows.map((r) => [r.id, r.owner_id]));
-  };
+  // B reads owners as the plugin does, from the tasks table, through a gate the test holds.
+  const gate: Gate = {};
+  const resolveOwners = gated(gate, sqlOwnerResolver(db.sql, DEFAULTS.tasks));
   const a = await startTestServer({ db, mesh: { bus: 'postgres' } });
   const b = await startTestServer({ db, mesh: { bus: 'postgres', resolveOwners, replay: { maxEvents: 3 } } });
   try {
@@ -407,16 +416,13 @@ test("PostgreSQL bus, two instances: since-subscribes to a task that moves away 
     assert.deepEqual((await victimClient.request({ type: 'subscribeOutput', taskId: theirs })).type, 'outputSubscribed');
     const client = await b.connect(mallory.key);
     // The task is hers when the page is read; it moves to the victim before the check is answered.
-    let release!: () => void;
-    const asked = new Promise<void>((resolve) => (gate.asked = resolve));
-    gate.held = new Promise<void>((resolve) => (release = resolve));
+    const lookup = hold(gate);
     client.send({ type: 'subscribeOutput', taskId: moving, since: 'start' });
-    await asked;
+    await lookup.asked;
     await db.sql`UPDATE tasks SET owner_id = ${victim.ownerId}::uuid WHERE id = ${moving}::uuid`;
     await log(moving, 'after the move');
-    gate.held = undefined;
-    release();
-    assert.deepEqual(await client.next(), { type: 'error', code: 'NOT_FOUND', message: `task ${moving} not found` });
+    lookup.release();
+    assert.deepEqual(await client.next(), notFound(moving));
     // Another tenant's task, streaming while she asks with every kind of since.
     const streaming = (async () => {
       for (let i = 5; i < 40; i++) await log(theirs, `t${i}`);
@@ -424,7 +430,7 @@ test("PostgreSQL bus, two instances: since-subscribes to a task that moves away 
     for (const since of ['start', '0', 'garbage', `${'f'.repeat(8)}.1`])
       for (const type of ['subscribe', 'subscribeOutput']) {
         const answer = await client.request({ type, taskId: theirs, since });
-        assert.deepEqual(answer, { type: 'error', code: 'NOT_FOUND', message: `task ${theirs} not found` }, `${type} since ${since}`);
+        assert.deepEqual(answer, notFound(theirs), `${type} since ${since}`);
       }
     await streaming;
     assert.deepEqual(await client.request({ type: 'subscribeOutput', taskId: mine }), { type: 'outputSubscribed', taskId: mine });
