@@ -218,12 +218,15 @@ export class ResumeSeams {
       return last;
     };
     /**
-     * A task's replay ends unsent (refused, or the task hidden): the updates it set aside that the
-     * socket's `subscribeAll` carries go out live, as they would have without this replay. The
-     * index let each through by the owner it was logged with, the rule `subscribeAll` goes by, and
-     * for the principal the last page was read for (a re-authentication reads the page again).
+     * A task's replay ends unsent (refused, or the task hidden), which `tell` says; then the updates
+     * it set aside that the socket's `subscribeAll` carries go out live, as they would have without
+     * this replay. The index let each through by the owner it was logged with, the rule
+     * `subscribeAll` goes by, and for the principal the last page was read for (a re-authentication
+     * reads the page again).
      */
-    const releaseToAll = () => {
+    const endUnsent = (tell: () => void) => {
+      this.end(key);
+      tell();
       if (stream.kind !== 'update' || !socket.all) return;
       const all = this.seams?.get('all');
       // A replaying `subscribeAll` set them aside too, and sends them itself.
@@ -261,10 +264,9 @@ export class ResumeSeams {
             grant();
             return resync(result.resync);
           }
-          this.end(key);
-          if (pending) pending.refused('hidden');
-          else socket.lostSight(subscription as 'subscribe' | 'subscribeOutput', taskId!);
-          return releaseToAll();
+          return endUnsent(() =>
+            pending ? pending.refused('hidden') : socket.lostSight(subscription as 'subscribe' | 'subscribeOutput', taskId!),
+          );
         }
         first = false;
         grant();
@@ -298,11 +300,7 @@ export class ResumeSeams {
     return run().catch((error: unknown) => {
       if (abandoned()) return;
       // The first page's owner check could not be made: fail closed, as a subscribe's lookup does.
-      if (pending && error instanceof OwnerLookupUnavailableError) {
-        this.end(key);
-        pending.refused('unavailable', error);
-        return releaseToAll();
-      }
+      if (pending && error instanceof OwnerLookupUnavailableError) return endUnsent(() => pending!.refused('unavailable', error));
       grant();
       this.onReplayFailed(error);
       resync('unavailable');
