@@ -37,16 +37,18 @@ interface Host {
   connect(ownerId: string): Promise<TestClient>;
 }
 
-/** While `held` is set, owner lookups wait for it, and call `asked` first. */
+/** While `held` is set, owner lookups wait for it, and call `asked` first. `looked`: every task id asked. */
 interface Gate {
   held?: Promise<void>;
   asked?: () => void;
+  looked?: string[];
 }
 
 /** `resolve`, made to wait while `gate` is held. */
 const gated =
   (gate: Gate, resolve: OwnerResolver): OwnerResolver =>
   async (ids) => {
+    (gate.looked ??= []).push(...ids);
     if (gate.held) {
       gate.asked?.();
       await gate.held;
@@ -191,7 +193,8 @@ test('owner lookups that fail: UNAVAILABLE with nothing of the task and no subsc
 });
 
 test('live events that come while the check waits go out after the ack, in order, once each', async () => {
-  const h = await host();
+  // Room to replay them all: whether they come live or from the log, the client gets the same frames.
+  const h = await host({ replay: { maxEvents: 100 } });
   const ownerId = randomUUID();
   const taskId = randomUUID();
   h.tasks.set(taskId, ownerId);
@@ -214,6 +217,11 @@ test('live events that come while the check waits go out after the ack, in order
       ['taskUpdated', 3],
       ['taskUpdated', 4],
     ],
+  );
+  assert.deepEqual(
+    h.gate.looked?.filter((id) => id === taskId),
+    [taskId],
+    'one owner lookup for the resumed subscribe, after its page is read',
   );
   await client.close();
 });
